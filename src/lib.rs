@@ -1,0 +1,11 @@
+//! passerelle: mirrors admin-approved WhatsApp groups into Matrix rooms, as one relay
+//! bot on each side. See DESIGN.md for the map of the code.
+#![recursion_limit = "256"]
+
+pub mod config;
+pub mod matrix;
+pub mod relay;
+pub mod secret_file;
+pub mod service;
+pub mod store;
+pub mod whatsapp;

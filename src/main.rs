@@ -1,0 +1,106 @@
+//! The `passerelle` command line: run the service, check the configuration.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use passerelle::config;
+use passerelle::service::{Service, WhatsAppNetwork};
+
+const DEFAULT_CONFIG: &str = "/etc/passerelle/config.toml";
+
+#[derive(Parser)]
+#[command(
+    name = "passerelle",
+    version,
+    about = "Mirror admin-approved WhatsApp groups into Matrix rooms"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the bridge (SIGHUP reloads groups.d and config.toml, SIGTERM stops).
+    Run {
+        /// Path of config.toml.
+        #[arg(short, long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Validate config.toml and every file in groups.d; one line per problem.
+    Check {
+        /// Path of config.toml.
+        #[arg(short, long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { config } => check(&config),
+        Command::Run { config } => run(&config),
+    }
+}
+
+fn check(config_path: &Path) -> ExitCode {
+    match config::load_all(config_path) {
+        Ok((_, groups)) => {
+            println!(
+                "{}: OK, {} group{} approved",
+                config_path.display(),
+                groups.len(),
+                if groups.len() == 1 { "" } else { "s" }
+            );
+            ExitCode::SUCCESS
+        }
+        Err(problems) => {
+            for problem in &problems.0 {
+                println!("{problem}");
+            }
+            eprintln!("{} problem(s) found", problems.0.len());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+}
+
+fn run(config_path: &Path) -> ExitCode {
+    let config = match config::Config::load(config_path) {
+        Ok(config) => config,
+        Err(problems) => {
+            for problem in &problems.0 {
+                eprintln!("{problem}");
+            }
+            return ExitCode::FAILURE;
+        }
+    };
+    init_logging(&config.logging.level);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result: anyhow::Result<()> = runtime.block_on(async {
+        let service = Service::start(config_path, WhatsAppNetwork::Real).await?;
+        service.run_until_signalled().await?;
+        Ok(())
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{error:#}");
+            eprintln!("passerelle: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

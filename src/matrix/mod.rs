@@ -1,0 +1,535 @@
+//! The matrix-sdk adapter: logs the bot in (once, then restores its session), keeps it
+//! in sync, turns room events into relay types for the bridge, sets up bridged rooms
+//! and sends what the bridge asks for. Decisions are the bridge's, not this module's.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use matrix_sdk::authentication::matrix::MatrixSession;
+use matrix_sdk::config::SyncSettings;
+use matrix_sdk::event_handler::EventHandlerHandle;
+use matrix_sdk::room::Room;
+use matrix_sdk::ruma::api::client::filter::{FilterDefinition, RoomEventFilter, RoomFilter};
+use matrix_sdk::ruma::api::client::room::create_room;
+use matrix_sdk::ruma::api::client::room::Visibility;
+use matrix_sdk::ruma::api::client::sync::sync_events::v3::Filter;
+use matrix_sdk::ruma::api::error::ErrorKind;
+use matrix_sdk::ruma::events::room::member::{MembershipState, StrippedRoomMemberEvent};
+use matrix_sdk::ruma::events::room::message::{
+    MessageType, OriginalSyncRoomMessageEvent, Relation, RoomMessageEventContent,
+};
+use matrix_sdk::ruma::events::AnyInitialStateEvent;
+use matrix_sdk::ruma::serde::Raw;
+use matrix_sdk::ruma::{
+    OwnedRoomId, OwnedTransactionId, OwnedUserId, RoomAliasId, RoomId, RoomOrAliasId, UserId,
+};
+use matrix_sdk::store::RoomLoadSettings;
+use matrix_sdk::{Client, RoomState};
+use serde_json::json;
+
+use crate::config::{MatrixConfig, RoomRef};
+use crate::relay::{MatrixKind, MatrixPost, MatrixText};
+use crate::secret_file;
+
+/// Timeline events per room per sync; above Synapse's default of 10 so a burst between
+/// two syncs is not cut short (see notes on `limited` timelines).
+const SYNC_TIMELINE_LIMIT: u32 = 100;
+
+/// Why a Matrix operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MatrixError {
+    #[error("no Matrix session stored and no password configured (set matrix.password_file)")]
+    NoPassword,
+    #[error("reading {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("stored Matrix session {path} is unreadable: {source}")]
+    Session {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("invalid Matrix identifier {0:?}")]
+    InvalidId(String),
+    #[error("the bot is not in room {0}")]
+    NotInRoom(String),
+    #[error("Matrix: {0}")]
+    Sdk(#[from] matrix_sdk::Error),
+    #[error("Matrix: {0}")]
+    Http(#[from] matrix_sdk::HttpError),
+    #[error("Matrix client: {0}")]
+    Build(Box<matrix_sdk::ClientBuildError>),
+}
+
+impl From<matrix_sdk::ClientBuildError> for MatrixError {
+    fn from(error: matrix_sdk::ClientBuildError) -> Self {
+        MatrixError::Build(Box::new(error))
+    }
+}
+
+impl MatrixError {
+    /// Whether the same request may succeed later (server down, rate limited), as
+    /// opposed to a refusal (forbidden, too large, unknown room).
+    pub fn is_retryable(&self) -> bool {
+        let http = match self {
+            MatrixError::Sdk(matrix_sdk::Error::Http(http)) => http.as_ref(),
+            MatrixError::Http(http) => http,
+            MatrixError::NotInRoom(_) => return true,
+            _ => return false,
+        };
+        match http.client_api_error_kind() {
+            Some(ErrorKind::LimitExceeded { .. }) => true,
+            Some(_) => false,
+            None => true, // transport errors, 5xx without a Matrix error body
+        }
+    }
+}
+
+/// What the bridge must decide or receive from the Matrix side.
+#[async_trait]
+pub trait MatrixEvents: Send + Sync {
+    /// A text-like message in a joined room (not yet filtered: the bridge decides).
+    /// Returns once it is durably queued or deliberately skipped.
+    async fn message(&self, message: MatrixText);
+    /// Whether to accept an invite of the bot into `room_id` sent by `inviter`.
+    async fn accept_invite(&self, room_id: &str, inviter: &str) -> bool;
+}
+
+/// What is needed to set up (or find again) the room of a group.
+#[derive(Debug, Clone)]
+pub struct RoomSetup {
+    pub group_jid: String,
+    /// Local part of the alias for a created room (prefix + file stem).
+    pub alias_localpart: String,
+    /// Room name for a created room: the WhatsApp subject, else the file stem.
+    pub name: String,
+    pub invite: Vec<String>,
+    pub admins: Vec<String>,
+    /// A room named in the group file, to attach to instead of creating one.
+    pub existing: Option<RoomRef>,
+    /// The room stored for this group by an earlier run.
+    pub known_room: Option<String>,
+}
+
+/// The bot's Matrix client.
+#[derive(Clone)]
+pub struct MatrixSide {
+    client: Client,
+    bot: OwnedUserId,
+    server_name: String,
+    handlers: Arc<Mutex<Vec<EventHandlerHandle>>>,
+}
+
+impl MatrixSide {
+    /// Restores the stored session, or logs in with the configured password the first
+    /// time and stores the session (mode 0600) for the next runs.
+    pub async fn connect(config: &MatrixConfig, state_dir: &Path) -> Result<Self, MatrixError> {
+        let bot = UserId::parse(config.user.as_str())
+            .map_err(|_| MatrixError::InvalidId(config.user.clone()))?;
+        let store_key_path = state_dir.join("matrix-store-key");
+        let store_key =
+            secret_file::read_or_create(&store_key_path).map_err(|source| MatrixError::Io {
+                path: store_key_path.clone(),
+                source,
+            })?;
+        let store_dir = state_dir.join("matrix");
+        secret_file::create_private_dir(&store_dir).map_err(|source| MatrixError::Io {
+            path: store_dir.clone(),
+            source,
+        })?;
+        let client = Client::builder()
+            .homeserver_url(config.homeserver.as_str())
+            .sqlite_store(&store_dir, Some(&store_key))
+            .build()
+            .await?;
+
+        let session_path = state_dir.join("matrix-session.json");
+        match std::fs::read(&session_path) {
+            Ok(bytes) => {
+                let session: MatrixSession =
+                    serde_json::from_slice(&bytes).map_err(|source| MatrixError::Session {
+                        path: session_path.clone(),
+                        source,
+                    })?;
+                client
+                    .matrix_auth()
+                    .restore_session(session, RoomLoadSettings::default())
+                    .await?;
+                tracing::info!("Matrix session restored");
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                let password = config
+                    .read_password()
+                    .map_err(|source| MatrixError::Io {
+                        path: config.password_file.clone().unwrap_or_default(),
+                        source,
+                    })?
+                    .ok_or(MatrixError::NoPassword)?;
+                client
+                    .matrix_auth()
+                    .login_username(&bot, &password)
+                    .initial_device_display_name(&config.device_name)
+                    .send()
+                    .await?;
+                let session = client
+                    .matrix_auth()
+                    .session()
+                    .ok_or(MatrixError::NoPassword)?;
+                let bytes =
+                    serde_json::to_vec(&session).map_err(|source| MatrixError::Session {
+                        path: session_path.clone(),
+                        source,
+                    })?;
+                secret_file::write_private(&session_path, &bytes).map_err(|source| {
+                    MatrixError::Io {
+                        path: session_path.clone(),
+                        source,
+                    }
+                })?;
+                tracing::info!("Matrix login done, session stored");
+            }
+            Err(source) => {
+                return Err(MatrixError::Io {
+                    path: session_path,
+                    source,
+                })
+            }
+        }
+        Ok(MatrixSide {
+            client,
+            handlers: Arc::default(),
+            server_name: bot.server_name().to_string(),
+            bot,
+        })
+    }
+
+    pub fn bot_user(&self) -> &str {
+        self.bot.as_str()
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    fn sync_settings() -> SyncSettings {
+        let mut timeline = RoomEventFilter::default();
+        timeline.limit = Some(SYNC_TIMELINE_LIMIT.into());
+        let mut room = RoomFilter::default();
+        room.timeline = timeline;
+        let mut filter = FilterDefinition::default();
+        filter.room = room;
+        SyncSettings::default()
+            .filter(Filter::FilterDefinition(filter))
+            .timeout(Duration::from_secs(30))
+    }
+
+    /// One sync without handlers, to learn the current state without relaying history
+    /// (used on the very first start, when no sync token is stored yet).
+    pub async fn initial_sync(&self) -> Result<(), MatrixError> {
+        self.client.sync_once(Self::sync_settings()).await?;
+        Ok(())
+    }
+
+    /// Installs the event handlers and syncs forever (retrying after errors).
+    pub fn start_sync(&self, events: Arc<dyn MatrixEvents>) -> tokio::task::JoinHandle<()> {
+        let bot = self.bot.clone();
+        let message_events = events.clone();
+        let message_bot = bot.clone();
+        let message_handler = self.client.add_event_handler(
+            move |event: OriginalSyncRoomMessageEvent, room: Room| {
+                let events = message_events.clone();
+                let bot = message_bot.clone();
+                async move {
+                    if let Some(message) = to_matrix_text(&room, &event, &bot).await {
+                        events.message(message).await;
+                    }
+                }
+            },
+        );
+        let invite_events = events;
+        let invite_handler =
+            self.client
+                .add_event_handler(move |event: StrippedRoomMemberEvent, room: Room| {
+                    let events = invite_events.clone();
+                    let bot = bot.clone();
+                    async move {
+                        if event.state_key != bot
+                            || event.content.membership != MembershipState::Invite
+                        {
+                            return;
+                        }
+                        let room_id = room.room_id().to_string();
+                        if events.accept_invite(&room_id, event.sender.as_str()).await {
+                            tokio::spawn(join_with_retries(room));
+                        } else {
+                            tracing::info!(room = %room_id, "rejecting invite from a non-admin");
+                            if let Err(error) = room.leave().await {
+                                tracing::warn!(room = %room_id, "could not reject invite: {error}");
+                            }
+                        }
+                    }
+                });
+        self.handlers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend([message_handler, invite_handler]);
+        let client = self.client.clone();
+        tokio::spawn(async move {
+            loop {
+                match client.sync(Self::sync_settings()).await {
+                    Ok(()) => return,
+                    Err(error) => {
+                        tracing::warn!("Matrix sync failed, retrying in 5 s: {error}");
+                        tokio::time::sleep(Duration::from_secs(5)).await;
+                    }
+                }
+            }
+        })
+    }
+
+    /// Removes the event handlers (they hold the bridge; this breaks the cycle).
+    pub fn stop(&self) {
+        let handles: Vec<EventHandlerHandle> =
+            std::mem::take(&mut *self.handlers.lock().unwrap_or_else(|e| e.into_inner()));
+        for handle in handles {
+            self.client.remove_event_handler(handle);
+        }
+    }
+
+    /// The room an alias points to, if it resolves.
+    pub async fn resolve_alias(&self, alias: &str) -> Option<String> {
+        let alias = RoomAliasId::parse(alias).ok()?;
+        let response = self.client.resolve_room_alias(&alias).await.ok()?;
+        Some(response.room_id.to_string())
+    }
+
+    /// Finds or creates the room of a group and returns its id. Never creates a second
+    /// room: a stored room, then the configured room, then the alias are tried first.
+    pub async fn ensure_room(&self, setup: &RoomSetup) -> Result<OwnedRoomId, MatrixError> {
+        if let Some(known) = &setup.known_room {
+            let room_id = parse_room_id(known)?;
+            self.ensure_joined(&room_id).await?;
+            return Ok(room_id);
+        }
+        if let Some(existing) = &setup.existing {
+            let target = match existing {
+                RoomRef::Id(id) => id.as_str(),
+                RoomRef::Alias(alias) => alias.as_str(),
+            };
+            let target = RoomOrAliasId::parse(target)
+                .map_err(|_| MatrixError::InvalidId(target.to_string()))?;
+            let room = self.client.join_room_by_id_or_alias(&target, &[]).await?;
+            self.send_bridge_info(&room, setup).await;
+            return Ok(room.room_id().to_owned());
+        }
+        let alias_text = format!("#{}:{}", setup.alias_localpart, self.server_name);
+        let alias = RoomAliasId::parse(alias_text.as_str())
+            .map_err(|_| MatrixError::InvalidId(alias_text.clone()))?;
+        match self.client.resolve_room_alias(&alias).await {
+            Ok(response) => {
+                // Created by an earlier run whose mapping was not stored.
+                self.ensure_joined(&response.room_id).await?;
+                return Ok(response.room_id);
+            }
+            Err(error) if matches!(error.client_api_error_kind(), Some(ErrorKind::NotFound)) => {}
+            Err(error) => return Err(error.into()),
+        }
+        let mut request = create_room::v3::Request::new();
+        request.name = Some(setup.name.clone());
+        request.room_alias_name = Some(setup.alias_localpart.clone());
+        request.visibility = Visibility::Private;
+        request.preset = Some(create_room::v3::RoomPreset::PrivateChat);
+        request.invite = setup
+            .invite
+            .iter()
+            .filter_map(|user| UserId::parse(user.as_str()).ok())
+            .collect();
+        request.initial_state = self.bridge_info_events(setup)?;
+        let admins: serde_json::Map<String, serde_json::Value> = setup
+            .admins
+            .iter()
+            .filter(|admin| admin.as_str() != self.bot.as_str())
+            .map(|admin| (admin.clone(), json!(100)))
+            .collect();
+        if !admins.is_empty() {
+            // Room v12: the creator must not be listed (it has unlimited power anyway).
+            request.power_level_content_override = Some(
+                Raw::new(&json!({ "users": admins }))
+                    .map_err(matrix_sdk::Error::from)?
+                    .cast_unchecked(),
+            );
+        }
+        let room = self.client.create_room(request).await?;
+        tracing::info!(room = %room.room_id(), "created bridged room");
+        Ok(room.room_id().to_owned())
+    }
+
+    async fn ensure_joined(&self, room_id: &RoomId) -> Result<(), MatrixError> {
+        if let Some(room) = self.client.get_room(room_id) {
+            if room.state() == RoomState::Joined {
+                return Ok(());
+            }
+        }
+        self.client.join_room_by_id(room_id).await?;
+        Ok(())
+    }
+
+    fn bridge_info_content(&self, setup: &RoomSetup) -> serde_json::Value {
+        json!({
+            "bridgebot": self.bot.as_str(),
+            "creator": self.bot.as_str(),
+            "protocol": { "id": "whatsapp", "displayname": "WhatsApp" },
+            "channel": { "id": setup.group_jid, "displayname": setup.name },
+        })
+    }
+
+    fn bridge_info_state_key(setup: &RoomSetup) -> String {
+        format!("passerelle://whatsapp/{}", setup.group_jid)
+    }
+
+    fn bridge_info_events(
+        &self,
+        setup: &RoomSetup,
+    ) -> Result<Vec<Raw<AnyInitialStateEvent>>, MatrixError> {
+        let content = self.bridge_info_content(setup);
+        let state_key = Self::bridge_info_state_key(setup);
+        ["m.bridge", "uk.half-shot.bridge"]
+            .iter()
+            .map(|event_type| {
+                Raw::new(&json!({ "type": event_type, "state_key": state_key, "content": content }))
+                    .map(Raw::cast_unchecked)
+                    .map_err(|e| MatrixError::Sdk(e.into()))
+            })
+            .collect()
+    }
+
+    /// Bridge info in a room the bot did not create: best effort (it may lack power).
+    async fn send_bridge_info(&self, room: &Room, setup: &RoomSetup) {
+        let content = self.bridge_info_content(setup);
+        let state_key = Self::bridge_info_state_key(setup);
+        for event_type in ["m.bridge", "uk.half-shot.bridge"] {
+            if let Err(error) = room
+                .send_state_event_raw(event_type, &state_key, content.clone())
+                .await
+            {
+                tracing::warn!(room = %room.room_id(), "could not set bridge info: {error}");
+            }
+        }
+    }
+
+    /// Invites users into a room (used when a group file gains `invite` entries).
+    pub async fn invite(&self, room_id: &str, users: &[String]) {
+        let Some(room) = parse_room_id(room_id)
+            .ok()
+            .and_then(|id| self.client.get_room(&id))
+        else {
+            return;
+        };
+        for user in users {
+            let Ok(user_id) = UserId::parse(user.as_str()) else {
+                continue;
+            };
+            if let Err(error) = room.invite_user_by_id(&user_id).await {
+                tracing::warn!(room = %room_id, "invite failed: {error}");
+            }
+        }
+    }
+
+    /// Posts a relayed message with a transaction id derived from its source, so a
+    /// retry returns the event already sent instead of posting it twice.
+    pub async fn send_post(
+        &self,
+        room_id: &str,
+        txn_id: &str,
+        post: &MatrixPost,
+    ) -> Result<String, MatrixError> {
+        let room = self.joined_room(room_id)?;
+        let content = RoomMessageEventContent::text_html(post.body.clone(), post.html.clone());
+        let response = room
+            .send(content)
+            .with_transaction_id(OwnedTransactionId::from(txn_id))
+            .await?;
+        Ok(response.response.event_id.to_string())
+    }
+
+    /// Posts a notice from the bridge itself (never relayed back).
+    pub async fn send_notice(&self, room_id: &str, text: &str) -> Result<String, MatrixError> {
+        let room = self.joined_room(room_id)?;
+        let response = room
+            .send(RoomMessageEventContent::notice_plain(text))
+            .await?;
+        Ok(response.response.event_id.to_string())
+    }
+
+    fn joined_room(&self, room_id: &str) -> Result<Room, MatrixError> {
+        let id = parse_room_id(room_id)?;
+        match self.client.get_room(&id) {
+            Some(room) if room.state() == RoomState::Joined => Ok(room),
+            _ => Err(MatrixError::NotInRoom(room_id.to_string())),
+        }
+    }
+}
+
+fn parse_room_id(room_id: &str) -> Result<OwnedRoomId, MatrixError> {
+    RoomId::parse(room_id).map_err(|_| MatrixError::InvalidId(room_id.to_string()))
+}
+
+/// Joining right after an invite can race the invite's federation/propagation; retry.
+async fn join_with_retries(room: Room) {
+    let mut delay = Duration::from_millis(500);
+    for _ in 0..6 {
+        match room.join().await {
+            Ok(()) => {
+                tracing::info!(room = %room.room_id(), "joined on an admin's invite");
+                return;
+            }
+            Err(error) => {
+                tracing::debug!(room = %room.room_id(), "join failed, retrying: {error}");
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+        }
+    }
+    tracing::warn!(room = %room.room_id(), "could not join after an admin's invite");
+}
+
+/// Turns a room message event into the relay's type; `None` for events the bridge
+/// does not relay as text (own events, edits, and kinds handled elsewhere).
+async fn to_matrix_text(
+    room: &Room,
+    event: &OriginalSyncRoomMessageEvent,
+    bot: &UserId,
+) -> Option<MatrixText> {
+    if room.state() != RoomState::Joined || event.sender == bot {
+        return None;
+    }
+    if matches!(event.content.relates_to, Some(Relation::Replacement(_))) {
+        // Edits are relayed by a later feature; never as a second message.
+        tracing::debug!(room = %room.room_id(), "edit not relayed yet");
+        return None;
+    }
+    let (kind, body) = match &event.content.msgtype {
+        MessageType::Text(text) => (MatrixKind::Text, text.body.clone()),
+        MessageType::Emote(emote) => (MatrixKind::Emote, emote.body.clone()),
+        MessageType::Notice(notice) => (MatrixKind::Notice, notice.body.clone()),
+        other => {
+            tracing::debug!(room = %room.room_id(), msgtype = other.msgtype(), "message type not relayed yet");
+            return None;
+        }
+    };
+    let display_name = match room.get_member_no_sync(&event.sender).await {
+        Ok(Some(member)) => member.display_name().map(str::to_string),
+        _ => None,
+    };
+    Some(MatrixText {
+        room_id: room.room_id().to_string(),
+        event_id: event.event_id.to_string(),
+        sender: event.sender.to_string(),
+        sender_display_name: display_name,
+        kind,
+        body,
+    })
+}

@@ -1,0 +1,438 @@
+//! The core of the bridge: what a message is on each side, whether it may cross, and
+//! how it reads once it has crossed. Knows nothing of either SDK.
+
+pub mod template;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::config::{GroupFile, Templates};
+
+/// A text message received in a WhatsApp group, as the adapter saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WhatsAppText {
+    pub group_jid: String,
+    pub message_id: String,
+    /// Phone number of the sender (digits only, no `+`), when known.
+    pub sender_phone: String,
+    /// The sender's WhatsApp push name, when the message carried one.
+    pub push_name: Option<String>,
+    pub text: String,
+    /// Sent from the association's own number (the phone or this bridge).
+    pub from_me: bool,
+}
+
+/// What kind of Matrix message event arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MatrixKind {
+    Text,
+    Emote,
+    Notice,
+}
+
+/// A text message event received in a bridged Matrix room.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MatrixText {
+    pub room_id: String,
+    pub event_id: String,
+    pub sender: String,
+    /// The sender's display name in that room, when set.
+    pub sender_display_name: Option<String>,
+    pub kind: MatrixKind,
+    pub body: String,
+}
+
+/// What the bot posts in a Matrix room (stored in the outbox as JSON).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MatrixPost {
+    pub body: String,
+    pub html: String,
+}
+
+/// What the shared number posts in a WhatsApp group (stored in the outbox as JSON).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WhatsAppPost {
+    pub text: String,
+}
+
+/// Why a message was not relayed. Logged at debug level only (never with content).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Skip {
+    /// The WhatsApp group has no group file.
+    UnapprovedGroup,
+    /// The Matrix room is not the room of an approved group.
+    UnbridgedRoom,
+    /// A message the bridge itself sent, seen again.
+    OwnEcho,
+    /// The Matrix sender is not allowed to speak by the group file.
+    NotAllowed,
+    /// m.notice events are never relayed (bots talk in notices).
+    Notice,
+    /// Nothing to say (empty text).
+    Empty,
+}
+
+/// Decides and formats messages crossing the bridge.
+#[derive(Debug, Clone)]
+pub struct Relay {
+    bot_user: String,
+    templates: Templates,
+}
+
+impl Relay {
+    pub fn new(bot_user: impl Into<String>, templates: Templates) -> Self {
+        Relay {
+            bot_user: bot_user.into(),
+            templates,
+        }
+    }
+
+    /// WhatsApp -> Matrix. `group` is the group file approving the chat, if any;
+    /// `sent_by_bridge` tells whether the store knows this id as one the bridge sent.
+    pub fn from_whatsapp(
+        &self,
+        group: Option<&GroupFile>,
+        message: &WhatsAppText,
+        sent_by_bridge: bool,
+    ) -> Result<MatrixPost, Skip> {
+        if group.is_none() {
+            return Err(Skip::UnapprovedGroup);
+        }
+        if sent_by_bridge || (message.from_me && looks_like_bridge_id(&message.message_id)) {
+            return Err(Skip::OwnEcho);
+        }
+        if message.text.trim().is_empty() {
+            return Err(Skip::Empty);
+        }
+        let name = whatsapp_display_name(message);
+        let phone = if message.sender_phone.is_empty() {
+            String::new()
+        } else {
+            format!("+{}", message.sender_phone)
+        };
+        let body = self.templates.to_matrix.render(|key| match key {
+            "name" => Some(name.clone()),
+            "phone" => Some(phone.clone()),
+            "text" => Some(message.text.clone()),
+            _ => None,
+        });
+        let html = self.templates.to_matrix_html.render(|key| match key {
+            "name" => Some(escape_html(&name)),
+            "phone" => Some(escape_html(&phone)),
+            "text" => Some(text_to_html(&message.text)),
+            _ => None,
+        });
+        Ok(MatrixPost { body, html })
+    }
+
+    /// Matrix -> WhatsApp. `group` is the group bridged to the room, if any;
+    /// `sent_by_bridge` tells whether the store knows this event as one the bot sent.
+    pub fn from_matrix(
+        &self,
+        group: Option<&GroupFile>,
+        message: &MatrixText,
+        sent_by_bridge: bool,
+    ) -> Result<WhatsAppPost, Skip> {
+        let Some(group) = group else {
+            return Err(Skip::UnbridgedRoom);
+        };
+        if message.sender == self.bot_user || sent_by_bridge {
+            return Err(Skip::OwnEcho);
+        }
+        if message.kind == MatrixKind::Notice {
+            return Err(Skip::Notice);
+        }
+        if let Some(allow) = &group.allow {
+            if !allow.iter().any(|pattern| pattern.matches(&message.sender)) {
+                return Err(Skip::NotAllowed);
+            }
+        }
+        if message.body.trim().is_empty() {
+            return Err(Skip::Empty);
+        }
+        let name = matrix_display_name(&message.sender, message.sender_display_name.as_deref());
+        let template = match message.kind {
+            MatrixKind::Emote => &self.templates.to_whatsapp_emote,
+            _ => &self.templates.to_whatsapp,
+        };
+        let text = template.render(|key| match key {
+            "name" => Some(name.clone()),
+            "user" => Some(message.sender.clone()),
+            "text" => Some(message.body.clone()),
+            _ => None,
+        });
+        Ok(WhatsAppPost { text })
+    }
+}
+
+/// The name WhatsApp people get in Matrix: their push name, else their number.
+pub fn whatsapp_display_name(message: &WhatsAppText) -> String {
+    match message.push_name.as_deref().map(single_line) {
+        Some(name) if !name.is_empty() => name,
+        _ if !message.sender_phone.is_empty() => format!("+{}", message.sender_phone),
+        _ => "WhatsApp".to_string(),
+    }
+}
+
+/// The name Matrix people get in WhatsApp: room display name, else the localpart.
+/// WhatsApp markup characters are removed so a nickname cannot break the bold prefix.
+pub fn matrix_display_name(user_id: &str, display_name: Option<&str>) -> String {
+    let cleaned = display_name
+        .map(|name| single_line(name).replace(['*', '_', '~', '`'], ""))
+        .map(|name| name.trim().to_string())
+        .filter(|name| !name.is_empty());
+    cleaned.unwrap_or_else(|| {
+        user_id
+            .trim_start_matches('@')
+            .split(':')
+            .next()
+            .unwrap_or(user_id)
+            .to_string()
+    })
+}
+
+fn single_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// The WhatsApp message id the bridge uses for a Matrix event: derived from the event
+/// id, so a retry after a crash reuses it and WhatsApp never shows the message twice.
+/// The shape follows WhatsApp Web ids (`3EB0` + hex); our prefix `3EB0BE` marks
+/// messages of this bridge.
+pub fn whatsapp_id_for_event(event_id: &str) -> String {
+    let digest = Sha256::digest(event_id.as_bytes());
+    let hex: String = digest.iter().take(8).map(|b| format!("{b:02X}")).collect();
+    format!("{BRIDGE_ID_PREFIX}{hex}")
+}
+
+const BRIDGE_ID_PREFIX: &str = "3EB0BE";
+
+fn looks_like_bridge_id(message_id: &str) -> bool {
+    message_id.len() == BRIDGE_ID_PREFIX.len() + 16 && message_id.starts_with(BRIDGE_ID_PREFIX)
+}
+
+/// The Matrix transaction id the bot uses for a WhatsApp message: derived from the
+/// message id, so a retry returns the already-sent event instead of a second copy.
+pub fn matrix_txn_for_whatsapp(group_jid: &str, message_id: &str) -> String {
+    let digest = Sha256::digest(format!("{group_jid}/{message_id}").as_bytes());
+    let hex: String = digest.iter().take(12).map(|b| format!("{b:02x}")).collect();
+    format!("wa.{hex}")
+}
+
+/// Escapes text for inclusion in Matrix HTML.
+pub fn escape_html(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+/// Plain text to HTML: escaped, line breaks kept.
+pub fn text_to_html(text: &str) -> String {
+    escape_html(text).replace('\n', "<br>")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{GroupFile, UserPattern};
+    use crate::relay::template::Template;
+
+    fn templates() -> Templates {
+        Templates {
+            to_matrix: Template::parse("{name}: {text}", &["name", "phone", "text"], &["text"])
+                .unwrap(),
+            to_matrix_html: Template::parse(
+                "<strong>{name}</strong>: {text}",
+                &["name", "phone", "text"],
+                &["text"],
+            )
+            .unwrap(),
+            to_whatsapp: Template::parse("*{name}*: {text}", &["name", "user", "text"], &["text"])
+                .unwrap(),
+            to_whatsapp_emote: Template::parse(
+                "* _{name}_ {text}",
+                &["name", "user", "text"],
+                &["text"],
+            )
+            .unwrap(),
+        }
+    }
+
+    fn group(allow: Option<Vec<&str>>) -> GroupFile {
+        GroupFile {
+            name: "famille".into(),
+            path: "groups.d/famille.toml".into(),
+            whatsapp: "120363041234567890@g.us".into(),
+            room: None,
+            invite: vec![],
+            allow: allow.map(|list| {
+                list.into_iter()
+                    .map(|p| UserPattern::parse(p).unwrap())
+                    .collect()
+            }),
+        }
+    }
+
+    fn wa(text: &str, push_name: Option<&str>) -> WhatsAppText {
+        WhatsAppText {
+            group_jid: "120363041234567890@g.us".into(),
+            message_id: "3EB0AAAA".into(),
+            sender_phone: "33611111111".into(),
+            push_name: push_name.map(Into::into),
+            text: text.into(),
+            from_me: false,
+        }
+    }
+
+    fn mx(sender: &str, display: Option<&str>, kind: MatrixKind, body: &str) -> MatrixText {
+        MatrixText {
+            room_id: "!room".into(),
+            event_id: "$ev".into(),
+            sender: sender.into(),
+            sender_display_name: display.map(Into::into),
+            kind,
+            body: body.into(),
+        }
+    }
+
+    fn relay() -> Relay {
+        Relay::new("@bot:example.org", templates())
+    }
+
+    #[test]
+    fn whatsapp_text_gets_name_prefix_and_bold_html() {
+        let post = relay()
+            .from_whatsapp(Some(&group(None)), &wa("hello <you>", Some("Bob")), false)
+            .unwrap();
+        assert_eq!(post.body, "Bob: hello <you>");
+        assert_eq!(post.html, "<strong>Bob</strong>: hello &lt;you&gt;");
+    }
+
+    #[test]
+    fn whatsapp_sender_without_push_name_shows_number() {
+        let post = relay()
+            .from_whatsapp(Some(&group(None)), &wa("hi", None), false)
+            .unwrap();
+        assert_eq!(post.body, "+33611111111: hi");
+    }
+
+    #[test]
+    fn whatsapp_unapproved_group_and_echo_are_skipped() {
+        let relay = relay();
+        assert_eq!(
+            relay.from_whatsapp(None, &wa("hi", None), false),
+            Err(Skip::UnapprovedGroup)
+        );
+        assert_eq!(
+            relay.from_whatsapp(Some(&group(None)), &wa("hi", None), true),
+            Err(Skip::OwnEcho)
+        );
+        let mut own = wa("hi", None);
+        own.from_me = true;
+        own.message_id = whatsapp_id_for_event("$x");
+        assert_eq!(
+            relay.from_whatsapp(Some(&group(None)), &own, false),
+            Err(Skip::OwnEcho)
+        );
+        // The association's phone typing in the group is a person, not an echo.
+        own.message_id = "3EB0C0FFEE".into();
+        assert!(relay.from_whatsapp(Some(&group(None)), &own, false).is_ok());
+    }
+
+    #[test]
+    fn matrix_text_and_emote_get_nickname_prefix() {
+        let relay = relay();
+        let g = group(None);
+        let post = relay
+            .from_matrix(
+                Some(&g),
+                &mx("@alice:example.org", Some("Alice"), MatrixKind::Text, "hi"),
+                false,
+            )
+            .unwrap();
+        assert_eq!(post.text, "*Alice*: hi");
+        let post = relay
+            .from_matrix(
+                Some(&g),
+                &mx("@alice:example.org", None, MatrixKind::Emote, "waves"),
+                false,
+            )
+            .unwrap();
+        assert_eq!(post.text, "* _alice_ waves");
+    }
+
+    #[test]
+    fn matrix_nickname_cannot_break_markup() {
+        assert_eq!(matrix_display_name("@a:x", Some("*Bo*b_\n")), "Bob");
+        assert_eq!(matrix_display_name("@a:x", Some(" ** ")), "a");
+    }
+
+    #[test]
+    fn matrix_skips_bot_notice_unbridged_and_not_allowed() {
+        let relay = relay();
+        let g = group(Some(vec!["@*:example.org"]));
+        assert_eq!(
+            relay.from_matrix(
+                None,
+                &mx("@a:example.org", None, MatrixKind::Text, "x"),
+                false
+            ),
+            Err(Skip::UnbridgedRoom)
+        );
+        assert_eq!(
+            relay.from_matrix(
+                Some(&g),
+                &mx("@bot:example.org", None, MatrixKind::Text, "x"),
+                false
+            ),
+            Err(Skip::OwnEcho)
+        );
+        assert_eq!(
+            relay.from_matrix(
+                Some(&g),
+                &mx("@a:example.org", None, MatrixKind::Notice, "x"),
+                false
+            ),
+            Err(Skip::Notice)
+        );
+        assert_eq!(
+            relay.from_matrix(
+                Some(&g),
+                &mx("@eve:evil.org", None, MatrixKind::Text, "x"),
+                false
+            ),
+            Err(Skip::NotAllowed)
+        );
+        assert!(relay
+            .from_matrix(
+                Some(&g),
+                &mx("@a:example.org", None, MatrixKind::Text, "x"),
+                false
+            )
+            .is_ok());
+    }
+
+    #[test]
+    fn derived_ids_are_stable_and_distinct() {
+        assert_eq!(whatsapp_id_for_event("$a"), whatsapp_id_for_event("$a"));
+        assert_ne!(whatsapp_id_for_event("$a"), whatsapp_id_for_event("$b"));
+        assert!(looks_like_bridge_id(&whatsapp_id_for_event("$a")));
+        assert_eq!(
+            matrix_txn_for_whatsapp("g@g.us", "A"),
+            matrix_txn_for_whatsapp("g@g.us", "A")
+        );
+        assert_ne!(
+            matrix_txn_for_whatsapp("g@g.us", "A"),
+            matrix_txn_for_whatsapp("h@g.us", "A")
+        );
+    }
+}

@@ -1,0 +1,788 @@
+//! Wiring: loads the configuration, connects both sides, runs the two outbox workers,
+//! and applies reloads (SIGHUP) and shutdown. The bridge decides nothing itself: it
+//! asks `relay` and moves messages through the store.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+use crate::config::{self, Config, GroupFile, Problems};
+use crate::matrix::{MatrixEvents, MatrixSide, RoomSetup};
+use crate::relay::{self, MatrixPost, MatrixText, Relay, Skip, WhatsAppPost, WhatsAppText};
+use crate::secret_file;
+use crate::store::{Direction, MessageLink, NewOutboxItem, OutboxItem, Store};
+use crate::whatsapp::fake::FakeNetwork;
+use crate::whatsapp::real::{RealOptions, RealWhatsApp};
+use crate::whatsapp::{ConnectionState, InboundSink, SinkError, WhatsAppClient, WhatsAppError};
+
+/// Longest wait between two retries of one outbox item.
+const MAX_RETRY_DELAY_MS: i64 = 60_000;
+/// How often groups whose room could not be set up are tried again.
+const ROOM_SETUP_RETRY: Duration = Duration::from_secs(30);
+
+/// Why the service could not start or reload.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("{0}")]
+    Config(#[from] Problems),
+    #[error("state directory {path}: {source}")]
+    StateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Matrix(#[from] crate::matrix::MatrixError),
+    #[error("WhatsApp: {0}")]
+    WhatsApp(String),
+}
+
+/// Which WhatsApp network the service talks to.
+pub enum WhatsAppNetwork {
+    /// whatsapp-rust, the real protocol (production).
+    Real,
+    /// The in-process fake network (tests of the core).
+    Fake(Arc<FakeNetwork>),
+}
+
+/// The configuration in force: swapped as a whole on a valid reload.
+struct Active {
+    config: Config,
+    relay: Relay,
+    /// Approved groups by WhatsApp jid.
+    groups: HashMap<String, GroupFile>,
+}
+
+impl Active {
+    fn new(config: Config, groups: Vec<GroupFile>) -> Self {
+        let relay = Relay::new(config.matrix.user.clone(), config.templates.clone());
+        let groups = groups
+            .into_iter()
+            .map(|group| (group.whatsapp.clone(), group))
+            .collect();
+        Active {
+            config,
+            relay,
+            groups,
+        }
+    }
+}
+
+/// What a reload changed, for logs and tests.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReloadOutcome {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub changed: Vec<String>,
+}
+
+struct Bridge {
+    config_path: PathBuf,
+    store: Arc<Store>,
+    matrix: MatrixSide,
+    whatsapp: OnceLock<Arc<dyn WhatsAppClient>>,
+    active: RwLock<Arc<Active>>,
+    wake_to_matrix: Notify,
+    wake_to_whatsapp: Notify,
+    /// Groups whose room is set up (by jid), so relaying can start.
+    rooms_ready: Mutex<HashSet<String>>,
+    /// (room, user) pairs already told they may not speak, to tell each only once.
+    refused_senders: Mutex<HashSet<(String, String)>>,
+    connection: Mutex<ConnectionState>,
+    /// A weak handle on itself, for tasks spawned from `&self` callbacks.
+    me: OnceLock<std::sync::Weak<Bridge>>,
+}
+
+/// A running passerelle.
+pub struct Service {
+    bridge: Arc<Bridge>,
+    tasks: Vec<JoinHandle<()>>,
+    real_whatsapp: Option<Arc<RealWhatsApp>>,
+    fake_whatsapp: Option<Arc<FakeNetwork>>,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl Service {
+    /// Loads the configuration, connects to Matrix and WhatsApp and starts relaying.
+    pub async fn start(
+        config_path: &Path,
+        network: WhatsAppNetwork,
+    ) -> Result<Service, ServiceError> {
+        let (config, groups) = config::load_all(config_path)?;
+        let state_dir = config.paths.state_dir.clone();
+        secret_file::create_private_dir(&state_dir).map_err(|source| ServiceError::StateDir {
+            path: state_dir.clone(),
+            source,
+        })?;
+        let store = Arc::new(Store::open(&state_dir.join("passerelle.db"))?);
+        let matrix = MatrixSide::connect(&config.matrix, &state_dir).await?;
+        let bridge = Arc::new(Bridge {
+            config_path: config_path.to_path_buf(),
+            store,
+            matrix,
+            whatsapp: OnceLock::new(),
+            active: RwLock::new(Arc::new(Active::new(config, groups))),
+            wake_to_matrix: Notify::new(),
+            wake_to_whatsapp: Notify::new(),
+            rooms_ready: Mutex::new(HashSet::new()),
+            refused_senders: Mutex::new(HashSet::new()),
+            connection: Mutex::new(ConnectionState::Connecting),
+            me: OnceLock::new(),
+        });
+        let _ = bridge.me.set(Arc::downgrade(&bridge));
+
+        let sink: Arc<dyn InboundSink> = bridge.clone();
+        let (client, real_whatsapp, fake_whatsapp) = match network {
+            WhatsAppNetwork::Fake(network) => {
+                let client = network.client();
+                (client, None, Some(network))
+            }
+            WhatsAppNetwork::Real => {
+                let options = RealOptions {
+                    url: bridge.active().config.whatsapp.url.clone(),
+                    state_dir: state_dir.clone(),
+                };
+                let real = RealWhatsApp::start(options, sink.clone())
+                    .await
+                    .map_err(|e| ServiceError::WhatsApp(e.to_string()))?;
+                let client: Arc<dyn WhatsAppClient> = real.clone();
+                (client, Some(real), None)
+            }
+        };
+        let _ = bridge.whatsapp.set(client);
+
+        // First start: learn the rooms' current state without relaying their history.
+        if bridge.store.get_meta("matrix.synced")?.is_none() {
+            bridge.matrix.initial_sync().await?;
+            bridge.store.set_meta("matrix.synced", "1")?;
+        }
+        let groups: Vec<GroupFile> = bridge.active().groups.values().cloned().collect();
+        for group in &groups {
+            bridge.setup_group(group).await;
+        }
+
+        let events: Arc<dyn MatrixEvents> = bridge.clone();
+        let mut tasks = vec![bridge.matrix.start_sync(events)];
+        tasks.push(tokio::spawn(bridge.clone().to_matrix_worker()));
+        tasks.push(tokio::spawn(bridge.clone().to_whatsapp_worker()));
+        tasks.push(tokio::spawn(bridge.clone().room_setup_retries()));
+        if let Some(network) = &fake_whatsapp {
+            network.attach(sink);
+        }
+        tracing::info!(groups = groups.len(), "passerelle started");
+        Ok(Service {
+            bridge,
+            tasks,
+            real_whatsapp,
+            fake_whatsapp,
+        })
+    }
+
+    /// Re-reads config.toml and groups.d. On any problem the running configuration
+    /// stays exactly as it was and the problems are returned (and logged).
+    pub async fn reload(&self) -> Result<ReloadOutcome, Problems> {
+        self.bridge.reload().await
+    }
+
+    /// The Matrix room bridged to a group, once set up.
+    pub fn room_for_group(&self, group_jid: &str) -> Option<String> {
+        self.bridge.store.room_for_group(group_jid).ok().flatten()
+    }
+
+    /// Messages waiting in each outbox: (to Matrix, to WhatsApp).
+    pub fn pending(&self) -> (u64, u64) {
+        let count = |direction| {
+            self.bridge
+                .store
+                .queue_stats(direction)
+                .map(|(count, _)| count)
+                .unwrap_or(0)
+        };
+        (count(Direction::ToMatrix), count(Direction::ToWhatsApp))
+    }
+
+    /// Stops relaying; what is queued stays queued for the next start.
+    pub async fn shutdown(self) {
+        if let Some(network) = &self.fake_whatsapp {
+            network.detach();
+        }
+        if let Some(real) = &self.real_whatsapp {
+            real.shutdown().await;
+        }
+        for task in &self.tasks {
+            task.abort();
+        }
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        self.bridge.matrix.stop();
+    }
+
+    /// Runs until SIGTERM or SIGINT; SIGHUP reloads.
+    pub async fn run_until_signalled(self) -> std::io::Result<()> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hangup = signal(SignalKind::hangup())?;
+        let mut terminate = signal(SignalKind::terminate())?;
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        loop {
+            tokio::select! {
+                _ = hangup.recv() => {
+                    tracing::info!("SIGHUP: reloading configuration");
+                    let _ = self.reload().await;
+                }
+                _ = terminate.recv() => break,
+                _ = interrupt.recv() => break,
+            }
+        }
+        tracing::info!("stopping");
+        self.shutdown().await;
+        Ok(())
+    }
+}
+
+impl Bridge {
+    fn active(&self) -> Arc<Active> {
+        self.active
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn whatsapp(&self) -> Option<&Arc<dyn WhatsAppClient>> {
+        self.whatsapp.get()
+    }
+
+    /// Finds or creates the room of a group and remembers it. Failures are logged and
+    /// retried by `room_setup_retries`.
+    async fn setup_group(&self, group: &GroupFile) {
+        let known_room = match self.store.room_for_group(&group.whatsapp) {
+            Ok(room) => room,
+            Err(error) => {
+                tracing::error!(group = %group.name, "store: {error}");
+                return;
+            }
+        };
+        let name = match (&known_room, self.whatsapp()) {
+            (None, Some(client)) => client
+                .group_subject(&group.whatsapp)
+                .await
+                .unwrap_or_else(|_| group.name.clone()),
+            _ => group.name.clone(),
+        };
+        let active = self.active();
+        let setup = RoomSetup {
+            group_jid: group.whatsapp.clone(),
+            alias_localpart: format!("{}{}", active.config.matrix.alias_prefix, group.name),
+            name,
+            invite: group.invite.clone(),
+            admins: active.config.matrix.admins.clone(),
+            existing: group.room.clone(),
+            known_room,
+        };
+        match self.matrix.ensure_room(&setup).await {
+            Ok(room_id) => {
+                if let Err(error) = self.store.set_group_room(&group.whatsapp, room_id.as_str()) {
+                    tracing::error!(group = %group.name, "store: {error}");
+                    return;
+                }
+                self.rooms_ready
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(group.whatsapp.clone());
+                tracing::info!(group = %group.name, room = %room_id, "group bridged");
+                self.wake_to_matrix.notify_one();
+            }
+            Err(error) => {
+                tracing::warn!(group = %group.name, "room setup failed, will retry: {error}");
+            }
+        }
+    }
+
+    async fn room_setup_retries(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(ROOM_SETUP_RETRY).await;
+            let pending: Vec<GroupFile> = {
+                let ready = self
+                    .rooms_ready
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone();
+                self.active()
+                    .groups
+                    .values()
+                    .filter(|group| !ready.contains(&group.whatsapp))
+                    .cloned()
+                    .collect()
+            };
+            for group in pending {
+                self.setup_group(&group).await;
+            }
+        }
+    }
+
+    async fn reload(&self) -> Result<ReloadOutcome, Problems> {
+        let (config, groups) = match config::load_all(&self.config_path) {
+            Ok(loaded) => loaded,
+            Err(problems) => {
+                for problem in &problems.0 {
+                    tracing::error!("reload refused: {problem}");
+                }
+                tracing::error!("reload refused: the running configuration is unchanged");
+                return Err(problems);
+            }
+        };
+        let old = self.active();
+        if config.matrix.homeserver != old.config.matrix.homeserver
+            || config.matrix.user != old.config.matrix.user
+            || config.paths.state_dir != old.config.paths.state_dir
+            || config.whatsapp.url != old.config.whatsapp.url
+        {
+            tracing::warn!(
+                "homeserver, bot user, state directory and WhatsApp URL apply on restart only"
+            );
+        }
+        let new = Arc::new(Active::new(config, groups));
+        let mut outcome = ReloadOutcome::default();
+        for (jid, group) in &old.groups {
+            match new.groups.get(jid) {
+                None => outcome.removed.push(group.name.clone()),
+                Some(new_group) if new_group != group => {
+                    outcome.changed.push(new_group.name.clone())
+                }
+                Some(_) => {}
+            }
+        }
+        for (jid, group) in &new.groups {
+            if !old.groups.contains_key(jid) {
+                outcome.added.push(group.name.clone());
+            }
+        }
+        *self.active.write().unwrap_or_else(|e| e.into_inner()) = new.clone();
+
+        for (jid, group) in &old.groups {
+            if new.groups.contains_key(jid) {
+                continue;
+            }
+            self.rooms_ready
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(jid);
+            if let Ok(Some(room)) = self.store.room_for_group(jid) {
+                let notice = "This room is no longer bridged to WhatsApp: its group file was removed by the administrator.";
+                if let Err(error) = self.matrix.send_notice(&room, notice).await {
+                    tracing::warn!(group = %group.name, "could not post the unbridge notice: {error}");
+                }
+            }
+        }
+        for (jid, group) in &new.groups {
+            match old.groups.get(jid) {
+                None => self.setup_group(group).await,
+                Some(old_group) => {
+                    let newly_invited: Vec<String> = group
+                        .invite
+                        .iter()
+                        .filter(|user| !old_group.invite.contains(user))
+                        .cloned()
+                        .collect();
+                    if !newly_invited.is_empty() {
+                        if let Ok(Some(room)) = self.store.room_for_group(jid) {
+                            self.matrix.invite(&room, &newly_invited).await;
+                        }
+                    }
+                    if old_group.room != group.room {
+                        tracing::warn!(group = %group.name, "a changed `room` applies to new groups only; the existing room is kept");
+                    }
+                }
+            }
+        }
+        tracing::info!(
+            added = outcome.added.len(),
+            removed = outcome.removed.len(),
+            changed = outcome.changed.len(),
+            "configuration reloaded"
+        );
+        Ok(outcome)
+    }
+
+    fn group_for_room(&self, room_id: &str) -> Option<GroupFile> {
+        let jid = self.store.group_for_room(room_id).ok().flatten()?;
+        let ready = self
+            .rooms_ready
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&jid);
+        if !ready {
+            return None;
+        }
+        self.active().groups.get(&jid).cloned()
+    }
+
+    async fn to_matrix_worker(self: Arc<Self>) {
+        loop {
+            match self.store.next_due(Direction::ToMatrix, now_ms()) {
+                Ok(Some(item)) => self.deliver_to_matrix(item).await,
+                Ok(None) => self.wait_for_work(Direction::ToMatrix).await,
+                Err(error) => {
+                    tracing::error!("store: {error}");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+
+    async fn to_whatsapp_worker(self: Arc<Self>) {
+        loop {
+            match self.store.next_due(Direction::ToWhatsApp, now_ms()) {
+                Ok(Some(item)) => self.deliver_to_whatsapp(item).await,
+                Ok(None) => self.wait_for_work(Direction::ToWhatsApp).await,
+                Err(error) => {
+                    tracing::error!("store: {error}");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+
+    /// Sleeps until woken by a new item or until the earliest retry is due.
+    async fn wait_for_work(&self, direction: Direction) {
+        let notify = match direction {
+            Direction::ToMatrix => &self.wake_to_matrix,
+            Direction::ToWhatsApp => &self.wake_to_whatsapp,
+        };
+        let wait = match self.store.earliest_due(direction) {
+            Ok(Some(due)) => Duration::from_millis((due - now_ms()).clamp(10, 60_000) as u64),
+            _ => Duration::from_secs(60),
+        };
+        let _ = tokio::time::timeout(wait, notify.notified()).await;
+    }
+
+    fn retry(&self, item: &OutboxItem, error: &str) {
+        let delay = (1000i64 << item.attempts.min(6)).min(MAX_RETRY_DELAY_MS);
+        if let Err(store_error) = self.store.retry_later(item.seq, error, now_ms() + delay) {
+            tracing::error!("store: {store_error}");
+        }
+    }
+
+    async fn deliver_to_matrix(&self, item: OutboxItem) {
+        let room_id = if item.room_id.is_empty() {
+            self.store.room_for_group(&item.group_jid).ok().flatten()
+        } else {
+            Some(item.room_id.clone())
+        };
+        let Some(room_id) = room_id else {
+            self.retry(&item, "room not set up yet");
+            return;
+        };
+        let post: MatrixPost = match serde_json::from_str(&item.payload) {
+            Ok(post) => post,
+            Err(error) => {
+                tracing::error!(seq = item.seq, "unreadable outbox item discarded: {error}");
+                let _ = self.store.discard(item.seq, "unreadable payload");
+                return;
+            }
+        };
+        match self
+            .matrix
+            .send_post(&room_id, &item.target_id, &post)
+            .await
+        {
+            Ok(event_id) => {
+                let link = MessageLink {
+                    group_jid: item.group_jid.clone(),
+                    wa_id: item.source_id.clone(),
+                    room_id,
+                    event_id,
+                    origin: Direction::ToMatrix,
+                    created_at: now_ms() / 1000,
+                };
+                self.finish(&item, &link);
+            }
+            Err(error) if error.is_retryable() => {
+                tracing::warn!(
+                    seq = item.seq,
+                    attempts = item.attempts,
+                    "Matrix send failed, will retry: {error}"
+                );
+                self.retry(&item, &error.to_string());
+            }
+            Err(error) => {
+                tracing::error!(seq = item.seq, "Matrix refused a relayed message: {error}");
+                let _ = self.store.discard(item.seq, &error.to_string());
+                let _ = self
+                    .matrix
+                    .send_notice(
+                        &room_id,
+                        "A WhatsApp message could not be posted here (refused by the homeserver).",
+                    )
+                    .await;
+            }
+        }
+    }
+
+    async fn deliver_to_whatsapp(&self, item: OutboxItem) {
+        let Some(client) = self.whatsapp() else {
+            self.retry(&item, "WhatsApp not started");
+            return;
+        };
+        let post: WhatsAppPost = match serde_json::from_str(&item.payload) {
+            Ok(post) => post,
+            Err(error) => {
+                tracing::error!(seq = item.seq, "unreadable outbox item discarded: {error}");
+                let _ = self.store.discard(item.seq, "unreadable payload");
+                return;
+            }
+        };
+        match client
+            .send_text(&item.group_jid, &item.target_id, &post.text)
+            .await
+        {
+            Ok(()) => {
+                let link = MessageLink {
+                    group_jid: item.group_jid.clone(),
+                    wa_id: item.target_id.clone(),
+                    room_id: item.room_id.clone(),
+                    event_id: item.source_id.clone(),
+                    origin: Direction::ToWhatsApp,
+                    created_at: now_ms() / 1000,
+                };
+                self.finish(&item, &link);
+            }
+            Err(error) if error.is_retryable() => {
+                if item.attempts == 0
+                    || !matches!(
+                        error,
+                        WhatsAppError::NotConnected | WhatsAppError::NotLinked
+                    )
+                {
+                    tracing::warn!(
+                        seq = item.seq,
+                        attempts = item.attempts,
+                        "WhatsApp send failed, will retry: {error}"
+                    );
+                }
+                self.retry(&item, &error.to_string());
+            }
+            Err(error) => {
+                tracing::error!(
+                    seq = item.seq,
+                    "WhatsApp refused a relayed message: {error}"
+                );
+                let _ = self.store.discard(item.seq, &error.to_string());
+                let _ = self
+                    .matrix
+                    .send_notice(
+                        &item.room_id,
+                        &format!("This message could not be sent to WhatsApp: {error}"),
+                    )
+                    .await;
+            }
+        }
+    }
+
+    fn finish(&self, item: &OutboxItem, link: &MessageLink) {
+        if let Err(error) = self.store.complete(item.seq, link) {
+            tracing::error!(seq = item.seq, "store: {error}");
+            return;
+        }
+        let day = today();
+        if let Err(error) = self
+            .store
+            .bump_counter(&day, &item.group_jid, item.direction, 1)
+        {
+            tracing::warn!("store: {error}");
+        }
+    }
+
+    fn log_skip(skip: Skip, direction: &str) {
+        tracing::debug!(?skip, direction, "not relayed");
+    }
+}
+
+/// Today's date (UTC) as YYYY-MM-DD, for the daily counters.
+fn today() -> String {
+    let days = now_ms() / 86_400_000;
+    // Civil-from-days (Howard Hinnant's algorithm), to avoid a date dependency.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}")
+}
+
+impl InboundSink for Bridge {
+    fn message(&self, message: WhatsAppText) -> Result<(), SinkError> {
+        let active = self.active();
+        let group = active.groups.get(&message.group_jid);
+        let own = self
+            .store
+            .is_bridge_wa_message(&message.group_jid, &message.message_id)
+            .map_err(|e| SinkError(e.to_string()))?;
+        let post = match active.relay.from_whatsapp(group, &message, own) {
+            Ok(post) => post,
+            Err(skip) => {
+                Self::log_skip(skip, "to matrix");
+                return Ok(());
+            }
+        };
+        let payload = serde_json::to_string(&post).map_err(|e| SinkError(e.to_string()))?;
+        let room_id = self
+            .store
+            .room_for_group(&message.group_jid)
+            .map_err(|e| SinkError(e.to_string()))?
+            .unwrap_or_default();
+        let target_id = relay::matrix_txn_for_whatsapp(&message.group_jid, &message.message_id);
+        let queued = self
+            .store
+            .enqueue(&NewOutboxItem {
+                direction: Direction::ToMatrix,
+                source_id: &message.message_id,
+                target_id: &target_id,
+                group_jid: &message.group_jid,
+                room_id: &room_id,
+                payload: &payload,
+            })
+            .map_err(|e| SinkError(e.to_string()))?;
+        if queued {
+            self.wake_to_matrix.notify_one();
+        } else {
+            tracing::debug!("WhatsApp message delivered again: already relayed");
+        }
+        Ok(())
+    }
+
+    fn connection(&self, state: ConnectionState) {
+        tracing::info!(?state, "WhatsApp connection");
+        if state == ConnectionState::Connected {
+            self.wake_to_whatsapp.notify_one();
+        }
+        *self.connection.lock().unwrap_or_else(|e| e.into_inner()) = state;
+    }
+}
+
+#[async_trait]
+impl MatrixEvents for Bridge {
+    async fn message(&self, message: MatrixText) {
+        let group = self.group_for_room(&message.room_id);
+        let own = match self
+            .store
+            .is_bridge_event(&message.room_id, &message.event_id)
+        {
+            Ok(own) => own,
+            Err(error) => {
+                tracing::error!("store: {error}");
+                return;
+            }
+        };
+        let active = self.active();
+        let post = match active.relay.from_matrix(group.as_ref(), &message, own) {
+            Ok(post) => post,
+            Err(Skip::NotAllowed) => {
+                let first_time = self
+                    .refused_senders
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert((message.room_id.clone(), message.sender.clone()));
+                if first_time {
+                    let notice = format!(
+                        "{}: your messages are not relayed to WhatsApp (not allowed by this group's settings; ask the administrator).",
+                        message.sender
+                    );
+                    let _ = self.matrix.send_notice(&message.room_id, &notice).await;
+                }
+                return;
+            }
+            Err(skip) => {
+                Self::log_skip(skip, "to whatsapp");
+                return;
+            }
+        };
+        let Some(group) = group else { return };
+        let payload = match serde_json::to_string(&post) {
+            Ok(payload) => payload,
+            Err(error) => {
+                tracing::error!("serialising a message: {error}");
+                return;
+            }
+        };
+        let target_id = relay::whatsapp_id_for_event(&message.event_id);
+        match self.store.enqueue(&NewOutboxItem {
+            direction: Direction::ToWhatsApp,
+            source_id: &message.event_id,
+            target_id: &target_id,
+            group_jid: &group.whatsapp,
+            room_id: &message.room_id,
+            payload: &payload,
+        }) {
+            Ok(true) => self.wake_to_whatsapp.notify_one(),
+            Ok(false) => tracing::debug!("Matrix event seen again: already relayed"),
+            Err(error) => tracing::error!("store: could not queue a Matrix message: {error}"),
+        }
+    }
+
+    async fn accept_invite(&self, room_id: &str, inviter: &str) -> bool {
+        let active = self.active();
+        if active
+            .config
+            .matrix
+            .admins
+            .iter()
+            .any(|admin| admin == inviter)
+        {
+            return true;
+        }
+        if matches!(self.store.group_for_room(room_id), Ok(Some(jid)) if active.groups.contains_key(&jid))
+        {
+            return true;
+        }
+        for group in active.groups.values() {
+            let configured = match &group.room {
+                Some(config::RoomRef::Id(id)) => id == room_id,
+                Some(config::RoomRef::Alias(alias)) => {
+                    self.matrix.resolve_alias(alias).await.as_deref() == Some(room_id)
+                }
+                None => false,
+            };
+            if configured {
+                // The bot could not join this group's room before: set it up now.
+                let group = group.clone();
+                if let Some(bridge) = self.me.get().and_then(std::sync::Weak::upgrade) {
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        bridge.setup_group(&group).await;
+                    });
+                }
+                return true;
+            }
+        }
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::today;
+
+    #[test]
+    fn today_is_a_plausible_date() {
+        let day = today();
+        assert_eq!(day.len(), 10);
+        assert!(day.as_str() >= "2024-01-01", "{day}");
+    }
+}

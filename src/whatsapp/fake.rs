@@ -1,0 +1,230 @@
+//! An in-process fake WhatsApp network for tests of the core: groups, members posting
+//! texts, an offline queue while the bridge is away, and a log of what the bridge sent.
+//! It stands in for WhatsApp behind the same boundary the real adapter implements.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use async_trait::async_trait;
+
+use super::{ConnectionState, InboundSink, WhatsAppClient, WhatsAppError};
+use crate::relay::WhatsAppText;
+
+/// The phone number of the association in the fake network.
+pub const BRIDGE_PHONE: &str = "33700000000";
+
+/// One message as stored in a fake group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FakeMessage {
+    pub id: String,
+    pub sender_phone: String,
+    pub text: String,
+}
+
+#[derive(Default)]
+struct FakeGroup {
+    subject: String,
+    log: Vec<FakeMessage>,
+}
+
+#[derive(Default)]
+struct FakeState {
+    groups: HashMap<String, FakeGroup>,
+    sink: Option<Arc<dyn InboundSink>>,
+    /// Messages for the bridge while it was not attached, delivered on attach.
+    offline: Vec<WhatsAppText>,
+    connected: bool,
+    echo_own_messages: bool,
+    next_id: u64,
+}
+
+/// The fake network. Share it as `Arc<FakeNetwork>`.
+#[derive(Default)]
+pub struct FakeNetwork {
+    state: Mutex<FakeState>,
+}
+
+impl FakeNetwork {
+    pub fn new() -> Arc<Self> {
+        Arc::new(FakeNetwork::default())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, FakeState> {
+        // A test that panicked while holding the lock already failed; keep going.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Creates a group the bridge's number is a member of; returns its jid.
+    pub fn create_group(&self, subject: &str) -> String {
+        let mut state = self.lock();
+        state.next_id += 1;
+        let jid = format!("1203630{:011}@g.us", state.next_id);
+        state.groups.insert(
+            jid.clone(),
+            FakeGroup {
+                subject: subject.to_string(),
+                log: Vec::new(),
+            },
+        );
+        jid
+    }
+
+    /// A member posts a text; the bridge receives it now if attached, else on attach.
+    pub fn post(
+        &self,
+        group_jid: &str,
+        phone: &str,
+        push_name: Option<&str>,
+        text: &str,
+    ) -> String {
+        let (sink, message) = {
+            let mut state = self.lock();
+            state.next_id += 1;
+            let id = format!("FAKE{:012X}", state.next_id);
+            if let Some(group) = state.groups.get_mut(group_jid) {
+                group.log.push(FakeMessage {
+                    id: id.clone(),
+                    sender_phone: phone.to_string(),
+                    text: text.to_string(),
+                });
+            }
+            let message = WhatsAppText {
+                group_jid: group_jid.to_string(),
+                message_id: id,
+                sender_phone: phone.to_string(),
+                push_name: push_name.map(str::to_string),
+                text: text.to_string(),
+                from_me: false,
+            };
+            match (&state.sink, state.connected) {
+                (Some(sink), true) => (Some(sink.clone()), message),
+                _ => {
+                    state.offline.push(message.clone());
+                    (None, message)
+                }
+            }
+        };
+        let id = message.message_id.clone();
+        if let Some(sink) = sink {
+            if sink.message(message.clone()).is_err() {
+                // Not acknowledged: WhatsApp would deliver it again later.
+                self.lock().offline.push(message);
+            }
+        }
+        id
+    }
+
+    /// Attaches the bridge and delivers what waited while it was away.
+    pub fn attach(&self, sink: Arc<dyn InboundSink>) {
+        let pending = {
+            let mut state = self.lock();
+            state.sink = Some(sink.clone());
+            state.connected = true;
+            std::mem::take(&mut state.offline)
+        };
+        sink.connection(ConnectionState::Connected);
+        for (index, message) in pending.iter().enumerate() {
+            if sink.message(message.clone()).is_err() {
+                self.lock().offline.extend(pending[index..].iter().cloned());
+                break;
+            }
+        }
+    }
+
+    /// Detaches the bridge (as if passerelle stopped).
+    pub fn detach(&self) {
+        let mut state = self.lock();
+        state.sink = None;
+        state.connected = false;
+    }
+
+    /// When on, the bridge's own sent messages come back to it (as WhatsApp may do
+    /// with messages of one's own number), to prove the bridge never loops.
+    pub fn set_echo_own_messages(&self, on: bool) {
+        self.lock().echo_own_messages = on;
+    }
+
+    /// Everything posted in a group, by members and by the bridge, in order.
+    pub fn messages(&self, group_jid: &str) -> Vec<FakeMessage> {
+        self.lock()
+            .groups
+            .get(group_jid)
+            .map(|g| g.log.clone())
+            .unwrap_or_default()
+    }
+
+    /// The texts the bridge posted in a group, in order.
+    pub fn bridge_texts(&self, group_jid: &str) -> Vec<String> {
+        self.messages(group_jid)
+            .into_iter()
+            .filter(|m| m.sender_phone == BRIDGE_PHONE)
+            .map(|m| m.text)
+            .collect()
+    }
+
+    /// A client for the bridge to send with.
+    pub fn client(self: &Arc<Self>) -> Arc<dyn WhatsAppClient> {
+        Arc::new(FakeClient {
+            network: self.clone(),
+        })
+    }
+}
+
+struct FakeClient {
+    network: Arc<FakeNetwork>,
+}
+
+#[async_trait]
+impl WhatsAppClient for FakeClient {
+    async fn send_text(
+        &self,
+        group_jid: &str,
+        message_id: &str,
+        text: &str,
+    ) -> Result<(), WhatsAppError> {
+        let echo = {
+            let mut state = self.network.lock();
+            if !state.connected {
+                return Err(WhatsAppError::NotConnected);
+            }
+            let echo_on = state.echo_own_messages;
+            let sink = state.sink.clone();
+            let group = state
+                .groups
+                .get_mut(group_jid)
+                .ok_or_else(|| WhatsAppError::Rejected("not a member of this group".into()))?;
+            if group.log.iter().any(|m| m.id == message_id) {
+                return Ok(()); // same id: WhatsApp keeps one message
+            }
+            group.log.push(FakeMessage {
+                id: message_id.to_string(),
+                sender_phone: BRIDGE_PHONE.to_string(),
+                text: text.to_string(),
+            });
+            sink.filter(|_| echo_on)
+        };
+        if let Some(sink) = echo {
+            let _ = sink.message(WhatsAppText {
+                group_jid: group_jid.to_string(),
+                message_id: message_id.to_string(),
+                sender_phone: BRIDGE_PHONE.to_string(),
+                push_name: None,
+                text: text.to_string(),
+                from_me: true,
+            });
+        }
+        Ok(())
+    }
+
+    async fn group_subject(&self, group_jid: &str) -> Result<String, WhatsAppError> {
+        let state = self.network.lock();
+        if !state.connected {
+            return Err(WhatsAppError::NotConnected);
+        }
+        state
+            .groups
+            .get(group_jid)
+            .map(|g| g.subject.clone())
+            .ok_or_else(|| WhatsAppError::Rejected("not a member of this group".into()))
+    }
+}

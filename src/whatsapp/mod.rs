@@ -1,0 +1,75 @@
+//! The WhatsApp side of the bridge, behind one small boundary: a client to send with
+//! and a sink that receives. The core never sees whatsapp-rust types, so it can be
+//! driven by the in-process fake network as well as by the real adapter.
+
+pub mod fake;
+pub mod real;
+
+use async_trait::async_trait;
+
+use crate::relay::WhatsAppText;
+
+/// Why a WhatsApp operation failed.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum WhatsAppError {
+    /// No device is linked yet: `passerelle login` has not been run.
+    #[error("WhatsApp is not linked (run `passerelle login`)")]
+    NotLinked,
+    /// Linked but not connected right now; retry later.
+    #[error("WhatsApp is not connected")]
+    NotConnected,
+    /// WhatsApp refused this request for good (e.g. not a member of the group).
+    #[error("WhatsApp refused: {0}")]
+    Rejected(String),
+    /// A failure that may go away (network, timeout).
+    #[error("WhatsApp error: {0}")]
+    Transient(String),
+}
+
+impl WhatsAppError {
+    /// Whether retrying the same request later can succeed.
+    pub fn is_retryable(&self) -> bool {
+        !matches!(self, WhatsAppError::Rejected(_))
+    }
+}
+
+/// The connection state of the linked device, as shown by `status` and to admins.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnectionState {
+    NotLinked,
+    Connecting,
+    Connected,
+    Disconnected(String),
+    LoggedOut(String),
+}
+
+/// Sending side of the boundary.
+#[async_trait]
+pub trait WhatsAppClient: Send + Sync {
+    /// Sends `text` to the group with the given message id. Sending the same id twice
+    /// must not produce a second message (the bridge derives ids from Matrix events).
+    async fn send_text(
+        &self,
+        group_jid: &str,
+        message_id: &str,
+        text: &str,
+    ) -> Result<(), WhatsAppError>;
+
+    /// The group's subject (its name), for naming the Matrix room.
+    async fn group_subject(&self, group_jid: &str) -> Result<String, WhatsAppError>;
+}
+
+/// Error returned by the sink when a message could not be stored: the adapter must
+/// then not acknowledge it to WhatsApp, so it is delivered again.
+#[derive(Debug, thiserror::Error)]
+#[error("could not store incoming WhatsApp message: {0}")]
+pub struct SinkError(pub String);
+
+/// Receiving side of the boundary: implemented by the bridge.
+pub trait InboundSink: Send + Sync {
+    /// Called for each incoming group text; returns once the message is durably
+    /// queued (or deliberately skipped). Only then may the adapter acknowledge it.
+    fn message(&self, message: WhatsAppText) -> Result<(), SinkError>;
+    /// Called when the connection state changes.
+    fn connection(&self, state: ConnectionState);
+}

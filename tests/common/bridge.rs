@@ -1,0 +1,137 @@
+//! A passerelle under test: a temporary config directory, its own bot account on the
+//! test Synapse, the in-process fake WhatsApp network, and start/restart/reload.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use passerelle::service::{Service, WhatsAppNetwork};
+use passerelle::whatsapp::fake::FakeNetwork;
+
+use super::synapse::Synapse;
+
+/// A name unique to this test run, usable as a Matrix localpart and an alias.
+pub fn unique(prefix: &str) -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!("{prefix}{}x{n}x{nanos:x}", std::process::id())
+}
+
+pub struct TestBridge {
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    pub groups_dir: PathBuf,
+    pub network: Arc<FakeNetwork>,
+    pub bot_user: String,
+    service: Option<Service>,
+}
+
+impl TestBridge {
+    /// A configured (not started) bridge with a fresh bot account; `admins` are
+    /// Matrix ids allowed to invite the bot anywhere.
+    pub fn new(synapse: &Synapse, admins: &[&str]) -> TestBridge {
+        let dir = tempfile::tempdir().unwrap();
+        let bot_local = unique("bot");
+        let bot_password = "bot-password";
+        let bot_user = synapse.register(&bot_local, bot_password, false);
+        let groups_dir = dir.path().join("groups.d");
+        std::fs::create_dir(&groups_dir).unwrap();
+        let password_file = dir.path().join("matrix-password");
+        std::fs::write(&password_file, format!("{bot_password}\n")).unwrap();
+        let admins: Vec<String> = admins.iter().map(|a| format!("{a:?}")).collect();
+        let config = format!(
+            r#"
+[matrix]
+homeserver = "{url}"
+user = "{bot_user}"
+password_file = "{password_file}"
+admins = [{admins}]
+
+[paths]
+state_dir = "{state}"
+groups_dir = "groups.d"
+
+[logging]
+level = "info"
+"#,
+            url = synapse.url,
+            password_file = password_file.display(),
+            admins = admins.join(", "),
+            state = dir.path().join("state").display(),
+        );
+        let config_path = dir.path().join("config.toml");
+        std::fs::write(&config_path, config).unwrap();
+        TestBridge {
+            dir,
+            config_path,
+            groups_dir,
+            network: FakeNetwork::new(),
+            bot_user,
+            service: None,
+        }
+    }
+
+    /// Writes `groups.d/<stem>.toml` approving `jid`, plus extra TOML lines.
+    pub fn write_group(&self, stem: &str, jid: &str, extra: &str) {
+        let text = format!("whatsapp = \"{jid}\"\n{extra}\n");
+        std::fs::write(self.groups_dir.join(format!("{stem}.toml")), text).unwrap();
+    }
+
+    pub fn remove_group(&self, stem: &str) {
+        std::fs::remove_file(self.groups_dir.join(format!("{stem}.toml"))).unwrap();
+    }
+
+    pub async fn start(&mut self) {
+        assert!(self.service.is_none(), "already started");
+        let service = Service::start(
+            &self.config_path,
+            WhatsAppNetwork::Fake(self.network.clone()),
+        )
+        .await
+        .expect("passerelle starts");
+        self.service = Some(service);
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(service) = self.service.take() {
+            service.shutdown().await;
+        }
+    }
+
+    pub fn service(&self) -> &Service {
+        self.service.as_ref().expect("started")
+    }
+
+    /// Waits until the group's room is set up and returns its id.
+    pub async fn wait_room(&self, jid: &str) -> String {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(room) = self.service().room_for_group(jid) {
+                return room;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "no room for {jid}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until the bridge posted `text` in the fake WhatsApp group.
+    pub async fn wait_whatsapp_text(&self, jid: &str, text: &str) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if self.network.bridge_texts(jid).iter().any(|t| t == text) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "WhatsApp group {jid} never got {text:?}; got {:?}",
+                self.network.bridge_texts(jid)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}

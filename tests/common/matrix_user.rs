@@ -1,0 +1,202 @@
+//! A Matrix person for integration tests: a real matrix-sdk client on the test
+//! Synapse that joins rooms it is invited to and records every message it sees.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use matrix_sdk::config::SyncSettings;
+use matrix_sdk::room::Room;
+use matrix_sdk::ruma::events::room::member::{MembershipState, StrippedRoomMemberEvent};
+use matrix_sdk::ruma::events::room::message::{
+    MessageType, OriginalSyncRoomMessageEvent, RoomMessageEventContent,
+};
+use matrix_sdk::ruma::{OwnedRoomId, RoomId, UserId};
+use matrix_sdk::Client;
+
+use super::synapse::Synapse;
+
+/// One message event as a Matrix user saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seen {
+    pub room_id: String,
+    pub event_id: String,
+    pub sender: String,
+    pub msgtype: String,
+    pub body: String,
+    pub html: Option<String>,
+}
+
+pub struct MatrixUser {
+    pub client: Client,
+    pub user_id: String,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    sync: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for MatrixUser {
+    fn drop(&mut self) {
+        self.sync.abort();
+    }
+}
+
+impl MatrixUser {
+    /// Registers `localpart` on the shared Synapse, logs in, sets a display name
+    /// (when given), auto-joins invites and starts syncing.
+    pub async fn new(synapse: &Synapse, localpart: &str, display_name: Option<&str>) -> MatrixUser {
+        let password = format!("pw-{localpart}");
+        let user_id = synapse.register(localpart, &password, false);
+        Self::login(synapse, &user_id, &password, display_name).await
+    }
+
+    /// Logs in an existing user.
+    pub async fn login(
+        synapse: &Synapse,
+        user_id: &str,
+        password: &str,
+        display_name: Option<&str>,
+    ) -> MatrixUser {
+        let client = Client::builder()
+            .homeserver_url(&synapse.url)
+            .build()
+            .await
+            .expect("build test client");
+        client
+            .matrix_auth()
+            .login_username(user_id, password)
+            .send()
+            .await
+            .expect("test user login");
+        if let Some(name) = display_name {
+            client
+                .account()
+                .set_display_name(Some(name))
+                .await
+                .expect("set display name");
+        }
+        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let recorder = seen.clone();
+        client.add_event_handler(move |event: OriginalSyncRoomMessageEvent, room: Room| {
+            let recorder = recorder.clone();
+            async move {
+                let (body, html) = match &event.content.msgtype {
+                    MessageType::Text(text) => (
+                        text.body.clone(),
+                        text.formatted.as_ref().map(|f| f.body.clone()),
+                    ),
+                    MessageType::Notice(notice) => (
+                        notice.body.clone(),
+                        notice.formatted.as_ref().map(|f| f.body.clone()),
+                    ),
+                    MessageType::Emote(emote) => (emote.body.clone(), None),
+                    other => (other.body().to_string(), None),
+                };
+                recorder.lock().unwrap().push(Seen {
+                    room_id: room.room_id().to_string(),
+                    event_id: event.event_id.to_string(),
+                    sender: event.sender.to_string(),
+                    msgtype: event.content.msgtype().to_string(),
+                    body,
+                    html,
+                });
+            }
+        });
+        let own_id = UserId::parse(user_id).unwrap();
+        client.add_event_handler(move |event: StrippedRoomMemberEvent, room: Room| {
+            let own_id = own_id.clone();
+            async move {
+                if event.state_key == own_id && event.content.membership == MembershipState::Invite
+                {
+                    for _ in 0..10 {
+                        if room.join().await.is_ok() {
+                            return;
+                        }
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                    }
+                }
+            }
+        });
+        client
+            .sync_once(SyncSettings::default())
+            .await
+            .expect("first sync");
+        let sync_client = client.clone();
+        let sync = tokio::spawn(async move {
+            let _ = sync_client
+                .sync(SyncSettings::default().timeout(Duration::from_secs(5)))
+                .await;
+        });
+        MatrixUser {
+            client,
+            user_id: user_id.to_string(),
+            seen,
+            sync,
+        }
+    }
+
+    /// Every message seen so far in `room_id`, in order.
+    pub fn seen_in(&self, room_id: &str) -> Vec<Seen> {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|seen| seen.room_id == room_id)
+            .cloned()
+            .collect()
+    }
+
+    /// Waits until a message matching `predicate` is seen in `room_id`.
+    pub async fn wait_for(
+        &self,
+        room_id: &str,
+        what: &str,
+        predicate: impl Fn(&Seen) -> bool,
+    ) -> Seen {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(found) = self.seen_in(room_id).into_iter().find(|s| predicate(s)) {
+                return found;
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!(
+                    "{} never saw {what} in {room_id}; saw: {:#?}",
+                    self.user_id,
+                    self.seen_in(room_id)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until the user is joined to `room_id` (after an invite).
+    pub async fn wait_joined(&self, room_id: &str) -> Room {
+        let room_id: OwnedRoomId = RoomId::parse(room_id).unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(room) = self.client.get_room(&room_id) {
+                if room.state() == matrix_sdk::RoomState::Joined {
+                    return room;
+                }
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!("{} never joined {room_id}", self.user_id);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Sends a plain text message and returns its event id.
+    pub async fn send_text(&self, room_id: &str, body: &str) -> String {
+        self.send(room_id, RoomMessageEventContent::text_plain(body))
+            .await
+    }
+
+    pub async fn send(&self, room_id: &str, content: RoomMessageEventContent) -> String {
+        let room = self.wait_joined(room_id).await;
+        room.send(content)
+            .await
+            .expect("send message")
+            .response
+            .event_id
+            .to_string()
+    }
+}

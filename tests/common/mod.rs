@@ -1,0 +1,6 @@
+//! Shared helpers for the integration tests (each test binary includes this with `mod common;`).
+#![allow(dead_code)]
+
+pub mod bridge;
+pub mod matrix_user;
+pub mod synapse;

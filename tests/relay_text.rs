@@ -1,0 +1,342 @@
+//! Text relay through a real Synapse and the in-process fake WhatsApp network: both
+//! directions, who may speak, what is never relayed, room set-up and reloads.
+#![recursion_limit = "256"]
+
+mod common;
+
+use common::bridge::{unique, TestBridge};
+use common::matrix_user::MatrixUser;
+use common::synapse::Synapse;
+
+/// A group approved by a file inviting `alice`; returns (bridge, alice, jid, room).
+async fn bridged_group(stem_prefix: &str, extra: &str) -> (TestBridge, MatrixUser, String, String) {
+    let synapse = Synapse::shared();
+    let alice = MatrixUser::new(synapse, &unique("alice"), Some("Alice")).await;
+    let mut bridge = TestBridge::new(synapse, &[]);
+    let jid = bridge.network.create_group("Famille Martin");
+    let stem = unique(stem_prefix);
+    bridge.write_group(
+        &stem,
+        &jid,
+        &format!("invite = [\"{}\"]\n{extra}", alice.user_id),
+    );
+    bridge.start().await;
+    let room = bridge.wait_room(&jid).await;
+    alice.wait_joined(&room).await;
+    (bridge, alice, jid, room)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_is_relayed_both_ways_with_name_prefixes() {
+    let (mut bridge, alice, jid, room) = bridged_group("famille", "").await;
+
+    bridge
+        .network
+        .post(&jid, "33611111111", Some("Bob"), "hello <everyone>");
+    let seen = alice
+        .wait_for(&room, "Bob's message", |s| s.body.contains("hello"))
+        .await;
+    assert_eq!(seen.sender, bridge.bot_user);
+    assert_eq!(seen.msgtype, "m.text");
+    assert_eq!(seen.body, "Bob: hello <everyone>");
+    assert_eq!(
+        seen.html.as_deref(),
+        Some("<strong>Bob</strong>: hello &lt;everyone&gt;")
+    );
+
+    bridge.network.post(&jid, "33622222222", None, "sans nom");
+    let seen = alice
+        .wait_for(&room, "a message without push name", |s| {
+            s.body.contains("sans nom")
+        })
+        .await;
+    assert_eq!(seen.body, "+33622222222: sans nom");
+
+    alice.send_text(&room, "hi from Matrix").await;
+    bridge
+        .wait_whatsapp_text(&jid, "*Alice*: hi from Matrix")
+        .await;
+
+    alice
+        .send(
+            &room,
+            matrix_sdk::ruma::events::room::message::RoomMessageEventContent::emote_plain("waves"),
+        )
+        .await;
+    bridge.wait_whatsapp_text(&jid, "* _Alice_ waves").await;
+    assert_eq!(
+        bridge.network.bridge_texts(&jid),
+        vec!["*Alice*: hi from Matrix", "* _Alice_ waves"]
+    );
+    bridge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notices_bot_messages_and_echoes_never_loop() {
+    let (mut bridge, alice, jid, room) = bridged_group("echo", "").await;
+    bridge.network.set_echo_own_messages(true);
+
+    alice
+        .send(
+            &room,
+            matrix_sdk::ruma::events::room::message::RoomMessageEventContent::notice_plain(
+                "a bot notice",
+            ),
+        )
+        .await;
+    alice.send_text(&room, "ping").await;
+    bridge.wait_whatsapp_text(&jid, "*Alice*: ping").await;
+
+    bridge
+        .network
+        .post(&jid, "33611111111", Some("Bob"), "pong");
+    alice
+        .wait_for(&room, "pong", |s| s.body == "Bob: pong")
+        .await;
+    // A later Matrix message as a barrier: everything before it has been processed.
+    alice.send_text(&room, "barrier").await;
+    bridge.wait_whatsapp_text(&jid, "*Alice*: barrier").await;
+
+    assert_eq!(
+        bridge.network.bridge_texts(&jid),
+        vec!["*Alice*: ping", "*Alice*: barrier"],
+        "the notice and the bot's own post must not reach WhatsApp, each text once"
+    );
+    let from_bot: Vec<String> = alice
+        .seen_in(&room)
+        .into_iter()
+        .filter(|s| s.sender == bridge.bot_user && s.msgtype == "m.text")
+        .map(|s| s.body)
+        .collect();
+    assert_eq!(
+        from_bot,
+        vec!["Bob: pong"],
+        "echoed WhatsApp messages must not come back"
+    );
+    bridge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_allowed_matrix_users_are_relayed() {
+    let synapse = Synapse::shared();
+    let alice = MatrixUser::new(synapse, &unique("alice"), Some("Alice")).await;
+    let eve = MatrixUser::new(synapse, &unique("eve"), Some("Eve")).await;
+    let mut bridge = TestBridge::new(synapse, &[]);
+    let jid = bridge.network.create_group("Club");
+    bridge.write_group(
+        &unique("club"),
+        &jid,
+        &format!(
+            "invite = [\"{}\", \"{}\"]\nallow = [\"{}\"]",
+            alice.user_id, eve.user_id, alice.user_id
+        ),
+    );
+    bridge.start().await;
+    let room = bridge.wait_room(&jid).await;
+    alice.wait_joined(&room).await;
+    eve.wait_joined(&room).await;
+
+    eve.send_text(&room, "eve speaks").await;
+    let notice = alice
+        .wait_for(&room, "the refusal notice", |s| s.msgtype == "m.notice")
+        .await;
+    assert!(notice.body.contains(&eve.user_id), "{}", notice.body);
+    alice.send_text(&room, "alice speaks").await;
+    bridge
+        .wait_whatsapp_text(&jid, "*Alice*: alice speaks")
+        .await;
+    assert_eq!(
+        bridge.network.bridge_texts(&jid),
+        vec!["*Alice*: alice speaks"]
+    );
+    bridge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unapproved_groups_are_never_relayed() {
+    let (mut bridge, alice, jid, room) = bridged_group("approved", "").await;
+    let secret_group = bridge.network.create_group("Not approved");
+    bridge
+        .network
+        .post(&secret_group, "33633333333", Some("Carol"), "private words");
+    bridge
+        .network
+        .post(&jid, "33611111111", Some("Bob"), "after");
+    alice
+        .wait_for(&room, "Bob's message", |s| s.body == "Bob: after")
+        .await;
+    assert!(bridge.service().room_for_group(&secret_group).is_none());
+    for room in alice.client.joined_rooms() {
+        let seen = alice.seen_in(room.room_id().as_str());
+        assert!(
+            seen.iter().all(|s| !s.body.contains("private words")),
+            "unapproved group leaked: {seen:?}"
+        );
+    }
+    assert_eq!(bridge.service().pending(), (0, 0));
+    bridge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn room_is_created_once_across_restarts_and_offline_messages_arrive() {
+    let (mut bridge, alice, jid, room) = bridged_group("restart", "").await;
+    bridge.stop().await;
+
+    // While passerelle is stopped, both sides keep talking.
+    bridge
+        .network
+        .post(&jid, "33611111111", Some("Bob"), "while you were away");
+    alice.send_text(&room, "me too").await;
+
+    bridge.start().await;
+    assert_eq!(
+        bridge.wait_room(&jid).await,
+        room,
+        "same room after restart"
+    );
+    alice
+        .wait_for(&room, "the offline WhatsApp message", |s| {
+            s.body == "Bob: while you were away"
+        })
+        .await;
+    bridge.wait_whatsapp_text(&jid, "*Alice*: me too").await;
+
+    // The bot is in exactly one room: no second room was created.
+    let bot = MatrixUser::login(Synapse::shared(), &bridge.bot_user, "bot-password", None).await;
+    let rooms: Vec<String> = bot
+        .client
+        .joined_rooms()
+        .iter()
+        .map(|r| r.room_id().to_string())
+        .collect();
+    assert_eq!(rooms, vec![room.clone()]);
+    bridge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_adds_and_removes_groups_and_survives_broken_files() {
+    let (mut bridge, alice, jid_a, room_a) = bridged_group("first", "").await;
+
+    // Add a group: its room appears and relays.
+    let jid_b = bridge.network.create_group("Voisins");
+    let stem_b = unique("voisins");
+    bridge.write_group(
+        &stem_b,
+        &jid_b,
+        &format!("invite = [\"{}\"]", alice.user_id),
+    );
+    let outcome = bridge.service().reload().await.expect("valid reload");
+    assert_eq!(outcome.added, vec![stem_b.clone()]);
+    let room_b = bridge.wait_room(&jid_b).await;
+    alice.wait_joined(&room_b).await;
+    bridge
+        .network
+        .post(&jid_b, "33644444444", Some("Dan"), "bonjour");
+    alice
+        .wait_for(&room_b, "Dan", |s| s.body == "Dan: bonjour")
+        .await;
+
+    // A broken file: refused with path:line, the old configuration keeps relaying.
+    std::fs::write(
+        bridge.groups_dir.join("broken.toml"),
+        "whatsapp = \"120363000000000001@g.us\"\nroom = 12\n",
+    )
+    .unwrap();
+    let problems = bridge
+        .service()
+        .reload()
+        .await
+        .expect_err("broken file refused");
+    let text = problems.to_string();
+    assert!(text.contains("broken.toml:2:"), "{text}");
+    bridge
+        .network
+        .post(&jid_a, "33611111111", Some("Bob"), "still here");
+    alice
+        .wait_for(&room_a, "Bob", |s| s.body == "Bob: still here")
+        .await;
+    std::fs::remove_file(bridge.groups_dir.join("broken.toml")).unwrap();
+
+    // Remove the first group: a notice in its room, then nothing relayed any more.
+    let stem_a = std::fs::read_dir(&bridge.groups_dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| std::fs::read_to_string(p).unwrap().contains(&jid_a))
+        .unwrap();
+    std::fs::remove_file(stem_a).unwrap();
+    let outcome = bridge.service().reload().await.expect("valid reload");
+    assert_eq!(outcome.removed.len(), 1);
+    alice
+        .wait_for(&room_a, "the unbridge notice", |s| {
+            s.msgtype == "m.notice" && s.body.contains("no longer bridged")
+        })
+        .await;
+    bridge
+        .network
+        .post(&jid_a, "33611111111", Some("Bob"), "into the void");
+    alice.send_text(&room_a, "not relayed").await;
+    bridge
+        .network
+        .post(&jid_b, "33644444444", Some("Dan"), "barrier");
+    alice
+        .wait_for(&room_b, "barrier", |s| s.body == "Dan: barrier")
+        .await;
+    alice.send_text(&room_b, "barrier too").await;
+    bridge
+        .wait_whatsapp_text(&jid_b, "*Alice*: barrier too")
+        .await;
+    assert!(alice
+        .seen_in(&room_a)
+        .iter()
+        .all(|s| !s.body.contains("into the void")));
+    assert!(bridge.network.bridge_texts(&jid_a).is_empty());
+    bridge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bot_accepts_invites_from_admins_only() {
+    let synapse = Synapse::shared();
+    let admin = MatrixUser::new(synapse, &unique("admin"), None).await;
+    let stranger = MatrixUser::new(synapse, &unique("stranger"), None).await;
+    let mut bridge = TestBridge::new(synapse, &[&admin.user_id]);
+    bridge.start().await;
+    let bot_id = matrix_sdk::ruma::UserId::parse(bridge.bot_user.as_str()).unwrap();
+
+    let stranger_room = stranger
+        .client
+        .create_room(Default::default())
+        .await
+        .unwrap();
+    stranger_room.invite_user_by_id(&bot_id).await.unwrap();
+    let admin_room = admin.client.create_room(Default::default()).await.unwrap();
+    admin_room.invite_user_by_id(&bot_id).await.unwrap();
+
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    let membership = |room: &matrix_sdk::Room| {
+        let room = room.clone();
+        let bot_id = bot_id.clone();
+        async move {
+            room.sync_members().await.ok();
+            room.get_member(&bot_id)
+                .await
+                .ok()
+                .flatten()
+                .map(|m| m.membership().clone())
+        }
+    };
+    use matrix_sdk::ruma::events::room::member::MembershipState;
+    loop {
+        let on_admin = membership(&admin_room).await;
+        let on_stranger = membership(&stranger_room).await;
+        if on_admin == Some(MembershipState::Join) && on_stranger == Some(MembershipState::Leave) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "admin room: {on_admin:?}, stranger room: {on_stranger:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    bridge.stop().await;
+}
