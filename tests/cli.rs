@@ -1,0 +1,236 @@
+//! The `passerelle` binary as an admin uses it: `check` output and exit codes, and
+//! `run` under signals (SIGHUP reloads groups.d, SIGTERM stops) against a real Synapse.
+#![recursion_limit = "256"]
+
+mod common;
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::bridge::{unique, TestBridge};
+use common::synapse::{http_json, Synapse};
+
+fn passerelle() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_passerelle"))
+}
+
+fn write_config(dir: &std::path::Path, extra: &str) -> std::path::PathBuf {
+    std::fs::create_dir_all(dir.join("groups.d")).unwrap();
+    let path = dir.join("config.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[matrix]\nhomeserver = \"http://127.0.0.1:9\"\nuser = \"@bot:example.org\"\npassword = \"x\"\n\n[paths]\nstate_dir = \"{}\"\n{extra}",
+            dir.join("state").display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+#[test]
+fn help_lists_the_commands() {
+    let output = passerelle().arg("--help").output().unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success());
+    for command in ["run", "check"] {
+        assert!(text.contains(command), "{command} missing from:\n{text}");
+    }
+}
+
+#[test]
+fn check_summarises_a_valid_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "");
+    std::fs::write(
+        dir.path().join("groups.d/famille.toml"),
+        "whatsapp = \"120363041234567890@g.us\"\ninvite = [\"@alice:example.org\"]\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("groups.d/club.toml"),
+        "whatsapp = \"33612345678-1591234567@g.us\"\nallow = [\"@*:example.org\"]\n",
+    )
+    .unwrap();
+    let output = passerelle()
+        .arg("check")
+        .arg("-c")
+        .arg(&config)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{text}");
+    assert_eq!(text.lines().count(), 1, "{text}");
+    assert!(text.contains("2 groups approved"), "{text}");
+    assert!(
+        !dir.path().join("state").exists(),
+        "check must write nothing"
+    );
+}
+
+#[test]
+fn check_reports_each_problem_with_path_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "");
+    let groups = dir.path().join("groups.d");
+    std::fs::write(
+        groups.join("a.toml"),
+        "whatsapp = \"120363041234567890@g.us\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        groups.join("b.toml"),
+        "# same group again\nwhatsapp = \"120363041234567890@g.us\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        groups.join("c.toml"),
+        "whatsapp = \"120363041234567891@g.us\"\n\nalow = [\"@*:example.org\"]\n",
+    )
+    .unwrap();
+    std::fs::write(
+        groups.join("d.toml"),
+        "whatsapp = \"120363041234567892@g.us\"\ninvite = [\"alice\"]\n",
+    )
+    .unwrap();
+    std::fs::write(groups.join("e.toml"), "whatsapp = [1, 2\n").unwrap();
+    let output = passerelle()
+        .arg("check")
+        .arg("-c")
+        .arg(&config)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(!output.status.success(), "{text}");
+    let expect = |file: &str, line: u32| {
+        let prefix = format!("{}:{line}: ", groups.join(file).display());
+        assert!(
+            text.lines().any(|l| l.starts_with(&prefix)),
+            "no line starting with {prefix:?} in:\n{text}"
+        );
+    };
+    expect("b.toml", 2); // duplicate group id
+    expect("c.toml", 3); // unknown key
+    expect("d.toml", 2); // malformed user id
+    expect("e.toml", 1); // TOML syntax
+    assert!(
+        text.contains("a.toml"),
+        "the duplicate names the first file:\n{text}"
+    );
+}
+
+/// Waits until `alias` resolves on the homeserver, returning the room id.
+fn wait_alias(synapse: &Synapse, token: &str, alias: &str) -> String {
+    let encoded = alias.replace('#', "%23").replace(':', "%3A");
+    let url = synapse.api(&format!("/_matrix/client/v3/directory/room/{encoded}"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, body) = http_json("GET", &url, Some(token), None);
+        if status == 200 {
+            return body["room_id"].as_str().unwrap().to_string();
+        }
+        assert!(Instant::now() < deadline, "alias {alias} never appeared");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn run_reloads_on_sighup_and_stops_on_sigterm() {
+    let synapse = Synapse::shared();
+    let admin_local = unique("admin");
+    let admin = synapse.register(&admin_local, "pw", false);
+    let token = synapse.login(&admin, "pw");
+    // The bridge's config from the shared test helper; WhatsApp is not linked, so
+    // `run` relays nothing from WhatsApp but sets up the Matrix side.
+    let bridge = TestBridge::new(synapse, &[&admin]);
+    std::fs::write(
+        &bridge.config_path,
+        std::fs::read_to_string(&bridge.config_path).unwrap()
+            + "\n[whatsapp]\nurl = \"ws://127.0.0.1:9/ws/chat\"\n",
+    )
+    .unwrap();
+    let first = unique("first");
+    bridge.write_group(&first, "120363000000000011@g.us", "");
+    let log_path = bridge.dir.path().join("run.log");
+    let mut child = passerelle()
+        .arg("run")
+        .arg("-c")
+        .arg(&bridge.config_path)
+        .stdout(Stdio::from(std::fs::File::create(&log_path).unwrap()))
+        .stderr(Stdio::from(
+            std::fs::File::options()
+                .append(true)
+                .open(&log_path)
+                .unwrap(),
+        ))
+        .spawn()
+        .unwrap();
+    let pid = child.id().to_string();
+    let signal = |name: &str| {
+        assert!(Command::new("kill")
+            .args(["-s", name, &pid])
+            .status()
+            .unwrap()
+            .success());
+    };
+
+    let server = &synapse.server_name;
+    let first_room = wait_alias(synapse, &token, &format!("#{first}:{server}"));
+
+    let second = unique("second");
+    bridge.write_group(&second, "120363000000000012@g.us", "");
+    std::fs::write(bridge.groups_dir.join("broken.toml"), "whatsapp = 42\n").unwrap();
+    signal("HUP");
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "a broken reload must not stop the service"
+    );
+    let (status, _) = http_json(
+        "GET",
+        &synapse.api(&format!(
+            "/_matrix/client/v3/directory/room/%23{second}%3A{server}"
+        )),
+        Some(&token),
+        None,
+    );
+    assert_eq!(
+        status, 404,
+        "a refused reload must not apply any part of it"
+    );
+
+    std::fs::remove_file(bridge.groups_dir.join("broken.toml")).unwrap();
+    signal("HUP");
+    let second_room = wait_alias(synapse, &token, &format!("#{second}:{server}"));
+    assert_ne!(first_room, second_room);
+
+    signal("TERM");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "passerelle did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut log = String::new();
+    std::fs::File::open(&log_path)
+        .unwrap()
+        .read_to_string(&mut log)
+        .unwrap();
+    assert!(status.success(), "exit status {status:?}; log:\n{log}");
+    assert!(
+        log.contains("broken.toml:1:"),
+        "the refused reload is logged with path:line:\n{log}"
+    );
+    let state = bridge.dir.path().join("state");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&state), 0o700);
+    assert_eq!(mode(&state.join("passerelle.db")), 0o600);
+    assert_eq!(mode(&state.join("matrix-session.json")), 0o600);
+}
