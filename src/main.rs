@@ -65,9 +65,19 @@ fn check(config_path: &Path) -> ExitCode {
     }
 }
 
+/// A bare level (`info`) applies to passerelle; its dependencies log warnings and
+/// errors only, since the SDKs may print identifiers (phone numbers) at info level.
+/// Per-module directives (`info,whatsapp_rust=debug`) are taken as written.
+fn log_directives(level: &str) -> String {
+    match level.trim() {
+        bare @ ("info" | "warn" | "error") => format!("warn,passerelle={bare}"),
+        other => other.to_string(),
+    }
+}
+
 fn init_logging(level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(log_directives(level)))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt().with_env_filter(filter).init();
 }

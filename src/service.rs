@@ -310,6 +310,30 @@ impl Bridge {
         }
     }
 
+    /// Names each created room after its WhatsApp group's subject. Rooms named in a
+    /// group file (`room = ...`) belong to their owners and are left as they are.
+    async fn sync_room_names(&self) {
+        let Some(client) = self.whatsapp() else {
+            return;
+        };
+        let groups: Vec<GroupFile> = self.active().groups.values().cloned().collect();
+        for group in groups.iter().filter(|group| group.room.is_none()) {
+            let Ok(Some(room_id)) = self.store.room_for_group(&group.whatsapp) else {
+                continue;
+            };
+            match client.group_subject(&group.whatsapp).await {
+                Ok(subject) => {
+                    if let Err(error) = self.matrix.set_room_name(&room_id, &subject).await {
+                        tracing::warn!(group = %group.name, "could not rename the room: {error}");
+                    }
+                }
+                Err(error) => {
+                    tracing::debug!(group = %group.name, "no subject: {error}");
+                }
+            }
+        }
+    }
+
     async fn room_setup_retries(self: Arc<Self>) {
         loop {
             tokio::time::sleep(ROOM_SETUP_RETRY).await;
@@ -669,10 +693,15 @@ impl InboundSink for Bridge {
 
     fn connection(&self, state: ConnectionState) {
         tracing::info!(?state, "WhatsApp connection");
-        if state == ConnectionState::Connected {
-            self.wake_to_whatsapp.notify_one();
-        }
+        let connected = state == ConnectionState::Connected;
         *self.connection.lock().unwrap_or_else(|e| e.into_inner()) = state;
+        if connected {
+            self.wake_to_whatsapp.notify_one();
+            // Rooms set up while WhatsApp was away were named after their file.
+            if let Some(bridge) = self.me.get().and_then(std::sync::Weak::upgrade) {
+                tokio::spawn(async move { bridge.sync_room_names().await });
+            }
+        }
     }
 }
 

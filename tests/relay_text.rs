@@ -340,3 +340,40 @@ async fn bot_accepts_invites_from_admins_only() {
     }
     bridge.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn created_room_is_named_after_the_group_and_carries_bridge_info() {
+    let (mut bridge, alice, jid, room) = bridged_group("info", "").await;
+    let synapse = Synapse::shared();
+    let token = alice.client.access_token().unwrap();
+    let state = |path: String| {
+        common::synapse::http_json(
+            "GET",
+            &synapse.api(&format!("/_matrix/client/v3/rooms/{room}/state/{path}")),
+            Some(&token),
+            None,
+        )
+    };
+    // Named after the WhatsApp subject once WhatsApp is connected.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (status, name) = state("m.room.name/".into());
+        if status == 200 && name["name"] == "Famille Martin" {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "room name: {status} {name}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let state_key = format!("passerelle://whatsapp/{jid}")
+        .replace('/', "%2F")
+        .replace(':', "%3A")
+        .replace('@', "%40");
+    for event_type in ["m.bridge", "uk.half-shot.bridge"] {
+        let (status, info) = state(format!("{event_type}/{state_key}"));
+        assert_eq!(status, 200, "{event_type}: {info}");
+        assert_eq!(info["bridgebot"], bridge.bot_user.as_str());
+        assert_eq!(info["protocol"]["id"], "whatsapp");
+        assert_eq!(info["channel"]["id"], jid.as_str());
+    }
+    bridge.stop().await;
+}

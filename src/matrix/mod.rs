@@ -420,6 +420,16 @@ impl MatrixSide {
         }
     }
 
+    /// Sets the room name, unless it already is `name`.
+    pub async fn set_room_name(&self, room_id: &str, name: &str) -> Result<(), MatrixError> {
+        let room = self.joined_room(room_id)?;
+        if room.name().as_deref() == Some(name) || name.trim().is_empty() {
+            return Ok(());
+        }
+        room.set_name(name.to_string()).await?;
+        Ok(())
+    }
+
     /// Invites users into a room (used when a group file gains `invite` entries).
     pub async fn invite(&self, room_id: &str, users: &[String]) {
         let Some(room) = parse_room_id(room_id)
