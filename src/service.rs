@@ -127,7 +127,7 @@ impl Service {
             source,
         })?;
         let store = Arc::new(Store::open(&state_dir.join("passerelle.db"))?);
-        let matrix = MatrixSide::connect(&config.matrix, &state_dir).await?;
+        let matrix = MatrixSide::connect(&config.matrix, &state_dir, store.clone()).await?;
         let bridge = Arc::new(Bridge {
             config_path: config_path.to_path_buf(),
             store,

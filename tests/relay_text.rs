@@ -361,7 +361,10 @@ async fn created_room_is_named_after_the_group_and_carries_bridge_info() {
         if status == 200 && name["name"] == "Famille Martin" {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "room name: {status} {name}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "room name: {status} {name}"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
     let state_key = format!("passerelle://whatsapp/{jid}")
@@ -375,5 +378,52 @@ async fn created_room_is_named_after_the_group_and_carries_bridge_info() {
         assert_eq!(info["protocol"]["id"], "whatsapp");
         assert_eq!(info["channel"]["id"], jid.as_str());
     }
+    bridge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bursts_sent_while_stopped_arrive_once_and_in_order() {
+    const BURST: usize = 150; // more than one sync timeline holds
+    let (mut bridge, alice, jid, room) = bridged_group("burst", "").await;
+    // Something handled before the stop, so the bridge has a place to resume from.
+    alice.send_text(&room, "before").await;
+    bridge.wait_whatsapp_text(&jid, "*Alice*: before").await;
+    bridge.stop().await;
+
+    for n in 0..BURST {
+        alice.send_text(&room, &format!("m{n}")).await;
+        bridge
+            .network
+            .post(&jid, "33611111111", Some("Bob"), &format!("w{n}"));
+    }
+    bridge.start().await;
+
+    let last = format!("*Alice*: m{}", BURST - 1);
+    bridge.wait_whatsapp_text(&jid, &last).await;
+    let mut expected: Vec<String> = vec!["*Alice*: before".into()];
+    expected.extend((0..BURST).map(|n| format!("*Alice*: m{n}")));
+    assert_eq!(bridge.network.bridge_texts(&jid), expected);
+
+    let last = format!("Bob: w{}", BURST - 1);
+    alice
+        .wait_for(&room, "the last WhatsApp message", |s| s.body == last)
+        .await;
+    let expected: Vec<String> = (0..BURST).map(|n| format!("Bob: w{n}")).collect();
+    let relayed: Vec<String> = alice
+        .history(&room)
+        .await
+        .into_iter()
+        .filter(|(sender, _)| *sender == bridge.bot_user)
+        .map(|(_, body)| body)
+        .collect();
+    assert_eq!(relayed, expected, "the room's history on the server");
+    let seen: Vec<String> = alice
+        .seen_in(&room)
+        .into_iter()
+        .filter(|s| s.sender == bridge.bot_user)
+        .map(|s| s.body)
+        .collect();
+    assert_eq!(seen, expected, "what a client syncing the room saw");
+    assert_eq!(bridge.service().pending(), (0, 0));
     bridge.stop().await;
 }

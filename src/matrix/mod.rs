@@ -17,9 +17,7 @@ use matrix_sdk::ruma::api::client::room::Visibility;
 use matrix_sdk::ruma::api::client::sync::sync_events::v3::Filter;
 use matrix_sdk::ruma::api::error::ErrorKind;
 use matrix_sdk::ruma::events::room::member::{MembershipState, StrippedRoomMemberEvent};
-use matrix_sdk::ruma::events::room::message::{
-    MessageType, OriginalSyncRoomMessageEvent, Relation, RoomMessageEventContent,
-};
+use matrix_sdk::ruma::events::room::message::RoomMessageEventContent;
 use matrix_sdk::ruma::events::AnyInitialStateEvent;
 use matrix_sdk::ruma::serde::Raw;
 use matrix_sdk::ruma::{
@@ -29,9 +27,13 @@ use matrix_sdk::store::RoomLoadSettings;
 use matrix_sdk::{Client, RoomState};
 use serde_json::json;
 
+mod timeline;
+
 use crate::config::{MatrixConfig, RoomRef};
-use crate::relay::{MatrixKind, MatrixPost, MatrixText};
+use crate::relay::{MatrixPost, MatrixText};
 use crate::secret_file;
+use crate::store::Store;
+use matrix_sdk::LoopCtrl;
 
 /// Timeline events per room per sync; above Synapse's default of 10 so a burst between
 /// two syncs is not cut short (see notes on `limited` timelines).
@@ -118,6 +120,7 @@ pub struct RoomSetup {
 #[derive(Clone)]
 pub struct MatrixSide {
     client: Client,
+    store: Arc<Store>,
     bot: OwnedUserId,
     server_name: String,
     handlers: Arc<Mutex<Vec<EventHandlerHandle>>>,
@@ -126,7 +129,11 @@ pub struct MatrixSide {
 impl MatrixSide {
     /// Restores the stored session, or logs in with the configured password the first
     /// time and stores the session (mode 0600) for the next runs.
-    pub async fn connect(config: &MatrixConfig, state_dir: &Path) -> Result<Self, MatrixError> {
+    pub async fn connect(
+        config: &MatrixConfig,
+        state_dir: &Path,
+        store: Arc<Store>,
+    ) -> Result<Self, MatrixError> {
         let bot = UserId::parse(config.user.as_str())
             .map_err(|_| MatrixError::InvalidId(config.user.clone()))?;
         let store_key_path = state_dir.join("matrix-store-key");
@@ -200,6 +207,7 @@ impl MatrixSide {
         }
         Ok(MatrixSide {
             client,
+            store,
             handlers: Arc::default(),
             server_name: bot.server_name().to_string(),
             bot,
@@ -233,23 +241,12 @@ impl MatrixSide {
         Ok(())
     }
 
-    /// Installs the event handlers and syncs forever (retrying after errors).
+    /// Catches up on what bridged rooms received while the bridge was stopped, then
+    /// syncs forever (retrying after errors), handing room messages to `events` in
+    /// order and answering invites.
     pub fn start_sync(&self, events: Arc<dyn MatrixEvents>) -> tokio::task::JoinHandle<()> {
         let bot = self.bot.clone();
-        let message_events = events.clone();
-        let message_bot = bot.clone();
-        let message_handler = self.client.add_event_handler(
-            move |event: OriginalSyncRoomMessageEvent, room: Room| {
-                let events = message_events.clone();
-                let bot = message_bot.clone();
-                async move {
-                    if let Some(message) = to_matrix_text(&room, &event, &bot).await {
-                        events.message(message).await;
-                    }
-                }
-            },
-        );
-        let invite_events = events;
+        let invite_events = events.clone();
         let invite_handler =
             self.client
                 .add_event_handler(move |event: StrippedRoomMemberEvent, room: Room| {
@@ -275,11 +272,37 @@ impl MatrixSide {
         self.handlers
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .extend([message_handler, invite_handler]);
-        let client = self.client.clone();
+            .push(invite_handler);
+        let side = self.clone();
         tokio::spawn(async move {
+            for room in side.client.joined_rooms() {
+                timeline::catch_up(&room, &side.store, &side.bot, &events).await;
+            }
             loop {
-                match client.sync(Self::sync_settings()).await {
+                let result = side
+                    .client
+                    .sync_with_result_callback(Self::sync_settings(), |response| {
+                        let side = side.clone();
+                        let events = events.clone();
+                        async move {
+                            let response = response?;
+                            for (room_id, update) in &response.rooms.joined {
+                                if let Some(room) = side.client.get_room(room_id) {
+                                    timeline::handle_update(
+                                        &room,
+                                        update,
+                                        &side.store,
+                                        &side.bot,
+                                        &events,
+                                    )
+                                    .await;
+                                }
+                            }
+                            Ok(LoopCtrl::Continue)
+                        }
+                    })
+                    .await;
+                match result {
                     Ok(()) => return,
                     Err(error) => {
                         tracing::warn!("Matrix sync failed, retrying in 5 s: {error}");
@@ -504,42 +527,4 @@ async fn join_with_retries(room: Room) {
         }
     }
     tracing::warn!(room = %room.room_id(), "could not join after an admin's invite");
-}
-
-/// Turns a room message event into the relay's type; `None` for events the bridge
-/// does not relay as text (own events, edits, and kinds handled elsewhere).
-async fn to_matrix_text(
-    room: &Room,
-    event: &OriginalSyncRoomMessageEvent,
-    bot: &UserId,
-) -> Option<MatrixText> {
-    if room.state() != RoomState::Joined || event.sender == bot {
-        return None;
-    }
-    if matches!(event.content.relates_to, Some(Relation::Replacement(_))) {
-        // Edits are relayed by a later feature; never as a second message.
-        tracing::debug!(room = %room.room_id(), "edit not relayed yet");
-        return None;
-    }
-    let (kind, body) = match &event.content.msgtype {
-        MessageType::Text(text) => (MatrixKind::Text, text.body.clone()),
-        MessageType::Emote(emote) => (MatrixKind::Emote, emote.body.clone()),
-        MessageType::Notice(notice) => (MatrixKind::Notice, notice.body.clone()),
-        other => {
-            tracing::debug!(room = %room.room_id(), msgtype = other.msgtype(), "message type not relayed yet");
-            return None;
-        }
-    };
-    let display_name = match room.get_member_no_sync(&event.sender).await {
-        Ok(Some(member)) => member.display_name().map(str::to_string),
-        _ => None,
-    };
-    Some(MatrixText {
-        room_id: room.room_id().to_string(),
-        event_id: event.event_id.to_string(),
-        sender: event.sender.to_string(),
-        sender_display_name: display_name,
-        kind,
-        body,
-    })
 }

@@ -5,11 +5,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use matrix_sdk::config::SyncSettings;
+use matrix_sdk::room::MessagesOptions;
 use matrix_sdk::room::Room;
+use matrix_sdk::ruma::api::client::filter::FilterDefinition;
+use matrix_sdk::ruma::api::client::sync::sync_events::v3::Filter;
 use matrix_sdk::ruma::events::room::member::{MembershipState, StrippedRoomMemberEvent};
 use matrix_sdk::ruma::events::room::message::{
     MessageType, OriginalSyncRoomMessageEvent, RoomMessageEventContent,
 };
+use matrix_sdk::ruma::events::{AnySyncMessageLikeEvent, AnySyncTimelineEvent};
 use matrix_sdk::ruma::{OwnedRoomId, RoomId, UserId};
 use matrix_sdk::Client;
 
@@ -121,9 +125,14 @@ impl MatrixUser {
             .expect("first sync");
         let sync_client = client.clone();
         let sync = tokio::spawn(async move {
-            let _ = sync_client
-                .sync(SyncSettings::default().timeout(Duration::from_secs(5)))
-                .await;
+            // A large timeline limit: a test user must see bursts whole (Synapse's
+            // default of 10 per sync would skip events, as the bridge's notes warn).
+            let mut filter = FilterDefinition::default();
+            filter.room.timeline.limit = Some(1000u32.into());
+            let settings = SyncSettings::default()
+                .timeout(Duration::from_secs(5))
+                .filter(Filter::FilterDefinition(filter));
+            let _ = sync_client.sync(settings).await;
         });
         MatrixUser {
             client,
@@ -164,6 +173,33 @@ impl MatrixUser {
                 );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The room's whole history as the server has it (oldest first): bodies of
+    /// `m.room.message` events with their senders. Independent of what sync showed.
+    pub async fn history(&self, room_id: &str) -> Vec<(String, String)> {
+        let room = self.wait_joined(room_id).await;
+        let mut messages = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let mut options = MessagesOptions::forward().from(token.as_deref());
+            options.limit = 100u32.into();
+            let page = room.messages(options).await.expect("room history");
+            for event in &page.chunk {
+                if let Ok(AnySyncTimelineEvent::MessageLike(
+                    AnySyncMessageLikeEvent::RoomMessage(
+                        matrix_sdk::ruma::events::room::message::SyncRoomMessageEvent::Original(m),
+                    ),
+                )) = event.raw().deserialize()
+                {
+                    messages.push((m.sender.to_string(), m.content.body().to_string()));
+                }
+            }
+            match page.end {
+                Some(end) if !page.chunk.is_empty() => token = Some(end),
+                _ => return messages,
+            }
         }
     }
 

@@ -1,0 +1,180 @@
+//! Reads room timelines in order and without gaps: each sync batch is handed over
+//! event by event; a batch cut short by the server (`limited`) is back-filled first;
+//! after a restart, what arrived since the last handled event is caught up. A
+//! per-room marker (the last handled event) in the bridge database tells where to
+//! stop; handing an event over twice is harmless (the outbox de-duplicates by id).
+
+use std::sync::Arc;
+
+use matrix_sdk::deserialized_responses::TimelineEvent;
+use matrix_sdk::room::{MessagesOptions, Room};
+use matrix_sdk::ruma::events::room::message::{MessageType, Relation, SyncRoomMessageEvent};
+use matrix_sdk::ruma::events::{AnySyncMessageLikeEvent, AnySyncTimelineEvent};
+use matrix_sdk::ruma::UserId;
+use matrix_sdk::sync::JoinedRoomUpdate;
+use matrix_sdk::RoomState;
+
+use super::MatrixEvents;
+use crate::relay::{MatrixKind, MatrixText};
+use crate::store::Store;
+
+/// How far back a gap is filled at most (events), so a room with years of history
+/// and a lost marker cannot stall the bridge.
+const MAX_BACKFILL_EVENTS: usize = 2000;
+/// Events per /messages request while back-filling.
+const PAGE_SIZE: u32 = 100;
+
+fn marker_key(room: &Room) -> String {
+    format!("matrix.last_event.{}", room.room_id())
+}
+
+/// Hands the events of one joined room's sync update to the bridge, in order.
+pub(super) async fn handle_update(
+    room: &Room,
+    update: &JoinedRoomUpdate,
+    store: &Store,
+    bot: &UserId,
+    events: &Arc<dyn MatrixEvents>,
+) {
+    if update.timeline.limited {
+        tracing::debug!(room = %room.room_id(), "sync timeline was limited: back-filling");
+        let older = events_since_marker(room, store, update.timeline.prev_batch.clone()).await;
+        hand_over(room, &older, store, bot, events).await;
+    }
+    hand_over(room, &update.timeline.events, store, bot, events).await;
+}
+
+/// After a restart: hands over what the room received after its marker.
+pub(super) async fn catch_up(
+    room: &Room,
+    store: &Store,
+    bot: &UserId,
+    events: &Arc<dyn MatrixEvents>,
+) {
+    let missed = events_since_marker(room, store, None).await;
+    if !missed.is_empty() {
+        tracing::info!(room = %room.room_id(), count = missed.len(), "catching up on Matrix events");
+    }
+    hand_over(room, &missed, store, bot, events).await;
+}
+
+/// Pages backwards from `from` (None: the newest event) to the room's marker and
+/// returns the events after the marker, oldest first. Without a marker the room was
+/// never read, and there is nothing to catch up.
+async fn events_since_marker(
+    room: &Room,
+    store: &Store,
+    from: Option<String>,
+) -> Vec<TimelineEvent> {
+    let marker = match store.get_meta(&marker_key(room)) {
+        Ok(Some(marker)) => marker,
+        Ok(None) => return Vec::new(),
+        Err(error) => {
+            tracing::error!("store: {error}");
+            return Vec::new();
+        }
+    };
+    let mut collected: Vec<TimelineEvent> = Vec::new();
+    let mut token = from;
+    loop {
+        let mut options = MessagesOptions::backward().from(token.as_deref());
+        options.limit = PAGE_SIZE.into();
+        let page = match room.messages(options).await {
+            Ok(page) => page,
+            Err(error) => {
+                tracing::warn!(room = %room.room_id(), "back-fill failed: {error}");
+                break;
+            }
+        };
+        let mut reached_marker = false;
+        for event in page.chunk {
+            if event.event_id().is_some_and(|id| id.as_str() == marker) {
+                reached_marker = true;
+                break;
+            }
+            collected.push(event);
+        }
+        if reached_marker || collected.len() >= MAX_BACKFILL_EVENTS {
+            break;
+        }
+        match page.end {
+            Some(end) if token.as_deref() != Some(end.as_str()) => token = Some(end),
+            _ => break, // start of the visible history
+        }
+    }
+    collected.reverse();
+    collected
+}
+
+async fn hand_over(
+    room: &Room,
+    timeline: &[TimelineEvent],
+    store: &Store,
+    bot: &UserId,
+    events: &Arc<dyn MatrixEvents>,
+) {
+    let mut last = None;
+    for event in timeline {
+        if let Some(message) = to_matrix_text(room, event, bot).await {
+            events.message(message).await;
+        }
+        if let Some(id) = event.event_id() {
+            last = Some(id);
+        }
+    }
+    if let Some(last) = last {
+        if let Err(error) = store.set_meta(&marker_key(room), last.as_str()) {
+            tracing::error!("store: {error}");
+        }
+    }
+}
+
+/// Turns a timeline event into the relay's type; `None` for events the bridge does
+/// not relay as text (own events, edits, state, kinds handled elsewhere).
+async fn to_matrix_text(room: &Room, event: &TimelineEvent, bot: &UserId) -> Option<MatrixText> {
+    if room.state() != RoomState::Joined {
+        return None;
+    }
+    let parsed = match event.raw().deserialize() {
+        Ok(parsed) => parsed,
+        Err(error) => {
+            tracing::warn!(room = %room.room_id(), "malformed event ignored: {error}");
+            return None;
+        }
+    };
+    let AnySyncTimelineEvent::MessageLike(AnySyncMessageLikeEvent::RoomMessage(
+        SyncRoomMessageEvent::Original(message),
+    )) = parsed
+    else {
+        return None;
+    };
+    if message.sender == bot {
+        return None;
+    }
+    if matches!(message.content.relates_to, Some(Relation::Replacement(_))) {
+        // Edits are relayed by a later feature; never as a second message.
+        tracing::debug!(room = %room.room_id(), "edit not relayed yet");
+        return None;
+    }
+    let (kind, body) = match &message.content.msgtype {
+        MessageType::Text(text) => (MatrixKind::Text, text.body.clone()),
+        MessageType::Emote(emote) => (MatrixKind::Emote, emote.body.clone()),
+        MessageType::Notice(notice) => (MatrixKind::Notice, notice.body.clone()),
+        other => {
+            tracing::debug!(room = %room.room_id(), msgtype = other.msgtype(), "message type not relayed yet");
+            return None;
+        }
+    };
+    let display_name = match room.get_member_no_sync(&message.sender).await {
+        Ok(Some(member)) => member.display_name().map(str::to_string),
+        _ => None,
+    };
+    Some(MatrixText {
+        room_id: room.room_id().to_string(),
+        event_id: message.event_id.to_string(),
+        sender: message.sender.to_string(),
+        sender_display_name: display_name,
+        kind,
+        body,
+    })
+}

@@ -1,0 +1,174 @@
+//! The simulated world: phone numbers, their linked devices, pending pairings and
+//! which device is online on which connection. One mutex, never held across `.await`.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::sync::{mpsc, oneshot};
+use wacore::libsignal::protocol::KeyPair;
+use wacore_binary::Node;
+
+use crate::noise::ServerIdentity;
+
+/// What a connection's writer task is asked to do.
+pub enum Outgoing {
+    Node(Node),
+    /// Flush what is queued, then close the WebSocket.
+    Close,
+}
+
+/// Cheap handle to send stanzas to one connected client.
+#[derive(Clone)]
+pub struct ConnHandle {
+    pub id: u64,
+    tx: mpsc::UnboundedSender<Outgoing>,
+}
+
+impl ConnHandle {
+    pub fn new(id: u64, tx: mpsc::UnboundedSender<Outgoing>) -> Self {
+        Self { id, tx }
+    }
+
+    /// Queues a stanza; silently dropped if the connection is gone.
+    pub fn send(&self, node: Node) {
+        let _ = self.tx.send(Outgoing::Node(node));
+    }
+
+    pub fn close(&self) {
+        let _ = self.tx.send(Outgoing::Close);
+    }
+}
+
+/// Signal identity and signed pre-key a device announced in its registration payload.
+#[derive(Clone, Debug, Default)]
+pub struct RegistrationData {
+    pub registration_id: u32,
+    pub identity_pub: Vec<u8>,
+    pub signed_prekey_id: u32,
+    pub signed_prekey_pub: Vec<u8>,
+    pub signed_prekey_sig: Vec<u8>,
+}
+
+/// A phone number: its primary phone (device 0, simulated, never connects) and
+/// the account key that signs the identities of linked devices.
+pub struct Phone {
+    pub lid_user: String,
+    pub account_key: KeyPair,
+    pub next_device: u16,
+    pub next_key_index: u32,
+}
+
+/// A linked (companion) device that completed pairing.
+pub struct DeviceRecord {
+    pub noise_pub: [u8; 32],
+    pub registration: RegistrationData,
+    /// The `ADVSignedDeviceIdentity` the device signed back (without the HMAC wrapper).
+    pub signed_identity: Vec<u8>,
+    pub key_index: u32,
+    pub push_name: String,
+}
+
+/// A device that connected with a registration payload and shows QR codes.
+pub struct Registering {
+    pub conn: ConnHandle,
+    pub noise_pub: [u8; 32],
+    pub registration: RegistrationData,
+    pub push_name: String,
+}
+
+/// A `<pair-success>` sent to a device, waiting for its `<pair-device-sign>`.
+pub struct PendingSign {
+    pub conn_id: u64,
+    pub phone: String,
+    pub device: u16,
+    pub key_index: u32,
+    pub noise_pub: [u8; 32],
+    pub registration: RegistrationData,
+    pub push_name: String,
+    pub done: oneshot::Sender<Result<(), String>>,
+}
+
+/// `phone` and `device` number of a linked device (`phone:device@s.whatsapp.net`).
+pub type DeviceKey = (String, u16);
+
+#[derive(Default)]
+pub struct Inner {
+    pub phones: HashMap<String, Phone>,
+    pub devices: HashMap<DeviceKey, DeviceRecord>,
+    pub online: HashMap<DeviceKey, ConnHandle>,
+    /// QR ref -> registering connection id.
+    pub refs: HashMap<String, u64>,
+    pub registering: HashMap<u64, Registering>,
+    /// `<pair-success>` iq id -> pending signature.
+    pub pending_signs: HashMap<String, PendingSign>,
+    next_lid: u64,
+}
+
+impl Inner {
+    /// The phone for `number`, created on first use with a fresh account key and LID.
+    pub fn phone_mut(&mut self, number: &str) -> &mut Phone {
+        if !self.phones.contains_key(number) {
+            self.next_lid += 1;
+            let lid_user = format!("{}", 100_000_000_000_000u64 + self.next_lid);
+            self.phones.insert(
+                number.to_string(),
+                Phone {
+                    lid_user,
+                    account_key: wacore::crypto::generate_curve_key_pair(),
+                    next_device: 1,
+                    next_key_index: 1,
+                },
+            );
+        }
+        self.phones.get_mut(number).expect("inserted above")
+    }
+}
+
+/// Shared simulator state.
+pub struct World {
+    pub identity: ServerIdentity,
+    pub inner: Mutex<Inner>,
+    next_id: AtomicU64,
+}
+
+impl World {
+    pub fn new(identity: ServerIdentity) -> Self {
+        Self {
+            identity,
+            inner: Mutex::new(Inner::default()),
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    /// Process-unique number for connection and stanza ids.
+    pub fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Forgets everything tied to a closed connection.
+    pub fn connection_closed(&self, conn_id: u64) {
+        let mut inner = self.lock();
+        inner.online.retain(|_, c| c.id != conn_id);
+        if inner.registering.remove(&conn_id).is_some() {
+            inner.refs.retain(|_, c| *c != conn_id);
+        }
+        let stale: Vec<String> = inner
+            .pending_signs
+            .iter()
+            .filter(|(_, p)| p.conn_id == conn_id)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in stale {
+            if let Some(p) = inner.pending_signs.remove(&id) {
+                let _ = p
+                    .done
+                    .send(Err("device disconnected before signing".into()));
+            }
+        }
+    }
+}
