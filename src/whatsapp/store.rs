@@ -150,7 +150,9 @@ pub enum WaStoreError {
     SchemaTooNew { found: i64, supported: i64 },
 
     /// A migration failed; the database is left at version `from` (nothing applied).
-    #[error("WhatsApp key store migration to version {to} failed (left at version {from}): {source}")]
+    #[error(
+        "WhatsApp key store migration to version {to} failed (left at version {from}): {source}"
+    )]
     Migration {
         from: i64,
         to: i64,
@@ -208,9 +210,8 @@ impl SqliteBackend {
     pub fn open(path: &Path) -> Result<SqliteBackend, WaStoreError> {
         prepare_private_file(path)?;
         let conn = Connection::open(path)?;
-        let mode: String = conn.pragma_update_and_check(None, "journal_mode", "wal", |row| {
-            row.get(0)
-        })?;
+        let mode: String =
+            conn.pragma_update_and_check(None, "journal_mode", "wal", |row| row.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
             tracing::warn!(path = %path.display(), %mode, "WhatsApp key store is not in WAL mode");
         }
@@ -307,7 +308,10 @@ fn migrate(conn: &mut Connection) -> WaResult<()> {
     if found > supported {
         return Err(WaStoreError::SchemaTooNew { found, supported });
     }
-    for (to, sql) in (1_i64..).zip(MIGRATIONS.iter()).skip_while(|(to, _)| *to <= found) {
+    for (to, sql) in (1_i64..)
+        .zip(MIGRATIONS.iter())
+        .skip_while(|(to, _)| *to <= found)
+    {
         let from = to - 1;
         let apply = |conn: &mut Connection| -> rusqlite::Result<()> {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Exclusive)?;
@@ -366,7 +370,8 @@ fn meta_set(conn: &Connection, key: &str, value: &[u8]) -> WaResult<()> {
 }
 
 fn put_blob(conn: &Connection, table_sql: &str, key: &str, value: &[u8]) -> WaResult<()> {
-    conn.prepare_cached(table_sql)?.execute(params![key, value])?;
+    conn.prepare_cached(table_sql)?
+        .execute(params![key, value])?;
     Ok(())
 }
 
@@ -482,7 +487,12 @@ fn store_pending_inbound_in(
     Ok(())
 }
 
-fn delete_pending_inbound_in(conn: &Connection, chat: &str, sender: &str, id: &str) -> WaResult<()> {
+fn delete_pending_inbound_in(
+    conn: &Connection,
+    chat: &str,
+    sender: &str,
+    id: &str,
+) -> WaResult<()> {
     conn.prepare_cached("DELETE FROM pending_inbound WHERE chat = ?1 AND sender = ?2 AND id = ?3")?
         .execute(params![chat, sender, id])?;
     Ok(())
@@ -557,8 +567,10 @@ impl SignalStore for SqliteBackend {
 
     async fn has_session(&self, address: &str) -> StoreResult<bool> {
         self.with(|c| {
-            Ok(c.prepare_cached("SELECT EXISTS (SELECT 1 FROM sessions WHERE address = ?1)")?
-                .query_row([address], |row| row.get(0))?)
+            Ok(
+                c.prepare_cached("SELECT EXISTS (SELECT 1 FROM sessions WHERE address = ?1)")?
+                    .query_row([address], |row| row.get(0))?,
+            )
         })
     }
 
@@ -567,7 +579,7 @@ impl SignalStore for SqliteBackend {
         // after `user` must be '@' or ':'. The range keeps the primary-key index
         // usable (':' < '@' < 'A'); the `substr` test makes it exact.
         const MATCH: &str = "address >= ?1 || ':' AND address < ?1 || 'A'
-             AND substr(address, length(?1) + 1, 1) IN ('@')";
+             AND substr(address, length(?1) + 1, 1) IN (':', '@')";
         self.with(|c| {
             let sql = format!(
                 "SELECT EXISTS (SELECT 1 FROM sessions WHERE {MATCH})
@@ -640,9 +652,11 @@ impl SignalStore for SqliteBackend {
 
     async fn get_max_prekey_id(&self) -> StoreResult<u32> {
         self.with(|c| {
-            Ok(c.query_row("SELECT COALESCE(MAX(id), 0) FROM prekeys", [], |row| {
-                row.get(0)
-            })?)
+            Ok(
+                c.query_row("SELECT COALESCE(MAX(id), 0) FROM prekeys", [], |row| {
+                    row.get(0)
+                })?,
+            )
         })
     }
 
@@ -659,9 +673,11 @@ impl SignalStore for SqliteBackend {
 
     async fn load_signed_prekey(&self, id: u32) -> StoreResult<Option<Vec<u8>>> {
         self.with(|c| {
-            Ok(c.prepare_cached("SELECT record FROM signed_prekeys WHERE id = ?1")?
-                .query_row([id], |row| row.get(0))
-                .optional()?)
+            Ok(
+                c.prepare_cached("SELECT record FROM signed_prekeys WHERE id = ?1")?
+                    .query_row([id], |row| row.get(0))
+                    .optional()?,
+            )
         })
     }
 
@@ -695,9 +711,11 @@ impl SignalStore for SqliteBackend {
 
     async fn get_sender_key(&self, address: &str) -> StoreResult<Option<Vec<u8>>> {
         self.with(|c| {
-            Ok(c.prepare_cached("SELECT record FROM sender_keys WHERE address = ?1")?
-                .query_row([address], |row| row.get(0))
-                .optional()?)
+            Ok(
+                c.prepare_cached("SELECT record FROM sender_keys WHERE address = ?1")?
+                    .query_row([address], |row| row.get(0))
+                    .optional()?,
+            )
         })
     }
 
@@ -848,7 +866,11 @@ impl ProtocolStore for SqliteBackend {
         })
     }
 
-    async fn set_sender_key_status(&self, group_jid: &str, entries: &[(&str, bool)]) -> StoreResult<()> {
+    async fn set_sender_key_status(
+        &self,
+        group_jid: &str,
+        entries: &[(&str, bool)],
+    ) -> StoreResult<()> {
         self.tx(|tx| {
             let mut stmt = tx.prepare_cached(
                 "INSERT INTO sender_key_devices (group_jid, device_jid, has_key) VALUES (?1, ?2, ?3)
@@ -936,7 +958,12 @@ impl ProtocolStore for SqliteBackend {
         })
     }
 
-    async fn save_base_key(&self, address: &str, message_id: &str, base_key: &[u8]) -> StoreResult<()> {
+    async fn save_base_key(
+        &self,
+        address: &str,
+        message_id: &str,
+        base_key: &[u8],
+    ) -> StoreResult<()> {
         self.with(|c| {
             c.execute(
                 "INSERT INTO base_keys (address, message_id, base_key) VALUES (?1, ?2, ?3)
@@ -1006,9 +1033,11 @@ impl ProtocolStore for SqliteBackend {
 
     async fn get_group_metadata(&self, group_jid: &str) -> StoreResult<Option<Vec<u8>>> {
         self.with(|c| {
-            Ok(c.prepare_cached("SELECT data FROM group_metadata WHERE group_jid = ?1")?
-                .query_row([group_jid], |row| row.get(0))
-                .optional()?)
+            Ok(
+                c.prepare_cached("SELECT data FROM group_metadata WHERE group_jid = ?1")?
+                    .query_row([group_jid], |row| row.get(0))
+                    .optional()?,
+            )
         })
     }
 
@@ -1025,7 +1054,10 @@ impl ProtocolStore for SqliteBackend {
 
     async fn delete_group_metadata(&self, group_jid: &str) -> StoreResult<()> {
         self.with(|c| {
-            c.execute("DELETE FROM group_metadata WHERE group_jid = ?1", [group_jid])?;
+            c.execute(
+                "DELETE FROM group_metadata WHERE group_jid = ?1",
+                [group_jid],
+            )?;
             Ok(())
         })
     }
@@ -1053,7 +1085,11 @@ impl ProtocolStore for SqliteBackend {
         })
     }
 
-    async fn delete_expired_tc_tokens(&self, token_cutoff: i64, sender_cutoff: i64) -> StoreResult<u32> {
+    async fn delete_expired_tc_tokens(
+        &self,
+        token_cutoff: i64,
+        sender_cutoff: i64,
+    ) -> StoreResult<u32> {
         // A row stays while its received token or its sender bucket is still live.
         self.with(|c| {
             let deleted = c.execute(
@@ -1066,7 +1102,11 @@ impl ProtocolStore for SqliteBackend {
         })
     }
 
-    async fn touch_tc_token_sender_timestamp(&self, jid: &str, sender_timestamp: i64) -> StoreResult<()> {
+    async fn touch_tc_token_sender_timestamp(
+        &self,
+        jid: &str,
+        sender_timestamp: i64,
+    ) -> StoreResult<()> {
         self.tx(|tx| {
             let entry = match get_tc_token_in(tx, jid)? {
                 Some(existing) => TcTokenEntry {
@@ -1129,7 +1169,11 @@ impl ProtocolStore for SqliteBackend {
         })
     }
 
-    async fn take_sent_message(&self, chat_jid: &str, message_id: &str) -> StoreResult<Option<Vec<u8>>> {
+    async fn take_sent_message(
+        &self,
+        chat_jid: &str,
+        message_id: &str,
+    ) -> StoreResult<Option<Vec<u8>>> {
         // One statement: the row is read and removed atomically.
         self.with(|c| {
             Ok(c.prepare_cached(
@@ -1201,7 +1245,10 @@ impl ProtocolStore for SqliteBackend {
         })
     }
 
-    async fn delete_pending_inbound_batch(&self, keys: &[PendingInboundKey<'_>]) -> StoreResult<()> {
+    async fn delete_pending_inbound_batch(
+        &self,
+        keys: &[PendingInboundKey<'_>],
+    ) -> StoreResult<()> {
         self.tx(|tx| {
             for key in keys {
                 delete_pending_inbound_in(tx, key.chat, key.sender, key.id)?;
@@ -1316,11 +1363,9 @@ impl DeviceStore for SqliteBackend {
     }
 
     async fn exists(&self) -> StoreResult<bool> {
-        self.with(|c| {
-            Ok(c.query_row("SELECT EXISTS (SELECT 1 FROM device)", [], |row| {
-                row.get(0)
-            })?)
-        })
+        self.with(
+            |c| Ok(c.query_row("SELECT EXISTS (SELECT 1 FROM device)", [], |row| row.get(0))?),
+        )
     }
 
     async fn create(&self) -> StoreResult<i32> {
@@ -1330,7 +1375,10 @@ impl DeviceStore for SqliteBackend {
             let id = match meta_get(tx, META_NEXT_DEVICE_ID)? {
                 Some(bytes) => {
                     let bytes = <[u8; 4]>::try_from(bytes.as_slice()).map_err(|_| {
-                        invalid("next device id", format!("{} bytes, expected 4", bytes.len()))
+                        invalid(
+                            "next device id",
+                            format!("{} bytes, expected 4", bytes.len()),
+                        )
                     })?;
                     i32::from_be_bytes(bytes)
                 }
@@ -1446,7 +1494,9 @@ mod tests {
         }
         /// 0..3 bytes from a 3-value alphabet: equal values happen often.
         fn bytes(&mut self) -> Vec<u8> {
-            (0..self.below(4)).map(|_| self.pick(&[0u8, 1, 255])).collect()
+            (0..self.below(4))
+                .map(|_| self.pick(&[0u8, 1, 255]))
+                .collect()
         }
         fn key32(&mut self) -> [u8; 32] {
             [self.pick(&[1u8, 2, 3]); 32]
@@ -1517,9 +1567,8 @@ mod tests {
     fn device_list(rng: &mut Rng) -> DeviceListRecord {
         DeviceListRecord {
             user: rng.pick(USERS).to_string(),
-            devices: rng.some(|r| {
-                DeviceInfo::new(r.id(), r.bool().then(|| r.id())).with_hosting(r.bool())
-            }),
+            devices: rng
+                .some(|r| DeviceInfo::new(r.id(), r.bool().then(|| r.id())).with_hosting(r.bool())),
             timestamp: rng.small(3),
             phash: rng.bool().then(|| "2:abc".to_string()),
             raw_id: rng.bool().then(|| rng.id()),
@@ -1658,7 +1707,10 @@ mod tests {
                 show(b.set_sender_key_status(rng.pick(GROUPS), &entries).await)
             }
             37 => show(b.clear_sender_key_devices(rng.pick(GROUPS)).await),
-            38 => show(b.delete_sender_key_device_rows(&rng.some(|r| r.pick(ADDRESSES))).await),
+            38 => show(
+                b.delete_sender_key_device_rows(&rng.some(|r| r.pick(ADDRESSES)))
+                    .await,
+            ),
             39 => show(b.clear_all_sender_key_devices().await),
             40 => show(b.get_lid_mapping(rng.pick(LIDS)).await),
             41 => show(b.get_pn_mapping(rng.pick(PHONES)).await),
@@ -1669,7 +1721,10 @@ mod tests {
                 all
             })),
             45 => show(b.save_base_key(a, rng.pick(MSG_IDS), &rng.bytes()).await),
-            46 => show(b.has_same_base_key(a, rng.pick(MSG_IDS), &rng.bytes()).await),
+            46 => show(
+                b.has_same_base_key(a, rng.pick(MSG_IDS), &rng.bytes())
+                    .await,
+            ),
             47 => show(b.delete_base_key(a, rng.pick(MSG_IDS)).await),
             48 => show(b.update_device_list(device_list(rng)).await),
             49 => show(b.update_device_lists(rng.some(device_list)).await),
@@ -1689,21 +1744,40 @@ mod tests {
             }
             57 => show(b.delete_tc_token(a).await),
             58 => sorted(b.get_all_tc_token_jids().await),
-            59 => show(b.delete_expired_tc_tokens(rng.pick(TIMES), rng.pick(TIMES)).await),
+            59 => show(
+                b.delete_expired_tc_tokens(rng.pick(TIMES), rng.pick(TIMES))
+                    .await,
+            ),
             60 => show(b.touch_tc_token_sender_timestamp(a, rng.pick(TIMES)).await),
-            61 => show(b.store_received_tc_token(a, &rng.bytes(), rng.pick(TIMES)).await),
-            62 => show(b.store_sent_message(rng.pick(CHATS), rng.pick(MSG_IDS), &rng.bytes()).await),
-            63 => show(b.take_sent_message(rng.pick(CHATS), rng.pick(MSG_IDS)).await),
+            61 => show(
+                b.store_received_tc_token(a, &rng.bytes(), rng.pick(TIMES))
+                    .await,
+            ),
+            62 => show(
+                b.store_sent_message(rng.pick(CHATS), rng.pick(MSG_IDS), &rng.bytes())
+                    .await,
+            ),
+            63 => show(
+                b.take_sent_message(rng.pick(CHATS), rng.pick(MSG_IDS))
+                    .await,
+            ),
             64 => show(b.delete_expired_sent_messages(time_cutoff(rng)).await),
             65 => {
                 let (chat, id) = (rng.pick(CHATS), rng.pick(MSG_IDS));
                 show(b.store_pending_inbound(chat, a, id, &rng.bytes()).await)
             }
-            66 => show(b.get_pending_inbound(rng.pick(CHATS), a, rng.pick(MSG_IDS)).await),
-            67 => show(b.delete_pending_inbound(rng.pick(CHATS), a, rng.pick(MSG_IDS)).await),
+            66 => show(
+                b.get_pending_inbound(rng.pick(CHATS), a, rng.pick(MSG_IDS))
+                    .await,
+            ),
+            67 => show(
+                b.delete_pending_inbound(rng.pick(CHATS), a, rng.pick(MSG_IDS))
+                    .await,
+            ),
             68 => show(b.delete_expired_pending_inbound(time_cutoff(rng)).await),
             69 => {
-                let rows = rng.some(|r| (r.pick(CHATS), r.pick(ADDRESSES), r.pick(MSG_IDS), r.bytes()));
+                let rows =
+                    rng.some(|r| (r.pick(CHATS), r.pick(ADDRESSES), r.pick(MSG_IDS), r.bytes()));
                 let rows: Vec<_> = rows
                     .iter()
                     .map(|(chat, sender, id, message)| PendingInboundRow {
@@ -1728,9 +1802,18 @@ mod tests {
                 show(b.put_msg_secret(chat, a, id, &rng.key32()).await)
             }
             72 => show(b.put_msg_secrets(rng.some(msg_secret)).await),
-            73 => show(b.get_msg_secret(rng.pick(CHATS), a, rng.pick(MSG_IDS)).await),
-            74 => show(b.get_msg_secret_with_ts(rng.pick(CHATS), a, rng.pick(MSG_IDS)).await),
-            75 => show(b.delete_expired_msg_secrets(rng.pick(&[0, 100, 150, 200, 300])).await),
+            73 => show(
+                b.get_msg_secret(rng.pick(CHATS), a, rng.pick(MSG_IDS))
+                    .await,
+            ),
+            74 => show(
+                b.get_msg_secret_with_ts(rng.pick(CHATS), a, rng.pick(MSG_IDS))
+                    .await,
+            ),
+            75 => show(
+                b.delete_expired_msg_secrets(rng.pick(&[0, 100, 150, 200, 300]))
+                    .await,
+            ),
             76 => show(b.save(&fx.devices[rng.below(fx.devices.len())]).await),
             77 => show_device(b.load().await),
             78 => show(b.exists().await),
@@ -1818,7 +1901,11 @@ mod tests {
                 sql = open();
             }
         }
-        assert_eq!(dump(&sql).await, dump(&mem).await, "final state, seed {seed}");
+        assert_eq!(
+            dump(&sql).await,
+            dump(&mem).await,
+            "final state, seed {seed}"
+        );
     }
 
     #[tokio::test]
@@ -1832,5 +1919,403 @@ mod tests {
         }
         let missed: Vec<_> = (0..OPS).filter(|&op| hits[op] < 20).collect();
         assert!(missed.is_empty(), "operations hardly exercised: {missed:?}");
+    }
+
+    fn mode(path: &Path) -> u32 {
+        fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    fn sibling(path: &Path, suffix: &str) -> PathBuf {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        PathBuf::from(name)
+    }
+
+    #[tokio::test]
+    async fn everything_survives_close_and_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("whatsapp.db");
+        let fx = Fixtures::new();
+        let device = &fx.devices[1];
+        let mut state = HashState {
+            version: 42,
+            hash: [9; 128],
+            ..HashState::default()
+        };
+        state
+            .index_value_map
+            .insert("idx".to_string(), vec![1, 2, 3]);
+        let mapping = LidPnMappingEntry {
+            lid: "100000012345678".to_string(),
+            phone_number: "559980000001".to_string(),
+            created_at: 10,
+            updated_at: 20,
+            learning_source: "usync".to_string(),
+        };
+        let secret = MsgSecretEntry {
+            chat: Arc::from("c1@g.us"),
+            sender: Arc::from("111@s.whatsapp.net"),
+            msg_id: Arc::from("M1"),
+            secret: [5; 32],
+            expires_at: 0,
+            message_ts: 1234,
+        };
+        let before = {
+            let b = SqliteBackend::open(&path).unwrap();
+            b.save(device).await.unwrap();
+            b.put_session("111:2@s.whatsapp.net", b"session")
+                .await
+                .unwrap();
+            b.put_identity("111:2@s.whatsapp.net", [7; 32])
+                .await
+                .unwrap();
+            b.store_prekeys_batch(
+                &[
+                    (1, Bytes::from_static(b"pk1")),
+                    (5, Bytes::from_static(b"pk5")),
+                ],
+                false,
+            )
+            .await
+            .unwrap();
+            b.mark_prekeys_uploaded(&[1, 2]).await.unwrap();
+            b.store_signed_prekey(3, b"spk").await.unwrap();
+            b.put_sender_key("1203@g.us::111::2", b"sk").await.unwrap();
+            let sync_key = AppStateSyncKey {
+                key_data: vec![1; 32],
+                fingerprint: vec![2; 4],
+                timestamp: 99,
+            };
+            b.set_sync_key(b"kid", sync_key).await.unwrap();
+            b.set_version("regular", state.clone()).await.unwrap();
+            let macs = [AppStateMutationMAC {
+                index_mac: vec![3; 32],
+                value_mac: vec![4; 32],
+            }];
+            b.put_mutation_macs("regular", 42, &macs).await.unwrap();
+            b.put_lid_mapping(&mapping).await.unwrap();
+            b.store_pending_inbound("c1@g.us", "111@s.whatsapp.net", "M9", b"plain")
+                .await
+                .unwrap();
+            b.put_msg_secrets(vec![secret.clone()]).await.unwrap();
+            b.store_sent_message("c1@g.us", "S1", b"sent")
+                .await
+                .unwrap();
+            b.set_sender_key_status("1203@g.us", &[("111:2@s.whatsapp.net", true)])
+                .await
+                .unwrap();
+            b.put_tc_token(
+                "111@s.whatsapp.net",
+                &TcTokenEntry {
+                    token: vec![8],
+                    token_timestamp: 100,
+                    sender_timestamp: Some(200),
+                },
+            )
+            .await
+            .unwrap();
+            dump(&b).await
+        };
+
+        let b = SqliteBackend::open(&path).unwrap();
+        assert_eq!(dump(&b).await, before);
+        let loaded = b.load().await.unwrap().expect("device persisted");
+        assert_eq!(
+            serde_json::to_value(&loaded).unwrap(),
+            serde_json::to_value(device).unwrap()
+        );
+        assert_eq!(
+            loaded.identity_key.public_key,
+            device.identity_key.public_key
+        );
+        assert_eq!(
+            b.get_session("111:2@s.whatsapp.net")
+                .await
+                .unwrap()
+                .as_deref(),
+            Some(&b"session"[..])
+        );
+        assert_eq!(
+            b.load_identity("111:2@s.whatsapp.net").await.unwrap(),
+            Some([7; 32])
+        );
+        assert_eq!(
+            b.load_prekey(5).await.unwrap().as_deref(),
+            Some(&b"pk5"[..])
+        );
+        assert_eq!(b.get_max_prekey_id().await.unwrap(), 5);
+        assert_eq!(
+            b.load_all_signed_prekeys().await.unwrap(),
+            vec![(3, b"spk".to_vec())]
+        );
+        assert_eq!(
+            b.get_sender_key("1203@g.us::111::2").await.unwrap(),
+            Some(b"sk".to_vec())
+        );
+        let key = b
+            .get_sync_key(b"kid")
+            .await
+            .unwrap()
+            .expect("sync key persisted");
+        assert_eq!(
+            (key.key_data, key.fingerprint, key.timestamp),
+            (vec![1; 32], vec![2; 4], 99)
+        );
+        assert_eq!(
+            b.get_latest_sync_key_id().await.unwrap(),
+            Some(b"kid".to_vec())
+        );
+        assert_eq!(
+            show_hash_state(b.get_version("regular").await),
+            show_hash_state(Ok(state))
+        );
+        assert_eq!(
+            b.get_mutation_macs("regular", &[[3; 32], [4; 32]])
+                .await
+                .unwrap(),
+            HashMap::from([([3; 32], vec![4; 32])])
+        );
+        let by_lid = b.get_lid_mapping(&mapping.lid).await.unwrap();
+        let by_pn = b.get_pn_mapping(&mapping.phone_number).await.unwrap();
+        assert_eq!(format!("{by_lid:?}"), format!("{:?}", Some(&mapping)));
+        assert_eq!(format!("{by_pn:?}"), format!("{:?}", Some(&mapping)));
+        assert_eq!(
+            b.get_pending_inbound("c1@g.us", "111@s.whatsapp.net", "M9")
+                .await
+                .unwrap(),
+            Some(b"plain".to_vec())
+        );
+        assert_eq!(
+            b.get_msg_secret_with_ts("c1@g.us", "111@s.whatsapp.net", "M1")
+                .await
+                .unwrap(),
+            Some((vec![5; 32], 1234))
+        );
+        assert_eq!(
+            b.take_sent_message("c1@g.us", "S1").await.unwrap(),
+            Some(b"sent".to_vec())
+        );
+        assert_eq!(b.take_sent_message("c1@g.us", "S1").await.unwrap(), None);
+        let uploaded: Vec<(u32, bool)> = {
+            let conn = b.lock();
+            let mut stmt = conn
+                .prepare("SELECT id, uploaded FROM prekeys ORDER BY id")
+                .unwrap();
+            let rows = stmt
+                .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+                .unwrap();
+            rows.collect::<rusqlite::Result<_>>().unwrap()
+        };
+        assert_eq!(
+            uploaded,
+            vec![(1, true), (5, false)],
+            "no resurrection of id 2"
+        );
+    }
+
+    #[tokio::test]
+    async fn new_file_is_created_owner_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("whatsapp.db");
+        let b = SqliteBackend::open(&path).unwrap();
+        assert_eq!(mode(&path), 0o600);
+        b.put_session("a@s.whatsapp.net", b"x").await.unwrap();
+        let wal = sibling(&path, "-wal");
+        assert!(wal.exists(), "WAL mode");
+        assert_eq!(mode(&wal), 0o600);
+        assert_eq!(mode(&sibling(&path, "-shm")), 0o600);
+    }
+
+    #[tokio::test]
+    async fn existing_loose_file_is_tightened() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("whatsapp.db");
+        drop(SqliteBackend::open(&path).unwrap());
+        let wal = sibling(&path, "-wal");
+        fs::write(&wal, b"").unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        fs::set_permissions(&wal, fs::Permissions::from_mode(0o666)).unwrap();
+        let b = SqliteBackend::open(&path).unwrap();
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(&wal), 0o600);
+        assert!(!b.exists().await.unwrap());
+    }
+
+    #[test]
+    fn unreadable_location_is_a_file_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("missing").join("whatsapp.db");
+        let err = SqliteBackend::open(&path).unwrap_err();
+        assert!(matches!(err, WaStoreError::File { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn schema_is_versioned_and_newer_schemas_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("whatsapp.db");
+        drop(SqliteBackend::open(&path).unwrap());
+        let b = SqliteBackend::open(&path).unwrap();
+        let version: i64 = b
+            .lock()
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .unwrap();
+        assert_eq!(version, i64::try_from(MIGRATIONS.len()).unwrap());
+        b.lock().pragma_update(None, "user_version", 99).unwrap();
+        drop(b);
+        let err = SqliteBackend::open(&path).unwrap_err();
+        assert!(
+            matches!(err, WaStoreError::SchemaTooNew { found: 99, .. }),
+            "{err:?}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn take_sent_message_is_an_atomic_take() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = Arc::new(SqliteBackend::open(&dir.path().join("whatsapp.db")).unwrap());
+        for round in 0..20 {
+            let id = format!("S{round}");
+            b.store_sent_message("c@g.us", &id, b"payload")
+                .await
+                .unwrap();
+            let takers: Vec<_> = (0..8)
+                .map(|_| {
+                    let (b, id) = (Arc::clone(&b), id.clone());
+                    tokio::spawn(async move { b.take_sent_message("c@g.us", &id).await })
+                })
+                .collect();
+            let mut taken = 0;
+            for taker in takers {
+                if taker.await.unwrap().unwrap().is_some() {
+                    taken += 1;
+                }
+            }
+            assert_eq!(taken, 1, "round {round}");
+        }
+    }
+
+    /// The differential test can only sweep "everything" or "nothing" (the reference
+    /// store stamps rows with its own clock); here rows get chosen ages.
+    #[tokio::test]
+    async fn sweeps_remove_exactly_the_rows_older_than_the_cutoff() {
+        let b = SqliteBackend::open_in_memory().unwrap();
+        for (i, id) in ["A", "B", "C"].iter().enumerate() {
+            b.store_sent_message("c@g.us", id, b"p").await.unwrap();
+            b.store_pending_inbound("c@g.us", "s@s.whatsapp.net", id, b"m")
+                .await
+                .unwrap();
+            let age = 100 * i64::try_from(i).unwrap();
+            let conn = b.lock();
+            conn.execute(
+                "UPDATE sent_messages SET created_at = ?1 WHERE message_id = ?2",
+                params![age, id],
+            )
+            .unwrap();
+            conn.execute(
+                "UPDATE pending_inbound SET created_at = ?1 WHERE id = ?2",
+                params![age, id],
+            )
+            .unwrap();
+        }
+        // Rows at exactly the cutoff stay (reference: keep `timestamp >= cutoff`).
+        assert_eq!(b.delete_expired_sent_messages(100).await.unwrap(), 1);
+        assert_eq!(b.delete_expired_pending_inbound(100).await.unwrap(), 1);
+        assert_eq!(b.take_sent_message("c@g.us", "A").await.unwrap(), None);
+        assert!(b.take_sent_message("c@g.us", "B").await.unwrap().is_some());
+        assert!(b
+            .get_pending_inbound("c@g.us", "s@s.whatsapp.net", "C")
+            .await
+            .unwrap()
+            .is_some());
+        assert_eq!(b.delete_expired_pending_inbound(1000).await.unwrap(), 2);
+    }
+
+    #[tokio::test]
+    async fn create_persists_a_device_once_and_counts_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("whatsapp.db");
+        let first_key = {
+            let b = SqliteBackend::open(&path).unwrap();
+            assert!(!b.exists().await.unwrap());
+            assert_eq!(b.create().await.unwrap(), 1);
+            assert!(b.exists().await.unwrap());
+            b.load().await.unwrap().unwrap().identity_key.public_key
+        };
+        let b = SqliteBackend::open(&path).unwrap();
+        assert_eq!(b.create().await.unwrap(), 2);
+        let again = b.load().await.unwrap().unwrap().identity_key.public_key;
+        assert_eq!(
+            again, first_key,
+            "create must not replace an existing device"
+        );
+    }
+
+    #[tokio::test]
+    async fn snapshot_is_a_private_consistent_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("whatsapp.db");
+        let b = SqliteBackend::open(&path).unwrap();
+        b.put_session("a@s.whatsapp.net", b"ratchet").await.unwrap();
+        b.snapshot_db("pre_pkmsg_3EB0/../x", Some(b"stanza"))
+            .await
+            .unwrap();
+        let snapshots: Vec<PathBuf> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| {
+                p.to_string_lossy()
+                    .contains(".snapshot-pre_pkmsg_3EB0____x-")
+            })
+            .collect();
+        assert_eq!(snapshots.len(), 2, "{snapshots:?}");
+        for file in &snapshots {
+            assert_eq!(mode(file), 0o600, "{}", file.display());
+        }
+        let db = snapshots
+            .iter()
+            .find(|p| !p.to_string_lossy().ends_with(".extra"))
+            .unwrap();
+        let extra = snapshots
+            .iter()
+            .find(|p| p.to_string_lossy().ends_with(".extra"))
+            .unwrap();
+        assert_eq!(fs::read(extra).unwrap(), b"stanza");
+        let copy = SqliteBackend::open(db).unwrap();
+        assert_eq!(
+            copy.get_session("a@s.whatsapp.net")
+                .await
+                .unwrap()
+                .as_deref(),
+            Some(&b"ratchet"[..])
+        );
+        let memory = SqliteBackend::open_in_memory().unwrap();
+        memory.snapshot_db("x", None).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn resource_report_counts_pages() {
+        let b = SqliteBackend::open_in_memory().unwrap();
+        let report = b.resource_report().await;
+        assert!(report.pages.is_some_and(|p| p > 0), "{report:?}");
+    }
+
+    #[tokio::test]
+    async fn corrupt_rows_are_errors_not_panics() {
+        let b = SqliteBackend::open_in_memory().unwrap();
+        {
+            let conn = b.lock();
+            conn.execute("INSERT INTO identities VALUES ('a@lid', x'0102')", [])
+                .unwrap();
+            conn.execute("INSERT INTO device VALUES (1, '{not json')", [])
+                .unwrap();
+            conn.execute("INSERT INTO prekeys VALUES (-1, x'00', 0)", [])
+                .unwrap();
+        }
+        let err = b.load_identity("a@lid").await.unwrap_err();
+        assert!(matches!(err, StoreError::Validation(_)), "{err:?}");
+        let err = b.load().await.err().expect("bad JSON is an error");
+        assert!(matches!(err, StoreError::Serialization(_)), "{err:?}");
+        let err = b.get_max_prekey_id().await.unwrap_err();
+        assert!(matches!(err, StoreError::Database(_)), "{err:?}");
     }
 }

@@ -1,0 +1,143 @@
+//! Fault injection on the Matrix side, with the in-process fake WhatsApp network:
+//! homeserver outage during a burst, the homeserver's rate limit, and a message the
+//! homeserver refuses for good. Each asserts the exact messages on the far side.
+#![recursion_limit = "256"]
+
+mod common;
+
+use std::time::Duration;
+
+use common::bridge::{unique, TestBridge};
+use common::matrix_user::MatrixUser;
+use common::synapse::Synapse;
+
+/// Starts a bridge on `synapse` for one group inviting a new user; returns them.
+async fn setup(synapse: &Synapse) -> (TestBridge, MatrixUser, String, String) {
+    let alice = MatrixUser::new(synapse, &unique("alice"), Some("Alice")).await;
+    let mut bridge = TestBridge::new(synapse, &[]);
+    let jid = bridge.network.create_group("Famille");
+    bridge.write_group(
+        &unique("faults"),
+        &jid,
+        &format!("invite = [\"{}\"]", alice.user_id),
+    );
+    bridge.start().await;
+    let room = bridge.wait_room(&jid).await;
+    alice.wait_joined(&room).await;
+    (bridge, alice, jid, room)
+}
+
+/// Polls the room's server-side history until the bot posted `count` messages.
+async fn wait_bot_history(
+    alice: &MatrixUser,
+    room: &str,
+    bot: &str,
+    count: usize,
+    timeout: Duration,
+) -> Vec<String> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let bodies: Vec<String> = alice
+            .history(room)
+            .await
+            .into_iter()
+            .filter(|(sender, _)| sender == bot)
+            .map(|(_, body)| body)
+            .collect();
+        if bodies.len() >= count || tokio::time::Instant::now() > deadline {
+            return bodies;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn homeserver_outage_during_a_burst_loses_and_doubles_nothing() {
+    const BURST: usize = 200;
+    let mut synapse = Synapse::start();
+    let (mut bridge, alice, jid, room) = setup(&synapse).await;
+
+    for n in 0..BURST / 2 {
+        bridge
+            .network
+            .post(&jid, "33611111111", Some("Bob"), &format!("w{n}"));
+    }
+    synapse.stop();
+    for n in BURST / 2..BURST {
+        bridge
+            .network
+            .post(&jid, "33611111111", Some("Bob"), &format!("w{n}"));
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (waiting, _) = bridge.service().pending();
+    assert!(
+        waiting > 0,
+        "messages wait in the outbox while the homeserver is down"
+    );
+    tokio::task::block_in_place(|| synapse.restart());
+
+    let bodies = wait_bot_history(
+        &alice,
+        &room,
+        &bridge.bot_user,
+        BURST,
+        Duration::from_secs(120),
+    )
+    .await;
+    let expected: Vec<String> = (0..BURST).map(|n| format!("Bob: w{n}")).collect();
+    assert_eq!(bodies, expected);
+    assert_eq!(bridge.service().pending(), (0, 0));
+    bridge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn homeserver_rate_limit_delays_but_keeps_every_message() {
+    const COUNT: usize = 16; // Synapse's default burst is 10, then 0.2/s
+    let synapse = Synapse::start_with_default_message_rate_limit();
+    let (mut bridge, alice, jid, room) = setup(&synapse).await;
+    for n in 0..COUNT {
+        bridge
+            .network
+            .post(&jid, "33611111111", Some("Bob"), &format!("r{n}"));
+    }
+    let bodies = wait_bot_history(
+        &alice,
+        &room,
+        &bridge.bot_user,
+        COUNT,
+        Duration::from_secs(150),
+    )
+    .await;
+    let expected: Vec<String> = (0..COUNT).map(|n| format!("Bob: r{n}")).collect();
+    assert_eq!(bodies, expected);
+    bridge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_refused_for_good_is_set_aside_with_a_notice() {
+    let synapse = Synapse::shared();
+    let (mut bridge, alice, jid, room) = setup(synapse).await;
+    // Matrix events are limited to 64 KiB: this one can never be posted.
+    let huge = "x".repeat(70_000);
+    bridge.network.post(&jid, "33611111111", Some("Bob"), &huge);
+    bridge
+        .network
+        .post(&jid, "33611111111", Some("Bob"), "after the huge one");
+    alice
+        .wait_for(&room, "the next message", |s| {
+            s.body == "Bob: after the huge one"
+        })
+        .await;
+    let notice = alice
+        .wait_for(&room, "a notice about the refused message", |s| {
+            s.msgtype == "m.notice"
+        })
+        .await;
+    assert!(
+        notice.body.contains("could not be posted"),
+        "{}",
+        notice.body
+    );
+    assert_eq!(bridge.service().pending(), (0, 0));
+    bridge.stop().await;
+}

@@ -1,0 +1,193 @@
+//! One client connection: WA framing over WebSocket, the Noise handshake, then the
+//! encrypted stanza loop (decrypt -> node -> [`crate::stanza`], and a writer task
+//! that marshals, encrypts and frames what the simulator sends back).
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use bytes::BytesMut;
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{mpsc, watch};
+use tokio_websockets::{Message, WebSocketStream};
+use wacore::framing::{FrameDecoder, encode_frame};
+use wacore::handshake::NoiseCipher;
+use wacore_binary::Node;
+use wacore_binary::marshal::{marshal, unmarshal_ref};
+
+use crate::noise::{self, AfterHello};
+use crate::stanza::{self, Conn};
+use crate::state::{ConnHandle, Outgoing, World};
+
+/// Reads whole WA frames from the WebSocket (frames may span or share messages).
+struct FrameReader<S> {
+    stream: SplitStream<WebSocketStream<S>>,
+    decoder: FrameDecoder,
+    first: bool,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> FrameReader<S> {
+    /// Next frame, or `None` when the client closed the connection.
+    async fn next(&mut self) -> Result<Option<BytesMut>> {
+        loop {
+            if let Some(frame) = self.decoder.decode_frame() {
+                return Ok(Some(frame));
+            }
+            let msg = match self.stream.next().await {
+                None => return Ok(None),
+                Some(msg) => msg.context("websocket read")?,
+            };
+            if msg.is_close() {
+                return Ok(None);
+            }
+            if !msg.is_binary() {
+                continue;
+            }
+            let payload = bytes::Bytes::from(msg.into_payload());
+            if self.first {
+                self.first = false;
+                self.decoder.feed(noise::strip_conn_header(&payload)?);
+            } else {
+                self.decoder.feed(&payload);
+            }
+        }
+    }
+}
+
+type Sink<S> = SplitSink<WebSocketStream<S>, Message>;
+
+async fn send_raw<S: AsyncRead + AsyncWrite + Unpin>(sink: &mut Sink<S>, payload: &[u8]) -> Result<()> {
+    let framed = encode_frame(payload, None)?;
+    sink.send(Message::binary(framed))
+        .await
+        .context("websocket write")
+}
+
+/// Serves one WebSocket until the client leaves, the simulator closes it, or shutdown.
+pub async fn serve<S>(world: Arc<World>, ws: WebSocketStream<S>, mut shutdown: watch::Receiver<bool>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let conn_id = world.next_id();
+    match run(&world, conn_id, ws, &mut shutdown).await {
+        Ok(()) => log::debug!("conn {conn_id}: closed"),
+        Err(e) => log::info!("conn {conn_id}: ended: {e:#}"),
+    }
+    world.connection_closed(conn_id);
+}
+
+async fn run<S>(
+    world: &Arc<World>,
+    conn_id: u64,
+    ws: WebSocketStream<S>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sink, stream) = ws.split();
+    let mut reader = FrameReader {
+        stream,
+        decoder: FrameDecoder::new(),
+        first: true,
+    };
+
+    let hello = reader.next().await?.context("closed before ClientHello")?;
+    let established = match noise::on_client_hello(&world.identity, &hello)? {
+        AfterHello::Ik {
+            server_hello,
+            established,
+        } => {
+            send_raw(&mut sink, &server_hello).await?;
+            *established
+        }
+        AfterHello::Xx {
+            server_hello,
+            pending,
+        } => {
+            send_raw(&mut sink, &server_hello).await?;
+            let finish = reader.next().await?.context("closed before ClientFinish")?;
+            pending.on_client_finish(&finish)?
+        }
+    };
+    log::debug!("conn {conn_id}: noise handshake done");
+
+    let (tx, rx) = mpsc::unbounded_channel();
+    let handle = ConnHandle::new(conn_id, tx);
+    let writer = tokio::spawn(write_loop(conn_id, sink, established.write, rx));
+
+    let mut conn = Conn::new(world.clone(), handle.clone(), established.client_static);
+    let result = async {
+        stanza::on_established(&mut conn, &established.payload);
+        let read_cipher = established.read;
+        let mut counter: u32 = 0;
+        loop {
+            let frame = tokio::select! {
+                f = reader.next() => f?,
+                _ = shutdown.changed() => None,
+            };
+            let Some(mut frame) = frame else {
+                return Ok(());
+            };
+            read_cipher
+                .decrypt_in_place_with_counter(counter, &mut frame)
+                .context("decrypting frame")?;
+            counter = counter.checked_add(1).context("read counter exhausted")?;
+            let plain = wacore_binary::util::unpack(&frame).context("unpacking frame")?;
+            let node = unmarshal_ref(&plain).context("decoding node")?.to_owned();
+            log::debug!(
+                "conn {conn_id} <- {}",
+                wacore::xml::DisplayableNode(&node)
+            );
+            stanza::on_stanza(&mut conn, node).await;
+        }
+    }
+    .await;
+    handle.close();
+    drop(conn);
+    drop(handle);
+    let _ = writer.await;
+    result
+}
+
+async fn write_loop<S>(
+    conn_id: u64,
+    mut sink: Sink<S>,
+    cipher: NoiseCipher,
+    mut rx: mpsc::UnboundedReceiver<Outgoing>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut counter: u32 = 0;
+    while let Some(out) = rx.recv().await {
+        match out {
+            Outgoing::Node(node) => {
+                if let Err(e) = write_node(conn_id, &mut sink, &cipher, &mut counter, &node).await {
+                    log::info!("conn {conn_id}: write failed: {e:#}");
+                    break;
+                }
+            }
+            Outgoing::Close => break,
+        }
+    }
+    let _ = sink.send(Message::close(None, "")).await;
+    let _ = sink.close().await;
+}
+
+async fn write_node<S: AsyncRead + AsyncWrite + Unpin>(
+    conn_id: u64,
+    sink: &mut Sink<S>,
+    cipher: &NoiseCipher,
+    counter: &mut u32,
+    node: &Node,
+) -> Result<()> {
+    log::debug!("conn {conn_id} -> {}", wacore::xml::DisplayableNode(node));
+    let plain = marshal(node)?;
+    let ct = cipher.encrypt_with_counter(*counter, &plain)?;
+    if *counter == u32::MAX {
+        bail!("write counter exhausted");
+    }
+    *counter += 1;
+    send_raw(sink, &ct).await
+}
