@@ -7,5 +7,6 @@ pub mod matrix;
 pub mod relay;
 pub mod secret_file;
 pub mod service;
+pub mod status;
 pub mod store;
 pub mod whatsapp;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use passerelle::config;
-use passerelle::service::{Service, WhatsAppNetwork};
+use passerelle::service::{Service, Signals, WhatsAppNetwork};
 
 const DEFAULT_CONFIG: &str = "/etc/passerelle/config.toml";
 
@@ -28,6 +28,15 @@ enum Command {
         #[arg(short, long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
+    /// Show the state of the bridge: service, Matrix, WhatsApp, groups, queues.
+    Status {
+        /// Path of config.toml.
+        #[arg(short, long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
     /// Validate config.toml and every file in groups.d; one line per problem.
     Check {
         /// Path of config.toml.
@@ -41,6 +50,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => check(&config),
         Command::Run { config } => run(&config),
+        Command::Status { config, json } => status(&config, json),
     }
 }
 
@@ -75,6 +85,29 @@ fn log_directives(level: &str) -> String {
     }
 }
 
+fn status(config_path: &Path, json: bool) -> ExitCode {
+    match passerelle::status::gather(config_path) {
+        Ok(report) if json => match serde_json::to_string_pretty(&report) {
+            Ok(text) => {
+                println!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("passerelle: {error}");
+                ExitCode::FAILURE
+            }
+        },
+        Ok(report) => {
+            println!("{report}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("{error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn init_logging(level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(log_directives(level)))
@@ -101,8 +134,9 @@ fn run(config_path: &Path) -> ExitCode {
         }
     };
     let result: anyhow::Result<()> = runtime.block_on(async {
+        let signals = Signals::install()?;
         let service = Service::start(config_path, WhatsAppNetwork::Real).await?;
-        service.run_until_signalled().await?;
+        service.run_until_signalled(signals).await;
         Ok(())
     });
     match result {

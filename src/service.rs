@@ -15,6 +15,7 @@ use crate::config::{self, Config, GroupFile, Problems};
 use crate::matrix::{MatrixEvents, MatrixSide, RoomSetup};
 use crate::relay::{self, MatrixPost, MatrixText, Relay, Skip, WhatsAppPost, WhatsAppText};
 use crate::secret_file;
+use crate::status;
 use crate::store::{Direction, MessageLink, NewOutboxItem, OutboxItem, Store};
 use crate::whatsapp::fake::FakeNetwork;
 use crate::whatsapp::real::{RealOptions, RealWhatsApp};
@@ -127,6 +128,7 @@ impl Service {
             source,
         })?;
         let store = Arc::new(Store::open(&state_dir.join("passerelle.db"))?);
+        store.delete_meta(status::keys::STOPPED)?;
         let matrix = MatrixSide::connect(&config.matrix, &state_dir, store.clone()).await?;
         let bridge = Arc::new(Bridge {
             config_path: config_path.to_path_buf(),
@@ -178,6 +180,7 @@ impl Service {
         tasks.push(tokio::spawn(bridge.clone().to_matrix_worker()));
         tasks.push(tokio::spawn(bridge.clone().to_whatsapp_worker()));
         tasks.push(tokio::spawn(bridge.clone().room_setup_retries()));
+        tasks.push(tokio::spawn(bridge.clone().heartbeat()));
         if let Some(network) = &fake_whatsapp {
             network.attach(sink);
         }
@@ -228,27 +231,46 @@ impl Service {
             let _ = task.await;
         }
         self.bridge.matrix.stop();
+        let now = (now_ms() / 1000).to_string();
+        if let Err(error) = self.bridge.store.set_meta(status::keys::STOPPED, &now) {
+            tracing::warn!("store: {error}");
+        }
     }
 
-    /// Runs until SIGTERM or SIGINT; SIGHUP reloads.
-    pub async fn run_until_signalled(self) -> std::io::Result<()> {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut hangup = signal(SignalKind::hangup())?;
-        let mut terminate = signal(SignalKind::terminate())?;
-        let mut interrupt = signal(SignalKind::interrupt())?;
+    /// Runs until SIGTERM or SIGINT; SIGHUP reloads. `signals` are installed before
+    /// the service starts, so a reload requested during start-up is applied after it
+    /// rather than killing the process (SIGHUP's default action).
+    pub async fn run_until_signalled(self, mut signals: Signals) {
         loop {
             tokio::select! {
-                _ = hangup.recv() => {
+                _ = signals.hangup.recv() => {
                     tracing::info!("SIGHUP: reloading configuration");
                     let _ = self.reload().await;
                 }
-                _ = terminate.recv() => break,
-                _ = interrupt.recv() => break,
+                _ = signals.terminate.recv() => break,
+                _ = signals.interrupt.recv() => break,
             }
         }
         tracing::info!("stopping");
         self.shutdown().await;
-        Ok(())
+    }
+}
+
+/// The signals the service obeys, installed early (see `run_until_signalled`).
+pub struct Signals {
+    hangup: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    pub fn install() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            hangup: signal(SignalKind::hangup())?,
+            terminate: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+        })
     }
 }
 
@@ -306,6 +328,10 @@ impl Bridge {
             }
             Err(error) => {
                 tracing::warn!(group = %group.name, "room setup failed, will retry: {error}");
+                self.note_error(&format!(
+                    "room of group {} could not be set up: {error}",
+                    group.name
+                ));
             }
         }
     }
@@ -331,6 +357,25 @@ impl Bridge {
                     tracing::debug!(group = %group.name, "no subject: {error}");
                 }
             }
+        }
+    }
+
+    /// Tells `passerelle status` the service is alive.
+    async fn heartbeat(self: Arc<Self>) {
+        loop {
+            let now = (now_ms() / 1000).to_string();
+            if let Err(error) = self.store.set_meta(status::keys::HEARTBEAT, &now) {
+                tracing::warn!("store: {error}");
+            }
+            tokio::time::sleep(Duration::from_secs(status::HEARTBEAT_SECS)).await;
+        }
+    }
+
+    /// Remembers an error for `passerelle status` (no message content, no numbers).
+    fn note_error(&self, text: &str) {
+        let value = format!("{}|{text}", now_ms() / 1000);
+        if let Err(error) = self.store.set_meta(status::keys::LAST_ERROR, &value) {
+            tracing::warn!("store: {error}");
         }
     }
 
@@ -543,6 +588,7 @@ impl Bridge {
             }
             Err(error) => {
                 tracing::error!(seq = item.seq, "Matrix refused a relayed message: {error}");
+                self.note_error(&format!("Matrix refused a relayed message: {error}"));
                 let _ = self.store.discard(item.seq, &error.to_string());
                 let _ = self
                     .matrix
@@ -694,6 +740,21 @@ impl InboundSink for Bridge {
     fn connection(&self, state: ConnectionState) {
         tracing::info!(?state, "WhatsApp connection");
         let connected = state == ConnectionState::Connected;
+        let words = match &state {
+            ConnectionState::NotLinked => "not linked (run `passerelle login`)".to_string(),
+            ConnectionState::Connecting => "connecting".to_string(),
+            ConnectionState::Connected => "connected".to_string(),
+            ConnectionState::Disconnected(reason) => format!("disconnected: {reason}"),
+            ConnectionState::LoggedOut(reason) => format!("logged out: {reason}"),
+        };
+        let since = (now_ms() / 1000).to_string();
+        if let Err(error) = self
+            .store
+            .set_meta(status::keys::WHATSAPP_STATE, &words)
+            .and_then(|()| self.store.set_meta(status::keys::WHATSAPP_SINCE, &since))
+        {
+            tracing::warn!("store: {error}");
+        }
         *self.connection.lock().unwrap_or_else(|e| e.into_inner()) = state;
         if connected {
             self.wake_to_whatsapp.notify_one();

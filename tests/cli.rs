@@ -185,7 +185,8 @@ fn run_reloads_on_sighup_and_stops_on_sigterm() {
     std::thread::sleep(Duration::from_secs(2));
     assert!(
         child.try_wait().unwrap().is_none(),
-        "a broken reload must not stop the service"
+        "a broken reload must not stop the service; log:\n{}",
+        std::fs::read_to_string(&log_path).unwrap_or_default()
     );
     let (status, _) = http_json(
         "GET",
@@ -205,6 +206,38 @@ fn run_reloads_on_sighup_and_stops_on_sigterm() {
     let second_room = wait_alias(synapse, &token, &format!("#{second}:{server}"));
     assert_ne!(first_room, second_room);
 
+    let status_of = |json: bool| {
+        let mut command = passerelle();
+        command.arg("status").arg("-c").arg(&bridge.config_path);
+        if json {
+            command.arg("--json");
+        }
+        let output = command.output().unwrap();
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8(output.stdout).unwrap()
+    };
+    // The room exists a moment before the bridge has stored it: poll.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let report = loop {
+        let report: serde_json::Value = serde_json::from_str(&status_of(true)).unwrap();
+        if report["groups_bridged"] == 2 || Instant::now() > deadline {
+            break report;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(report["running"], true, "{report}");
+    assert_eq!(report["groups_approved"], 2, "{report}");
+    assert_eq!(report["groups_bridged"], 2, "{report}");
+    assert!(report["matrix_device"].is_string(), "{report}");
+    assert_eq!(report["to_whatsapp"]["waiting"], 0, "{report}");
+    assert!(
+        report["whatsapp"].as_str().unwrap().contains("not linked"),
+        "{report}"
+    );
+    let text = status_of(false);
+    assert!(text.contains("2 approved, 2 bridged"), "{text}");
+    assert!(text.contains(&second_room), "{text}");
+
     signal("TERM");
     let deadline = Instant::now() + Duration::from_secs(30);
     let status = loop {
@@ -217,6 +250,8 @@ fn run_reloads_on_sighup_and_stops_on_sigterm() {
         );
         std::thread::sleep(Duration::from_millis(100));
     };
+    let report: serde_json::Value = serde_json::from_str(&status_of(true)).unwrap();
+    assert_eq!(report["running"], false, "after SIGTERM: {report}");
     let mut log = String::new();
     std::fs::File::open(&log_path)
         .unwrap()

@@ -98,6 +98,24 @@ impl Store {
         Store::setup(conn)
     }
 
+    /// Opens an existing database for reading only (for `passerelle status`): creates
+    /// nothing, migrates nothing, so an admin running it as another user cannot leave
+    /// files the service could not write.
+    pub fn open_read_only(path: &Path) -> Result<Store, StoreError> {
+        let flags =
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(path, flags)?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        let found = schema::schema_version(&conn)?;
+        let supported = schema::MIGRATIONS.len() as i64;
+        if found > supported {
+            return Err(StoreError::SchemaTooNew { found, supported });
+        }
+        Ok(Store {
+            conn: Mutex::new(conn),
+        })
+    }
+
     /// A private in-memory database with the full schema, for tests.
     pub fn open_in_memory() -> Result<Store, StoreError> {
         Store::setup(Connection::open_in_memory()?)

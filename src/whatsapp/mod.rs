@@ -4,6 +4,7 @@
 
 pub mod fake;
 pub mod real;
+pub mod store;
 
 use async_trait::async_trait;
 

@@ -14,8 +14,9 @@ pub struct RealWhatsApp;
 impl RealWhatsApp {
     pub async fn start(
         _o: RealOptions,
-        _s: Arc<dyn InboundSink>,
+        s: Arc<dyn InboundSink>,
     ) -> Result<Arc<RealWhatsApp>, RealError> {
+        s.connection(super::ConnectionState::NotLinked);
         Ok(Arc::new(RealWhatsApp))
     }
     pub async fn shutdown(&self) {}

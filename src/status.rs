@@ -1,0 +1,228 @@
+//! `passerelle status`: what an admin needs to know at a glance, read from the state
+//! files (the running service writes its heartbeat, connection state and last error
+//! into the bridge database), so it works whether or not the service runs.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+use crate::config::{self, Problems};
+use crate::store::{Direction, Store, StoreError};
+
+/// Meta keys the service writes and `status` reads.
+pub mod keys {
+    /// Unix seconds of the running service's last heartbeat.
+    pub const HEARTBEAT: &str = "service.heartbeat";
+    /// Unix seconds of the service's last clean stop (removed at start).
+    pub const STOPPED: &str = "service.stopped";
+    /// The WhatsApp connection state, in words.
+    pub const WHATSAPP_STATE: &str = "whatsapp.state";
+    /// Unix seconds since the WhatsApp state holds.
+    pub const WHATSAPP_SINCE: &str = "whatsapp.since";
+    /// `<unix seconds>|<message>` of the last error worth an admin's attention.
+    pub const LAST_ERROR: &str = "service.last_error";
+}
+
+/// How often the running service writes its heartbeat; older than three of these
+/// means it is not running.
+pub const HEARTBEAT_SECS: u64 = 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    #[error("{0}")]
+    Config(#[from] Problems),
+    #[error("bridge database: {0}")]
+    Store(#[from] StoreError),
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct GroupStatus {
+    pub name: String,
+    pub whatsapp: String,
+    pub room: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct QueueStatus {
+    pub waiting: u64,
+    /// Age in seconds of the oldest waiting message.
+    pub oldest_age_secs: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusReport {
+    pub config: PathBuf,
+    pub state_dir: PathBuf,
+    /// Seconds since the service's last heartbeat; `None` if it never ran.
+    pub heartbeat_age_secs: Option<u64>,
+    pub running: bool,
+    pub matrix_user: String,
+    /// The bot's device when a session is stored (login done).
+    pub matrix_device: Option<String>,
+    pub whatsapp: String,
+    pub whatsapp_since_secs: Option<u64>,
+    pub groups_approved: usize,
+    pub groups_bridged: usize,
+    pub groups: Vec<GroupStatus>,
+    pub to_matrix: QueueStatus,
+    pub to_whatsapp: QueueStatus,
+    pub set_aside: usize,
+    pub last_error: Option<(u64, String)>,
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn age(then: Option<i64>) -> Option<u64> {
+    then.map(|then| now_secs().saturating_sub(u64::try_from(then).unwrap_or(0)))
+}
+
+/// Reads the configuration and the state directory.
+pub fn gather(config_path: &Path) -> Result<StatusReport, StatusError> {
+    let (config, groups) = config::load_all(config_path)?;
+    let state_dir = config.paths.state_dir.clone();
+    let db_path = state_dir.join("passerelle.db");
+    let store = if db_path.exists() {
+        Some(Store::open_read_only(&db_path)?)
+    } else {
+        None
+    };
+    let meta = |key: &str| -> Result<Option<String>, StoreError> {
+        match &store {
+            Some(store) => store.get_meta(key),
+            None => Ok(None),
+        }
+    };
+    let heartbeat_age_secs = age(meta(keys::HEARTBEAT)?.and_then(|v| v.parse().ok()));
+    let stopped = meta(keys::STOPPED)?.is_some();
+    let running = !stopped && heartbeat_age_secs.is_some_and(|age| age <= 3 * HEARTBEAT_SECS);
+    let matrix_device = std::fs::read(state_dir.join("matrix-session.json"))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+        .and_then(|session| {
+            let meta = session.get("meta").unwrap_or(&session);
+            meta.get("device_id")?.as_str().map(str::to_string)
+        });
+    let whatsapp = meta(keys::WHATSAPP_STATE)?.unwrap_or_else(|| "never connected".into());
+    let whatsapp_since_secs = age(meta(keys::WHATSAPP_SINCE)?.and_then(|v| v.parse().ok()));
+    let mut group_status = Vec::new();
+    for group in &groups {
+        let room = match &store {
+            Some(store) => store.room_for_group(&group.whatsapp)?,
+            None => None,
+        };
+        group_status.push(GroupStatus {
+            name: group.name.clone(),
+            whatsapp: group.whatsapp.clone(),
+            room,
+        });
+    }
+    let queue = |direction| -> Result<QueueStatus, StoreError> {
+        let (waiting, oldest) = match &store {
+            Some(store) => store.queue_stats(direction)?,
+            None => (0, None),
+        };
+        Ok(QueueStatus {
+            waiting,
+            oldest_age_secs: age(oldest),
+        })
+    };
+    let set_aside = match &store {
+        Some(store) => store.recent_dead_letters(1000)?.len(),
+        None => 0,
+    };
+    let last_error = meta(keys::LAST_ERROR)?.and_then(|value| {
+        let (when, text) = value.split_once('|')?;
+        Some((age(when.parse().ok())?, text.to_string()))
+    });
+    Ok(StatusReport {
+        config: config_path.to_path_buf(),
+        state_dir,
+        heartbeat_age_secs,
+        running,
+        matrix_user: config.matrix.user.clone(),
+        matrix_device,
+        whatsapp,
+        whatsapp_since_secs,
+        groups_approved: groups.len(),
+        groups_bridged: group_status.iter().filter(|g| g.room.is_some()).count(),
+        groups: group_status,
+        to_matrix: queue(Direction::ToMatrix)?,
+        to_whatsapp: queue(Direction::ToWhatsApp)?,
+        set_aside,
+        last_error,
+    })
+}
+
+/// "3 min", "2 h": ages for humans.
+fn human(secs: u64) -> String {
+    match secs {
+        0..=89 => format!("{secs} s"),
+        90..=5399 => format!("{} min", secs / 60),
+        5400..=172_799 => format!("{} h", secs / 3600),
+        _ => format!("{} days", secs / 86_400),
+    }
+}
+
+impl fmt::Display for QueueStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} waiting", self.waiting)?;
+        if let Some(age) = self.oldest_age_secs.filter(|_| self.waiting > 0) {
+            write!(f, " (oldest {})", human(age))?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for StatusReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "config:     {}", self.config.display())?;
+        let service = match (self.running, self.heartbeat_age_secs) {
+            (true, Some(age)) => format!("running (heartbeat {} ago)", human(age)),
+            (false, Some(age)) => format!("not running (last seen {} ago)", human(age)),
+            _ => "never started".to_string(),
+        };
+        writeln!(f, "service:    {service}")?;
+        match &self.matrix_device {
+            Some(device) => writeln!(f, "matrix:     {} (device {device})", self.matrix_user)?,
+            None => writeln!(f, "matrix:     {} (not logged in yet)", self.matrix_user)?,
+        }
+        match self.whatsapp_since_secs {
+            Some(age) => writeln!(f, "whatsapp:   {} (for {})", self.whatsapp, human(age))?,
+            None => writeln!(f, "whatsapp:   {}", self.whatsapp)?,
+        }
+        writeln!(
+            f,
+            "groups:     {} approved, {} bridged",
+            self.groups_approved, self.groups_bridged
+        )?;
+        for group in &self.groups {
+            writeln!(
+                f,
+                "  {:<20} {:<32} {}",
+                group.name,
+                group.whatsapp,
+                group.room.as_deref().unwrap_or("(no room yet)")
+            )?;
+        }
+        writeln!(f, "to matrix:  {}", self.to_matrix)?;
+        writeln!(f, "to whatsapp: {}", self.to_whatsapp)?;
+        if self.set_aside > 0 {
+            writeln!(
+                f,
+                "set aside:  {} message(s) refused for good",
+                self.set_aside
+            )?;
+        }
+        match &self.last_error {
+            Some((age, text)) => write!(f, "last error: {text} ({} ago)", human(*age)),
+            None => write!(f, "last error: none"),
+        }
+    }
+}
