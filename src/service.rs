@@ -13,6 +13,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::{self, Config, GroupFile, Problems};
 use crate::matrix::{MatrixEvents, MatrixSide, RoomSetup};
+use crate::relay::pacing::{Pacer, Wait};
 use crate::relay::{self, MatrixPost, MatrixText, Relay, Skip, WhatsAppPost, WhatsAppText};
 use crate::secret_file;
 use crate::status;
@@ -96,6 +97,7 @@ struct Bridge {
     /// (room, user) pairs already told they may not speak, to tell each only once.
     refused_senders: Mutex<HashSet<(String, String)>>,
     connection: Mutex<ConnectionState>,
+    pacer: Mutex<Pacer>,
     /// A weak handle on itself, for tasks spawned from `&self` callbacks.
     me: OnceLock<std::sync::Weak<Bridge>>,
 }
@@ -129,6 +131,11 @@ impl Service {
         })?;
         let store = Arc::new(Store::open(&state_dir.join("passerelle.db"))?);
         store.delete_meta(status::keys::STOPPED)?;
+        let pacer = Pacer::new(
+            config.whatsapp.messages_per_minute,
+            config.whatsapp.burst,
+            now_ms(),
+        );
         let matrix = MatrixSide::connect(&config.matrix, &state_dir, store.clone()).await?;
         let bridge = Arc::new(Bridge {
             config_path: config_path.to_path_buf(),
@@ -141,6 +148,7 @@ impl Service {
             rooms_ready: Mutex::new(HashSet::new()),
             refused_senders: Mutex::new(HashSet::new()),
             connection: Mutex::new(ConnectionState::Connecting),
+            pacer: Mutex::new(pacer),
             me: OnceLock::new(),
         });
         let _ = bridge.me.set(Arc::downgrade(&bridge));
@@ -439,6 +447,13 @@ impl Bridge {
             }
         }
         *self.active.write().unwrap_or_else(|e| e.into_inner()) = new.clone();
+        self.pacer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .reconfigure(
+                new.config.whatsapp.messages_per_minute,
+                new.config.whatsapp.burst,
+            );
 
         for (jid, group) in &old.groups {
             if new.groups.contains_key(jid) {
@@ -614,6 +629,30 @@ impl Bridge {
                 return;
             }
         };
+        let group_rate = self
+            .active()
+            .groups
+            .get(&item.group_jid)
+            .and_then(|group| group.messages_per_minute);
+        let paced = self
+            .pacer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .try_send(&item.group_jid, group_rate, now_ms());
+        match paced {
+            Ok(()) => {}
+            Err(Wait::Overall(ms)) => {
+                tokio::time::sleep(Duration::from_millis(ms.clamp(1, 60_000) as u64)).await;
+                return;
+            }
+            Err(Wait::Group(ms)) => {
+                // Other groups may go ahead meanwhile; this one keeps its order.
+                if let Err(error) = self.store.postpone(item.seq, now_ms() + ms) {
+                    tracing::error!("store: {error}");
+                }
+                return;
+            }
+        }
         match client
             .send_text(&item.group_jid, &item.target_id, &post.text)
             .await

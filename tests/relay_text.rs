@@ -427,3 +427,51 @@ async fn bursts_sent_while_stopped_arrive_once_and_in_order() {
     assert_eq!(bridge.service().pending(), (0, 0));
     bridge.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_matrix_burst_is_paced_to_whatsapp_not_dropped() {
+    let synapse = Synapse::shared();
+    let alice = MatrixUser::new(synapse, &unique("alice"), Some("Alice")).await;
+    let mut bridge = TestBridge::new(synapse, &[]);
+    // Two at once, then one per second, for the whole number.
+    bridge.append_config("[whatsapp]\nmessages_per_minute = 60\nburst = 2");
+    let jid = bridge.network.create_group("Rythme");
+    bridge.write_group(
+        &unique("rythme"),
+        &jid,
+        &format!("invite = [\"{}\"]", alice.user_id),
+    );
+    bridge.start().await;
+    let room = bridge.wait_room(&jid).await;
+    alice.wait_joined(&room).await;
+
+    for n in 0..6 {
+        alice.send_text(&room, &format!("p{n}")).await;
+    }
+    bridge.wait_whatsapp_text(&jid, "*Alice*: p5").await;
+    let sent: Vec<_> = bridge
+        .network
+        .messages(&jid)
+        .into_iter()
+        .filter(|m| m.sender_phone == passerelle::whatsapp::fake::BRIDGE_PHONE)
+        .collect();
+    let texts: Vec<&str> = sent.iter().map(|m| m.text.as_str()).collect();
+    assert_eq!(
+        texts,
+        [
+            "*Alice*: p0",
+            "*Alice*: p1",
+            "*Alice*: p2",
+            "*Alice*: p3",
+            "*Alice*: p4",
+            "*Alice*: p5"
+        ]
+    );
+    // After the burst of 2, four more at one per second: at least ~4 s in all.
+    let spread = sent[5].at.duration_since(sent[0].at);
+    assert!(
+        spread >= std::time::Duration::from_millis(3500),
+        "sent within {spread:?}"
+    );
+    bridge.stop().await;
+}

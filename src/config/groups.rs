@@ -25,6 +25,9 @@ pub struct GroupFile {
     pub invite: Vec<String>,
     /// Who may speak from Matrix; `None`: any member of the room.
     pub allow: Option<Vec<UserPattern>>,
+    /// Pacing of what the shared number sends to this group (messages per minute);
+    /// `None`: only the overall pacing of `[whatsapp]` applies.
+    pub messages_per_minute: Option<u32>,
 }
 
 impl GroupFile {
@@ -67,6 +70,7 @@ struct RawGroup {
     room: Option<Spanned<String>>,
     invite: Option<Vec<Spanned<String>>>,
     allow: Option<Vec<Spanned<String>>>,
+    messages_per_minute: Option<Spanned<i64>>,
 }
 
 struct Parsed {
@@ -160,6 +164,15 @@ fn parse_group(path: &Path, text: &str) -> Parsed {
         parsed
     });
 
+    let messages_per_minute = match raw.messages_per_minute.as_ref() {
+        None => None,
+        Some(value) => {
+            let checked = super::check_rate(&mut src, "messages_per_minute", Some(value), 0);
+            ok &= checked.is_some();
+            checked
+        }
+    };
+
     let group = match (name, whatsapp) {
         (Some(name), Some(whatsapp)) if ok => Some(GroupFile {
             name,
@@ -168,6 +181,7 @@ fn parse_group(path: &Path, text: &str) -> Parsed {
             room,
             invite,
             allow,
+            messages_per_minute,
         }),
         _ => None,
     };
@@ -381,7 +395,7 @@ mod tests {
         assert_eq!(line, Some(2));
         assert_eq!(
             message,
-            "unknown key `rooms` (did you mean `room`?); valid keys here: `whatsapp`, `room`, `invite`, `allow`"
+            "unknown key `rooms` (did you mean `room`?); valid keys here: `whatsapp`, `room`, `invite`, `allow`, `messages_per_minute`"
         );
         let (line, message) = problem(
             "f.toml",

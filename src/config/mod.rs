@@ -153,11 +153,30 @@ pub struct PathsConfig {
 }
 
 /// `[whatsapp]`.
-#[derive(Clone, Debug, PartialEq, Default)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct WhatsAppConfig {
     /// WebSocket URL override (`ws://` or `wss://`), for tests against a simulator.
     /// `None` means the real WhatsApp servers.
     pub url: Option<String>,
+    /// Pacing of what the shared number sends, all groups together: sustained rate.
+    pub messages_per_minute: u32,
+    /// How many messages may go out at once before the rate applies.
+    pub burst: u32,
+}
+
+/// Default sustained rate of messages sent by the shared number, all groups together.
+pub const DEFAULT_MESSAGES_PER_MINUTE: u32 = 40;
+/// Default burst of messages sent at once by the shared number.
+pub const DEFAULT_BURST: u32 = 10;
+
+impl Default for WhatsAppConfig {
+    fn default() -> Self {
+        WhatsAppConfig {
+            url: None,
+            messages_per_minute: DEFAULT_MESSAGES_PER_MINUTE,
+            burst: DEFAULT_BURST,
+        }
+    }
 }
 
 /// `[templates]`.
@@ -233,6 +252,8 @@ struct RawPaths {
 #[serde(deny_unknown_fields)]
 struct RawWhatsApp {
     url: Option<S<String>>,
+    messages_per_minute: Option<S<i64>>,
+    burst: Option<S<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -487,28 +508,66 @@ fn check_matrix(src: &mut Source, raw: Option<S<RawMatrix>>, base: &Path) -> Opt
 }
 
 fn check_whatsapp(src: &mut Source, raw: Option<RawWhatsApp>) -> Option<WhatsAppConfig> {
-    let Some(v) = raw.and_then(|r| r.url) else {
+    let Some(raw) = raw else {
         return Some(WhatsAppConfig::default());
     };
-    match url::Url::parse(v.get_ref()) {
-        Err(err) => {
-            src.at(&v, format!("invalid `url` `{}`: {err}", v.get_ref()));
-            None
-        }
-        Ok(url) if url.scheme() != "ws" && url.scheme() != "wss" => {
+    let messages_per_minute = check_rate(
+        src,
+        "messages_per_minute",
+        raw.messages_per_minute.as_ref(),
+        DEFAULT_MESSAGES_PER_MINUTE,
+    );
+    let burst = check_rate(src, "burst", raw.burst.as_ref(), DEFAULT_BURST);
+    let url = match raw.url {
+        None => Some(None),
+        Some(v) => match url::Url::parse(v.get_ref()) {
+            Err(err) => {
+                src.at(&v, format!("invalid `url` `{}`: {err}", v.get_ref()));
+                None
+            }
+            Ok(url) if url.scheme() != "ws" && url.scheme() != "wss" => {
+                src.at(
+                    &v,
+                    format!("`url` must be a ws:// or wss:// URL, not `{}`", v.get_ref()),
+                );
+                None
+            }
+            Ok(url) if url.host().is_none() => {
+                src.at(&v, format!("`url` `{}` has no host", v.get_ref()));
+                None
+            }
+            Ok(_) => Some(Some(v.into_inner())),
+        },
+    };
+    Some(WhatsAppConfig {
+        url: url?,
+        messages_per_minute: messages_per_minute?,
+        burst: burst?,
+    })
+}
+
+/// A positive message count (rate or burst), at most 10 000.
+pub(crate) fn check_rate(
+    src: &mut Source,
+    key: &str,
+    value: Option<&S<i64>>,
+    default: u32,
+) -> Option<u32> {
+    let Some(value) = value else {
+        return Some(default);
+    };
+    match u32::try_from(*value.get_ref()) {
+        Ok(n) if (1..=10_000).contains(&n) => Some(n),
+        _ => {
             src.at(
-                &v,
-                format!("`url` must be a ws:// or wss:// URL, not `{}`", v.get_ref()),
+                value,
+                format!(
+                    "`{key}` must be a whole number from 1 to 10000, not {}",
+                    value.get_ref()
+                ),
             );
             None
         }
-        Ok(url) if url.host().is_none() => {
-            src.at(&v, format!("`url` `{}` has no host", v.get_ref()));
-            None
-        }
-        Ok(_) => Some(WhatsAppConfig {
-            url: Some(v.into_inner()),
-        }),
     }
 }
 

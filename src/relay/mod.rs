@@ -1,6 +1,7 @@
 //! The core of the bridge: what a message is on each side, whether it may cross, and
 //! how it reads once it has crossed. Knows nothing of either SDK.
 
+pub mod pacing;
 pub mod template;
 
 use serde::{Deserialize, Serialize};
@@ -279,6 +280,7 @@ mod tests {
                     .map(|p| UserPattern::parse(p).unwrap())
                     .collect()
             }),
+            messages_per_minute: None,
         }
     }
 

@@ -261,6 +261,16 @@ impl Store {
             .ok_or(StoreError::NotQueued(seq))
     }
 
+    /// Makes row `seq` due at `next_attempt_at_ms` without counting an attempt (the
+    /// item was not tried: e.g. its group is paced). Returns whether the row exists.
+    pub fn postpone(&self, seq: i64, next_attempt_at_ms: i64) -> Result<bool, StoreError> {
+        let changed = self.lock().execute(
+            "UPDATE outbox SET next_attempt_at = ?2 WHERE seq = ?1",
+            params![seq, next_attempt_at_ms],
+        )?;
+        Ok(changed > 0)
+    }
+
     /// When (unix ms) the next item of `direction` becomes due, counting only items that
     /// `next_due` may return (group heads); `None` when the queue is empty.
     pub fn earliest_due(&self, direction: Direction) -> Result<Option<i64>, StoreError> {

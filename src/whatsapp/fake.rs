@@ -19,6 +19,8 @@ pub struct FakeMessage {
     pub id: String,
     pub sender_phone: String,
     pub text: String,
+    /// When the message reached the group.
+    pub at: std::time::Instant,
 }
 
 #[derive(Default)]
@@ -86,6 +88,7 @@ impl FakeNetwork {
                     id: id.clone(),
                     sender_phone: phone.to_string(),
                     text: text.to_string(),
+                    at: std::time::Instant::now(),
                 });
             }
             let message = WhatsAppText {
@@ -200,6 +203,7 @@ impl WhatsAppClient for FakeClient {
                 id: message_id.to_string(),
                 sender_phone: BRIDGE_PHONE.to_string(),
                 text: text.to_string(),
+                at: std::time::Instant::now(),
             });
             sink.filter(|_| echo_on)
         };

@@ -76,6 +76,12 @@ level = "info"
         }
     }
 
+    /// Appends TOML to config.toml (e.g. a `[whatsapp]` section).
+    pub fn append_config(&self, text: &str) {
+        let old = std::fs::read_to_string(&self.config_path).unwrap();
+        std::fs::write(&self.config_path, format!("{old}\n{text}\n")).unwrap();
+    }
+
     /// Writes `groups.d/<stem>.toml` approving `jid`, plus extra TOML lines.
     pub fn write_group(&self, stem: &str, jid: &str, extra: &str) {
         let text = format!("whatsapp = \"{jid}\"\n{extra}\n");
