@@ -76,11 +76,14 @@ fn check(config_path: &Path) -> ExitCode {
 }
 
 /// A bare level (`info`) applies to passerelle; its dependencies log warnings and
-/// errors only, since the SDKs may print identifiers (phone numbers) at info level.
-/// Per-module directives (`info,whatsapp_rust=debug`) are taken as written.
+/// errors only, and whatsapp-rust errors only, since the SDKs print identifiers
+/// (whatsapp-rust's warnings include whole stanzas with phone numbers). Per-module
+/// directives (`info,whatsapp_rust=debug`) are taken as written.
 fn log_directives(level: &str) -> String {
     match level.trim() {
-        bare @ ("info" | "warn" | "error") => format!("warn,passerelle={bare}"),
+        bare @ ("info" | "warn" | "error") => {
+            format!("warn,whatsapp_rust=error,wacore=error,passerelle={bare}")
+        }
         other => other.to_string(),
     }
 }

@@ -837,6 +837,15 @@ impl MatrixEvents for Bridge {
                 }
                 return;
             }
+            Err(Skip::TooLong) => {
+                let notice = format!(
+                    "{}: your message is too long for WhatsApp (over {} characters) and was not relayed.",
+                    message.sender,
+                    relay::WHATSAPP_MAX_TEXT_CHARS
+                );
+                let _ = self.matrix.send_notice(&message.room_id, &notice).await;
+                return;
+            }
             Err(skip) => {
                 Self::log_skip(skip, "to whatsapp");
                 return;

@@ -268,4 +268,6 @@ fn run_reloads_on_sighup_and_stops_on_sigterm() {
     assert_eq!(mode(&state), 0o700);
     assert_eq!(mode(&state.join("passerelle.db")), 0o600);
     assert_eq!(mode(&state.join("matrix-session.json")), 0o600);
+    assert_eq!(mode(&state.join("whatsapp.db")), 0o600);
+    assert_eq!(mode(&state.join("matrix-store-key")), 0o600);
 }

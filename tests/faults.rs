@@ -141,3 +141,52 @@ async fn a_message_refused_for_good_is_set_aside_with_a_notice() {
     assert_eq!(bridge.service().pending(), (0, 0));
     bridge.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_matrix_events_do_not_stop_the_relay() {
+    let synapse = Synapse::shared();
+    let (mut bridge, alice, jid, room) = setup(synapse).await;
+    let token = alice.client.access_token().unwrap();
+    // Malformed message events Synapse accepts: fields of the wrong type or missing.
+    let malformed = [
+        serde_json::json!({ "msgtype": "org.example.weird", "body": 5 }),
+        serde_json::json!({ "body": "no msgtype" }),
+        serde_json::json!({ "msgtype": "m.text", "body": "x", "m.relates_to": "garbage" }),
+        serde_json::json!({ "msgtype": "m.text", "body": "x", "format": "org.matrix.custom.html", "formatted_body": 7 }),
+    ];
+    let mut accepted = 0;
+    for (n, content) in malformed.iter().enumerate() {
+        let (status, body) = common::synapse::http_json(
+            "PUT",
+            &synapse.api(&format!(
+                "/_matrix/client/v3/rooms/{room}/send/m.room.message/bad{n}"
+            )),
+            Some(&token),
+            Some(content),
+        );
+        // Synapse validates some fields itself; what it lets through must not hurt.
+        assert!(status == 200 || status == 400, "{status} {body}");
+        accepted += usize::from(status == 200);
+    }
+    assert!(
+        accepted >= 2,
+        "too few malformed events got through to test anything"
+    );
+    alice.send_text(&room, "still alive").await;
+    bridge
+        .wait_whatsapp_text(&jid, "*Alice*: still alive")
+        .await;
+    // Lenient parsing may relay a body that is a valid text; nothing else gets through.
+    let texts = bridge.network.bridge_texts(&jid);
+    assert_eq!(
+        texts.last().map(String::as_str),
+        Some("*Alice*: still alive")
+    );
+    assert!(
+        texts
+            .iter()
+            .all(|t| t == "*Alice*: x" || t == "*Alice*: still alive"),
+        "{texts:?}"
+    );
+    bridge.stop().await;
+}

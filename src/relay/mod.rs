@@ -71,7 +71,12 @@ pub enum Skip {
     Notice,
     /// Nothing to say (empty text).
     Empty,
+    /// Longer than WhatsApp accepts in one message.
+    TooLong,
 }
+
+/// The longest text WhatsApp accepts in one message (characters).
+pub const WHATSAPP_MAX_TEXT_CHARS: usize = 65_536;
 
 /// Decides and formats messages crossing the bridge.
 #[derive(Debug, Clone)]
@@ -162,6 +167,9 @@ impl Relay {
             "text" => Some(message.body.clone()),
             _ => None,
         });
+        if text.chars().count() > WHATSAPP_MAX_TEXT_CHARS {
+            return Err(Skip::TooLong);
+        }
         Ok(WhatsAppPost { text })
     }
 }
@@ -421,6 +429,19 @@ mod tests {
                 false
             )
             .is_ok());
+    }
+
+    #[test]
+    fn matrix_text_too_long_for_whatsapp_is_refused() {
+        let long = "x".repeat(WHATSAPP_MAX_TEXT_CHARS);
+        assert_eq!(
+            relay().from_matrix(
+                Some(&group(None)),
+                &mx("@a:x", None, MatrixKind::Text, &long),
+                false
+            ),
+            Err(Skip::TooLong)
+        );
     }
 
     #[test]

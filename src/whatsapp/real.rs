@@ -1,32 +1,525 @@
-//! placeholder
-use super::{InboundSink, WhatsAppClient, WhatsAppError};
+//! The real WhatsApp side: runs the whatsapp-rust client for the linked device and
+//! translates between it and the adapter boundary of [`super`]. Incoming group texts
+//! go to the [`InboundSink`] before WhatsApp is acknowledged (so nothing is lost on a
+//! crash or a failed write); outgoing texts and group queries go through
+//! [`WhatsAppClient`]. Nothing else of whatsapp-rust leaks out of this file.
+
+use std::collections::{HashSet, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
+use std::time::Duration;
+
 use async_trait::async_trait;
-use std::path::PathBuf;
-use std::sync::Arc;
+use whatsapp_rust::bot::{Bot, BotBuilderError, BotHandle};
+use whatsapp_rust::client::Client;
+use whatsapp_rust::send::{SendError, SendOptions};
+use whatsapp_rust::store::error::StoreError;
+use whatsapp_rust::store::traits::Backend;
+use whatsapp_rust::transport::TokioWebSocketTransportFactory;
+use whatsapp_rust::types::events::{Event, EventHandler, EventInterest, EventKind, InboundMessage};
+use whatsapp_rust::types::message::{EditAttribute, MessageInfo};
+use whatsapp_rust::wacore::proto_helpers::{MessageBuilderExt, MessageExt};
+use whatsapp_rust::waproto::whatsapp as wa;
+use whatsapp_rust::{InboundDurabilityHook, Jid, Server};
+
+use super::store::SqliteBackend;
+use super::{ConnectionState, InboundSink, SinkError, WhatsAppClient, WhatsAppError};
+use crate::relay::WhatsAppText;
+
+/// WhatsApp Web version announced to the server: the one whatsapp-rust 0.7.0 ships as
+/// its device default. Fixed so that the client never fetches it from WhatsApp Web.
+const WHATSAPP_WEB_VERSION: (u32, u32, u32) = (2, 3000, 1_042_742_319);
+
+/// Push name of the linked device (shown to the phone in "Linked devices").
+const PUSH_NAME: &str = "passerelle";
+
+/// How long `shutdown` waits for the client to flush and stop before aborting it.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How many of our recently sent message ids are remembered, so that a retried send
+/// of an id that already went out is not sent a second time.
+const RECENT_SENT_IDS: usize = 1024;
+
+/// Where the real adapter connects and keeps its state.
+#[derive(Debug, Clone)]
 pub struct RealOptions {
+    /// WebSocket URL override (e.g. `ws://127.0.0.1:PORT/ws/chat` for the simulator);
+    /// `None` uses WhatsApp's own server.
     pub url: Option<String>,
+    /// The service's state directory.
     pub state_dir: PathBuf,
 }
+
+/// Why the real adapter could not start.
 #[derive(Debug, thiserror::Error)]
-#[error("x")]
-pub struct RealError;
-pub struct RealWhatsApp;
-impl RealWhatsApp {
-    pub async fn start(
-        _o: RealOptions,
-        s: Arc<dyn InboundSink>,
-    ) -> Result<Arc<RealWhatsApp>, RealError> {
-        s.connection(super::ConnectionState::NotLinked);
-        Ok(Arc::new(RealWhatsApp))
-    }
-    pub async fn shutdown(&self) {}
+pub enum RealError {
+    #[error("could not read the WhatsApp device store: {0}")]
+    Store(#[source] StoreError),
+    #[error("could not build the WhatsApp client: {0}")]
+    Build(#[source] BotBuilderError),
+    #[error("could not open the WhatsApp key store: {0}")]
+    KeyStore(#[source] super::store::WaStoreError),
 }
+
+/// The WhatsApp adapter on whatsapp-rust. Without a linked device it stays idle and
+/// every request fails with [`WhatsAppError::NotLinked`].
+pub struct RealWhatsApp {
+    /// `None` when no device is linked: no client exists, nothing connects.
+    client: Option<Arc<Client>>,
+    /// The running bot, taken by `shutdown`.
+    handle: tokio::sync::Mutex<Option<BotHandle>>,
+    /// Set when WhatsApp logged the device out: a new `passerelle login` is needed.
+    logged_out: Arc<AtomicBool>,
+    sent_ids: Mutex<RecentIds>,
+}
+
+impl RealWhatsApp {
+    /// Opens the device store and, when a device is linked, starts the client in the
+    /// background (it reconnects by itself). Without a linked device nothing is
+    /// contacted: the sink is told [`ConnectionState::NotLinked`].
+    pub async fn start(
+        options: RealOptions,
+        sink: Arc<dyn InboundSink>,
+    ) -> Result<Arc<RealWhatsApp>, RealError> {
+        let backend = open_backend(&options.state_dir)?;
+        Self::start_with_backend(options, backend, sink).await
+    }
+
+    /// [`RealWhatsApp::start`] on a given device store instead of the one under
+    /// `options.state_dir` (which is then unused): for tests that link a device
+    /// first.
+    pub async fn start_with_backend(
+        options: RealOptions,
+        backend: Arc<dyn Backend>,
+        sink: Arc<dyn InboundSink>,
+    ) -> Result<Arc<RealWhatsApp>, RealError> {
+        let linked = backend
+            .load()
+            .await
+            .map_err(RealError::Store)?
+            .is_some_and(|device| device.is_registered());
+        let logged_out = Arc::new(AtomicBool::new(false));
+        if !linked {
+            tracing::info!("no WhatsApp device is linked; not connecting");
+            sink.connection(ConnectionState::NotLinked);
+            return Ok(Arc::new(RealWhatsApp {
+                client: None,
+                handle: tokio::sync::Mutex::new(None),
+                logged_out,
+                sent_ids: Mutex::new(RecentIds::default()),
+            }));
+        }
+
+        let events = Events {
+            sink: Arc::clone(&sink),
+            logged_out: Arc::clone(&logged_out),
+            client: Arc::new(OnceLock::new()),
+        };
+        let events_client = Arc::clone(&events.client);
+        let mut builder = Bot::builder()
+            .with_backend_arc(backend)
+            .with_version(WHATSAPP_WEB_VERSION)
+            .with_push_name(PUSH_NAME)
+            .skip_history_sync()
+            .with_inbound_durability_hook(SinkHook {
+                sink: Arc::clone(&sink),
+            })
+            .with_event_handler(events);
+        if let Some(url) = options.url {
+            builder =
+                builder.with_transport_factory(TokioWebSocketTransportFactory::new().with_url(url));
+        }
+        let bot = builder.build().await.map_err(RealError::Build)?;
+        let _ = events_client.set(Arc::downgrade(&bot.client()));
+        sink.connection(ConnectionState::Connecting);
+        let handle = bot.spawn();
+        tracing::info!("WhatsApp client started");
+        Ok(Arc::new(RealWhatsApp {
+            client: Some(handle.client()),
+            handle: tokio::sync::Mutex::new(Some(handle)),
+            logged_out,
+            sent_ids: Mutex::new(RecentIds::default()),
+        }))
+    }
+
+    /// Disconnects (flushing the client's state) and stops the client. Idempotent.
+    pub async fn shutdown(&self) {
+        let Some(handle) = self.handle.lock().await.take() else {
+            return;
+        };
+        // On timeout the handle is dropped, which aborts the client task.
+        if tokio::time::timeout(SHUTDOWN_TIMEOUT, handle.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!("WhatsApp client did not stop in time; aborted it");
+        }
+    }
+
+    /// The client, if it may be used right now.
+    fn usable_client(&self) -> Result<&Arc<Client>, WhatsAppError> {
+        let client = self.client.as_ref().ok_or(WhatsAppError::NotLinked)?;
+        if self.logged_out.load(Ordering::Acquire) {
+            return Err(WhatsAppError::NotLinked);
+        }
+        if !client.is_connected() || !client.is_logged_in() {
+            return Err(WhatsAppError::NotConnected);
+        }
+        Ok(client)
+    }
+
+    fn already_sent(&self, message_id: &str) -> bool {
+        self.sent_ids
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(message_id)
+    }
+
+    fn remember_sent(&self, message_id: &str) {
+        self.sent_ids
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(message_id);
+    }
+}
+
 #[async_trait]
 impl WhatsAppClient for RealWhatsApp {
-    async fn send_text(&self, _g: &str, _m: &str, _t: &str) -> Result<(), WhatsAppError> {
-        Err(WhatsAppError::NotLinked)
+    async fn send_text(
+        &self,
+        group_jid: &str,
+        message_id: &str,
+        text: &str,
+    ) -> Result<(), WhatsAppError> {
+        let group = parse_group_jid(group_jid)?;
+        if message_id.is_empty() {
+            return Err(WhatsAppError::Rejected("empty message id".to_string()));
+        }
+        if self.already_sent(message_id) {
+            tracing::debug!(
+                message_id,
+                "WhatsApp message already sent; not sending again"
+            );
+            return Ok(());
+        }
+        let client = self.usable_client()?;
+        let options = SendOptions::default().with_message_id(message_id);
+        client
+            .send_message_with_options(group, wa::Message::text(text), options)
+            .await
+            .map_err(|error| send_error(&error))?;
+        self.remember_sent(message_id);
+        Ok(())
     }
-    async fn group_subject(&self, _g: &str) -> Result<String, WhatsAppError> {
-        Err(WhatsAppError::NotLinked)
+
+    async fn group_subject(&self, group_jid: &str) -> Result<String, WhatsAppError> {
+        let group = parse_group_jid(group_jid)?;
+        let client = self.usable_client()?;
+        let metadata = client
+            .groups()
+            .get_metadata(&group)
+            .await
+            .map_err(|error| match error {
+                whatsapp_rust::features::GroupError::InvalidRequest(reason) => {
+                    WhatsAppError::Rejected(reason)
+                }
+                other => chain_error(&other),
+            })?;
+        Ok(metadata.subject)
+    }
+}
+
+/// The store holding the device identity and Signal keys.
+/// The device identity and Signal keys: `whatsapp.db` in the state directory (0600).
+fn open_backend(state_dir: &Path) -> Result<Arc<dyn Backend>, RealError> {
+    let backend =
+        SqliteBackend::open(&state_dir.join("whatsapp.db")).map_err(RealError::KeyStore)?;
+    Ok(Arc::new(backend))
+}
+
+fn parse_group_jid(group_jid: &str) -> Result<Jid, WhatsAppError> {
+    match group_jid.parse::<Jid>() {
+        Ok(jid) if jid.server == Server::Group => Ok(jid),
+        _ => Err(WhatsAppError::Rejected(format!(
+            "not a WhatsApp group id: {group_jid}"
+        ))),
+    }
+}
+
+fn send_error(error: &SendError) -> WhatsAppError {
+    match error {
+        SendError::NotLoggedIn => WhatsAppError::NotLinked,
+        SendError::InvalidRequest(reason) => WhatsAppError::Rejected(reason.clone()),
+        other => chain_error(other),
+    }
+}
+
+/// Classifies a whatsapp-rust error by what its source chain says: the connection
+/// being gone, a definite refusal by the server, or anything else (worth a retry).
+fn chain_error(error: &(dyn std::error::Error + 'static)) -> WhatsAppError {
+    // Imported here only: its `as_dyn_error` clashes with thiserror's derive.
+    use whatsapp_rust::ErrorChainExt;
+
+    if error.is_transport_unavailable() {
+        return WhatsAppError::NotConnected;
+    }
+    if let Some(rejection) = error.server_rejection() {
+        let temporary = rejection.error_type == Some("wait")
+            || matches!(rejection.code, 408 | 429)
+            || !(400..500).contains(&rejection.code);
+        if !temporary {
+            return WhatsAppError::Rejected(format!("{} {}", rejection.code, rejection.text));
+        }
+    }
+    WhatsAppError::Transient(error.to_string())
+}
+
+/// The inbound durability hook: hands each group text of a batch to the sink, in
+/// order, before whatsapp-rust acknowledges the batch to WhatsApp. If the sink fails
+/// the hook fails, so the batch is not acknowledged and WhatsApp delivers it again
+/// (the sink therefore sees some messages twice and must ignore repeats).
+struct SinkHook {
+    sink: Arc<dyn InboundSink>,
+}
+
+#[async_trait]
+impl InboundDurabilityHook for SinkHook {
+    async fn on_messages(
+        &self,
+        client: Arc<Client>,
+        batch: &[InboundMessage],
+    ) -> anyhow::Result<()> {
+        let mut texts = Vec::with_capacity(batch.len());
+        for inbound in batch {
+            if let Some(text) = group_text(&client, inbound).await {
+                texts.push(text);
+            }
+        }
+        if texts.is_empty() {
+            return Ok(());
+        }
+        // The sink writes to disk: keep that off the async worker threads.
+        let sink = Arc::clone(&self.sink);
+        tokio::task::spawn_blocking(move || deliver(sink.as_ref(), texts))
+            .await
+            .map_err(|error| anyhow::anyhow!("inbound sink task failed: {error}"))??;
+        Ok(())
+    }
+}
+
+fn deliver(sink: &dyn InboundSink, texts: Vec<WhatsAppText>) -> Result<(), SinkError> {
+    for text in texts {
+        sink.message(text)?;
+    }
+    Ok(())
+}
+
+/// The domain form of an incoming message, if it is a text in a group.
+async fn group_text(client: &Client, inbound: &InboundMessage) -> Option<WhatsAppText> {
+    let info = &inbound.info;
+    if info.source.chat.server != Server::Group {
+        tracing::debug!("skipping WhatsApp message outside a group");
+        return None;
+    }
+    if !matches!(info.edit, EditAttribute::Empty) {
+        tracing::debug!(kind = "edit or revoke", "skipping WhatsApp group message");
+        return None;
+    }
+    let base = inbound.message.get_base_message();
+    let Some(text) = base.text_content() else {
+        tracing::debug!(kind = message_kind(base), "skipping WhatsApp group message");
+        return None;
+    };
+    let push_name = Some(info.push_name.as_str())
+        .filter(|name| !name.is_empty())
+        .map(str::to_owned);
+    Some(WhatsAppText {
+        group_jid: info.source.chat.to_string(),
+        message_id: info.id.clone(),
+        sender_phone: sender_phone(client, info).await,
+        push_name,
+        text: text.to_owned(),
+        from_me: info.source.is_from_me,
+    })
+}
+
+/// The sender's phone number (user part); for a LID sender whose number is unknown,
+/// the LID user part.
+async fn sender_phone(client: &Client, info: &MessageInfo) -> String {
+    let sender = &info.source.sender;
+    if sender.server.is_pn_family() {
+        return sender.user_base().to_owned();
+    }
+    if let Some(alt) = &info.source.sender_alt {
+        if alt.server.is_pn_family() {
+            return alt.user_base().to_owned();
+        }
+    }
+    if sender.server.is_lid_family() {
+        match client.get_lid_pn_entry(sender).await {
+            Ok(Some(entry)) => return entry.phone_number.to_string(),
+            Ok(None) => {}
+            Err(error) => tracing::debug!("LID to phone number lookup failed: {error}"),
+        }
+    }
+    sender.user_base().to_owned()
+}
+
+/// A short name for the kind of a message, for logs (never its content).
+fn message_kind(message: &wa::Message) -> &'static str {
+    if let Some(media) = whatsapp_rust::wacore::send::media_type_from_message(message) {
+        return media;
+    }
+    if message.reaction_message.is_set() {
+        "reaction"
+    } else if message.protocol_message.is_set() {
+        "protocol"
+    } else if message.sender_key_distribution_message.is_set() {
+        "sender key distribution"
+    } else if message.location_message.is_set() || message.live_location_message.is_set() {
+        "location"
+    } else if message.contact_message.is_set() || message.contacts_array_message.is_set() {
+        "contact"
+    } else if message.poll_creation_message.is_set()
+        || message.poll_creation_message_v2.is_set()
+        || message.poll_creation_message_v3.is_set()
+        || message.poll_update_message.is_set()
+    {
+        "poll"
+    } else {
+        "other"
+    }
+}
+
+/// Forwards connection changes to the sink, and the few messages that whatsapp-rust
+/// delivers without the durability hook. Runs inline on whatsapp-rust's event
+/// dispatch, which keeps the connection states in order.
+struct Events {
+    sink: Arc<dyn InboundSink>,
+    logged_out: Arc<AtomicBool>,
+    /// Set once the client is built (the handler is registered before).
+    client: Arc<OnceLock<Weak<Client>>>,
+}
+
+impl Events {
+    /// Messages that bypassed the hook: placeholder resends recovered from the phone
+    /// after a failed decryption. whatsapp-rust has acknowledged them already, so
+    /// this is best effort: a sink error is logged, the message cannot come again.
+    fn unhooked_messages(&self, inbound: Vec<InboundMessage>) {
+        let Some(client) = self.client.get().and_then(Weak::upgrade) else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let sink = Arc::clone(&self.sink);
+        runtime.spawn(async move {
+            let mut texts = Vec::with_capacity(inbound.len());
+            for message in &inbound {
+                if let Some(text) = group_text(&client, message).await {
+                    texts.push(text);
+                }
+            }
+            if texts.is_empty() {
+                return;
+            }
+            match tokio::task::spawn_blocking(move || deliver(sink.as_ref(), texts)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => tracing::error!("recovered WhatsApp message lost: {error}"),
+                Err(error) => tracing::error!("recovered WhatsApp message lost: {error}"),
+            }
+        });
+    }
+}
+
+impl EventHandler for Events {
+    fn handle_event(&self, event: Arc<Event>) {
+        let state = match &*event {
+            Event::Messages(batch) => {
+                if !batch.hook_committed {
+                    self.unhooked_messages(batch.iter().cloned().collect());
+                }
+                return;
+            }
+            Event::Connected(_) => {
+                self.logged_out.store(false, Ordering::Release);
+                ConnectionState::Connected
+            }
+            Event::Disconnected(disconnected) => {
+                ConnectionState::Disconnected(disconnected.reason.to_string())
+            }
+            Event::LoggedOut(logged_out) => {
+                self.logged_out.store(true, Ordering::Release);
+                ConnectionState::LoggedOut(format!(
+                    "WhatsApp logged this device out ({:?}); run `passerelle login` again",
+                    logged_out.reason
+                ))
+            }
+            Event::StreamReplaced(_) => ConnectionState::Disconnected(
+                "replaced by another connection of the same device (is a second passerelle \
+                 running?); not reconnecting until restarted"
+                    .to_string(),
+            ),
+            Event::TemporaryBan(ban) => ConnectionState::Disconnected(format!(
+                "temporarily banned by WhatsApp ({}) for {} s; not reconnecting until restarted",
+                ban.code,
+                ban.expire.num_seconds()
+            )),
+            Event::ClientOutdated(_) => ConnectionState::Disconnected(
+                "WhatsApp refused this client version as outdated; passerelle needs an update"
+                    .to_string(),
+            ),
+            Event::ConnectFailure(failure) if failure.reason.should_reconnect() => {
+                ConnectionState::Disconnected(format!(
+                    "WhatsApp refused the connection ({:?}); retrying",
+                    failure.reason
+                ))
+            }
+            Event::ConnectFailure(failure) => ConnectionState::Disconnected(format!(
+                "WhatsApp refused the connection ({:?}); not reconnecting until restarted",
+                failure.reason
+            )),
+            _ => return,
+        };
+        self.sink.connection(state);
+    }
+
+    fn interest(&self) -> EventInterest {
+        EventInterest::of(&[
+            EventKind::Messages,
+            EventKind::Connected,
+            EventKind::Disconnected,
+            EventKind::LoggedOut,
+            EventKind::StreamReplaced,
+            EventKind::TemporaryBan,
+            EventKind::ClientOutdated,
+            EventKind::ConnectFailure,
+        ])
+    }
+}
+
+/// A bounded set of the most recent ids, oldest evicted first.
+#[derive(Default)]
+struct RecentIds {
+    order: VecDeque<String>,
+    ids: HashSet<String>,
+}
+
+impl RecentIds {
+    fn contains(&self, id: &str) -> bool {
+        self.ids.contains(id)
+    }
+
+    fn insert(&mut self, id: &str) {
+        if !self.ids.insert(id.to_owned()) {
+            return;
+        }
+        self.order.push_back(id.to_owned());
+        if self.order.len() > RECENT_SENT_IDS {
+            if let Some(oldest) = self.order.pop_front() {
+                self.ids.remove(&oldest);
+            }
+        }
     }
 }
