@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use passerelle::config;
 use passerelle::service::{Service, Signals, WhatsAppNetwork};
+use passerelle::whatsapp::link::{link, LinkError, LinkMethod, LinkPrompt};
 
 const DEFAULT_CONFIG: &str = "/etc/passerelle/config.toml";
 
@@ -27,6 +28,21 @@ enum Command {
         /// Path of config.toml.
         #[arg(short, long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
+    },
+    /// Link the association's WhatsApp number (QR code, or pair code with --phone).
+    Login {
+        /// Path of config.toml.
+        #[arg(short, long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// Print the QR payloads as text lines instead of drawing them.
+        #[arg(long)]
+        raw: bool,
+        /// Link with a pair code typed on this phone (international format, +33...).
+        #[arg(long)]
+        phone: Option<String>,
+        /// Link again even if a number is already linked (forgets the old link).
+        #[arg(long)]
+        force: bool,
     },
     /// Show the state of the bridge: service, Matrix, WhatsApp, groups, queues.
     Status {
@@ -51,6 +67,12 @@ fn main() -> ExitCode {
         Command::Check { config } => check(&config),
         Command::Run { config } => run(&config),
         Command::Status { config, json } => status(&config, json),
+        Command::Login {
+            config,
+            raw,
+            phone,
+            force,
+        } => login(&config, raw, phone, force),
     }
 }
 
@@ -106,6 +128,100 @@ fn status(config_path: &Path, json: bool) -> ExitCode {
         }
         Err(error) => {
             eprintln!("{error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn render_qr(code: &str) -> String {
+    match qrcode::QrCode::new(code.as_bytes()) {
+        Ok(qr) => qr
+            .render::<qrcode::render::unicode::Dense1x2>()
+            .quiet_zone(true)
+            .build(),
+        Err(error) => format!("(cannot draw this QR code: {error}; use --raw)"),
+    }
+}
+
+fn login(config_path: &Path, raw: bool, phone: Option<String>, force: bool) -> ExitCode {
+    let config = match config::Config::load(config_path) {
+        Ok(config) => config,
+        Err(problems) => {
+            for problem in &problems.0 {
+                eprintln!("{problem}");
+            }
+            return ExitCode::FAILURE;
+        }
+    };
+    init_logging(&config.logging.level);
+    if force {
+        if let Ok(report) = passerelle::status::gather(config_path) {
+            if report.running {
+                eprintln!("passerelle is running: stop it before linking again (systemctl stop passerelle)");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let method = match phone {
+        Some(phone) => {
+            let digits: String = phone.chars().filter(char::is_ascii_digit).collect();
+            if digits.len() < 6
+                || phone
+                    .chars()
+                    .any(|c| !c.is_ascii_digit() && !"+ -.".contains(c))
+            {
+                eprintln!("--phone: give the number in international format, e.g. +33612345678");
+                return ExitCode::FAILURE;
+            }
+            LinkMethod::PairCode { phone: digits }
+        }
+        None => LinkMethod::Qr,
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let state_dir = config.paths.state_dir.clone();
+    let url = config.whatsapp.url.clone();
+    let result = runtime.block_on(link(&state_dir, url.as_deref(), method, force, |prompt| {
+        match prompt {
+            LinkPrompt::Qr { code, valid_for } if raw => {
+                println!("{code}");
+                eprintln!("(QR payload above, valid {} s)", valid_for.as_secs());
+            }
+            LinkPrompt::Qr { code, valid_for } => {
+                println!("{}", render_qr(&code));
+                println!(
+                    "Scan with the phone: WhatsApp > Settings > Linked devices > Link a device (valid {} s, a new code follows).",
+                    valid_for.as_secs()
+                );
+            }
+            LinkPrompt::PairCode { code, valid_for } => {
+                println!("Pair code: {code}");
+                println!(
+                    "On the phone: WhatsApp > Settings > Linked devices > Link a device > Link with phone number instead, then type the code (valid {} s).",
+                    valid_for.as_secs()
+                );
+            }
+        }
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+    }));
+    match result {
+        Ok(number) => {
+            println!("linked to +{number}");
+            println!("Restart the service to start relaying: systemctl restart passerelle");
+            ExitCode::SUCCESS
+        }
+        Err(LinkError::AlreadyLinked(number)) => {
+            println!("already linked to +{number}; nothing to do (--force links again)");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("passerelle login: {error}");
             ExitCode::FAILURE
         }
     }

@@ -3,6 +3,7 @@
 //! driven by the in-process fake network as well as by the real adapter.
 
 pub mod fake;
+pub mod link;
 pub mod real;
 pub mod store;
 

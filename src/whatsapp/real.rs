@@ -29,10 +29,10 @@ use crate::relay::WhatsAppText;
 
 /// WhatsApp Web version announced to the server: the one whatsapp-rust 0.7.0 ships as
 /// its device default. Fixed so that the client never fetches it from WhatsApp Web.
-const WHATSAPP_WEB_VERSION: (u32, u32, u32) = (2, 3000, 1_042_742_319);
+pub(super) const WHATSAPP_WEB_VERSION: (u32, u32, u32) = (2, 3000, 1_042_742_319);
 
 /// Push name of the linked device (shown to the phone in "Linked devices").
-const PUSH_NAME: &str = "passerelle";
+pub(super) const PUSH_NAME: &str = "passerelle";
 
 /// How long `shutdown` waits for the client to flush and stop before aborting it.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
