@@ -1,6 +1,7 @@
 //! The core of the bridge: what a message is on each side, whether it may cross, and
 //! how it reads once it has crossed. Knows nothing of either SDK.
 
+pub mod format;
 pub mod pacing;
 pub mod template;
 

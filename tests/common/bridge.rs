@@ -103,6 +103,16 @@ level = "info"
         self.service = Some(service);
     }
 
+    /// Starts with the real WhatsApp adapter (whatsapp-rust, pointed at wa-sim by
+    /// the `[whatsapp] url` of the config).
+    pub async fn start_real(&mut self) {
+        assert!(self.service.is_none(), "already started");
+        let service = Service::start(&self.config_path, WhatsAppNetwork::Real)
+            .await
+            .expect("passerelle starts");
+        self.service = Some(service);
+    }
+
     pub async fn stop(&mut self) {
         if let Some(service) = self.service.take() {
             service.shutdown().await;

@@ -57,7 +57,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> FrameReader<S> {
 
 type Sink<S> = SplitSink<WebSocketStream<S>, Message>;
 
-async fn send_raw<S: AsyncRead + AsyncWrite + Unpin>(sink: &mut Sink<S>, payload: &[u8]) -> Result<()> {
+async fn send_raw<S: AsyncRead + AsyncWrite + Unpin>(
+    sink: &mut Sink<S>,
+    payload: &[u8],
+) -> Result<()> {
     let framed = encode_frame(payload, None)?;
     sink.send(Message::binary(framed))
         .await
@@ -65,8 +68,11 @@ async fn send_raw<S: AsyncRead + AsyncWrite + Unpin>(sink: &mut Sink<S>, payload
 }
 
 /// Serves one WebSocket until the client leaves, the simulator closes it, or shutdown.
-pub async fn serve<S>(world: Arc<World>, ws: WebSocketStream<S>, mut shutdown: watch::Receiver<bool>)
-where
+pub async fn serve<S>(
+    world: Arc<World>,
+    ws: WebSocketStream<S>,
+    mut shutdown: watch::Receiver<bool>,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let conn_id = world.next_id();
@@ -136,10 +142,9 @@ where
             counter = counter.checked_add(1).context("read counter exhausted")?;
             let plain = wacore_binary::util::unpack(&frame).context("unpacking frame")?;
             let node = unmarshal_ref(&plain).context("decoding node")?.to_owned();
-            log::debug!(
-                "conn {conn_id} <- {}",
-                wacore::xml::DisplayableNode(&node)
-            );
+            if log::log_enabled!(log::Level::Debug) {
+                log::debug!("conn {conn_id} <- {}", short(&node));
+            }
             stanza::on_stanza(&mut conn, node).await;
         }
     }
@@ -182,7 +187,9 @@ async fn write_node<S: AsyncRead + AsyncWrite + Unpin>(
     counter: &mut u32,
     node: &Node,
 ) -> Result<()> {
-    log::debug!("conn {conn_id} -> {}", wacore::xml::DisplayableNode(node));
+    if log::log_enabled!(log::Level::Debug) {
+        log::debug!("conn {conn_id} -> {}", short(node));
+    }
     let plain = marshal(node)?;
     let ct = cipher.encrypt_with_counter(*counter, &plain)?;
     if *counter == u32::MAX {
@@ -190,4 +197,18 @@ async fn write_node<S: AsyncRead + AsyncWrite + Unpin>(
     }
     *counter += 1;
     send_raw(sink, &ct).await
+}
+
+/// A stanza as XML for the logs, cut after 600 characters (pre-key uploads are huge).
+fn short(node: &Node) -> String {
+    let mut s = wacore::xml::DisplayableNode(node).to_string();
+    if s.len() > 600 {
+        let mut cut = 600;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+        s.push_str("...");
+    }
+    s
 }

@@ -92,7 +92,7 @@ pub enum AfterHello {
     /// XX: send `server_hello`, then feed the ClientFinish to `pending`.
     Xx {
         server_hello: Vec<u8>,
-        pending: XxPending,
+        pending: Box<XxPending>,
     },
     /// IK accepted: send `server_hello`; the session is established.
     Ik {
@@ -148,7 +148,10 @@ pub fn on_client_hello(identity: &ServerIdentity, frame: &[u8]) -> Result<AfterH
         .into_option()
         .context("handshake message has no client_hello")?;
     let client_eph = key32(
-        hello.ephemeral.as_deref().context("ClientHello without ephemeral")?,
+        hello
+            .ephemeral
+            .as_deref()
+            .context("ClientHello without ephemeral")?,
         "client ephemeral",
     )?;
 
@@ -178,10 +181,10 @@ pub fn on_client_hello(identity: &ServerIdentity, frame: &[u8]) -> Result<AfterH
     .encode_to_vec();
     Ok(AfterHello::Xx {
         server_hello,
-        pending: XxPending {
+        pending: Box::new(XxPending {
             noise,
             server_ephemeral,
-        },
+        }),
     })
 }
 
@@ -197,8 +200,10 @@ impl XxPending {
         let enc_static = finish.r#static.context("ClientFinish without static")?;
         let enc_payload = finish.payload.context("ClientFinish without payload")?;
         let client_static = key32(&self.noise.decrypt(&enc_static)?, "client static")?;
-        self.noise
-            .mix_shared_secret(self.server_ephemeral.private_key.serialize(), &client_static)?;
+        self.noise.mix_shared_secret(
+            self.server_ephemeral.private_key.serialize(),
+            &client_static,
+        )?;
         let payload = decode_payload(&self.noise.decrypt(&enc_payload)?)?;
         let (read, write) = split_for_server(self.noise)?;
         Ok(Established {
@@ -258,4 +263,104 @@ fn ik_accept(
             payload,
         }),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wacore::handshake::{IkHandshakeState, IkServerHelloOutcome, XxHandshakeState};
+
+    fn login_payload() -> Vec<u8> {
+        wa::ClientPayload {
+            username: Some(33_611_111_111),
+            device: Some(1),
+            ..Default::default()
+        }
+        .encode_to_vec()
+    }
+
+    fn roundtrip(client_write: &NoiseCipher, server: &Established) {
+        let mut frame = client_write.encrypt_with_counter(0, b"ping").unwrap();
+        server
+            .read
+            .decrypt_in_place_with_counter(0, &mut frame)
+            .unwrap();
+        assert_eq!(frame, b"ping");
+    }
+
+    /// whatsapp-rust's own initiator (XX, then IK with the cached key) against ours.
+    #[test]
+    fn xx_then_ik_with_the_client_state_machines() {
+        let identity = ServerIdentity::generate().unwrap();
+        let client_static = wacore::crypto::generate_curve_key_pair();
+
+        let mut xx =
+            XxHandshakeState::new(client_static.clone(), login_payload(), &WA_CONN_HEADER).unwrap();
+        let hello = xx.build_client_hello().unwrap();
+        let AfterHello::Xx {
+            server_hello,
+            pending,
+        } = on_client_hello(&identity, &hello).unwrap()
+        else {
+            panic!("an XX hello must get an XX answer");
+        };
+        let finish = xx
+            .read_server_hello_and_build_client_finish(&server_hello)
+            .unwrap();
+        let server = pending.on_client_finish(&finish).unwrap();
+        let client = xx.finish().unwrap();
+        assert_eq!(
+            server.client_static,
+            client_static.public_key.public_key_bytes()
+        );
+        assert_eq!(server.payload.username, Some(33_611_111_111));
+        assert_eq!(client.server_cert_chain.leaf_key, identity.static_pub());
+        roundtrip(&client.write_cipher, &server);
+
+        let ik = IkHandshakeState::new(
+            client_static,
+            client.server_cert_chain.leaf_key,
+            login_payload(),
+            &WA_CONN_HEADER,
+        );
+        let mut ik = ik.unwrap();
+        let hello = ik.build_client_hello().unwrap();
+        let AfterHello::Ik {
+            server_hello,
+            established,
+        } = on_client_hello(&identity, &hello).unwrap()
+        else {
+            panic!("an IK hello must be accepted");
+        };
+        let IkServerHelloOutcome::Continue(out) = ik.read_server_hello(&server_hello).unwrap()
+        else {
+            panic!("the client must continue in IK");
+        };
+        roundtrip(&out.write_cipher, &established);
+    }
+
+    #[test]
+    fn ik_for_another_server_key_is_refused() {
+        let identity = ServerIdentity::generate().unwrap();
+        let other = wacore::crypto::generate_curve_key_pair();
+        let mut ik = IkHandshakeState::new(
+            wacore::crypto::generate_curve_key_pair(),
+            other.public_key.public_key_bytes().try_into().unwrap(),
+            login_payload(),
+            &WA_CONN_HEADER,
+        )
+        .unwrap();
+        let hello = ik.build_client_hello().unwrap();
+        assert!(on_client_hello(&identity, &hello).is_err());
+    }
+
+    #[test]
+    fn conn_header_with_and_without_edge_routing() {
+        assert_eq!(strip_conn_header(b"WA\x06\x03rest").unwrap(), b"rest");
+        assert_eq!(
+            strip_conn_header(b"ED\x00\x01\x00\x00\x02xyWA\x06\x03rest").unwrap(),
+            b"rest"
+        );
+        assert!(strip_conn_header(b"GET / HTTP/1.1").is_err());
+    }
 }

@@ -113,7 +113,10 @@ struct Qr {
 fn parse_qr(qr: &str) -> Result<Qr> {
     let parts: Vec<&str> = qr.trim().split(',').collect();
     if parts.len() < 4 {
-        bail!("expected ref,noise,identity,adv[,type], got {} fields", parts.len());
+        bail!(
+            "expected ref,noise,identity,adv[,type], got {} fields",
+            parts.len()
+        );
     }
     let key = |s: &str, what: &str| -> Result<[u8; 32]> {
         BASE64_STANDARD
@@ -143,7 +146,10 @@ pub async fn scan(world: &World, phone: &str, qr: &str) -> Result<Linked, ScanEr
             .refs
             .get(&qr.pairing_ref)
             .ok_or(ScanError::UnknownRef)?;
-        let reg = inner.registering.get(&conn_id).ok_or(ScanError::UnknownRef)?;
+        let reg = inner
+            .registering
+            .get(&conn_id)
+            .ok_or(ScanError::UnknownRef)?;
         if reg.noise_pub != qr.noise_pub {
             return Err(ScanError::InvalidQr(
                 "noise key does not match the device showing this ref".into(),
@@ -224,7 +230,7 @@ fn device_identity_container(
     key_index: u32,
 ) -> Result<Vec<u8>> {
     let details = wa::ADVDeviceIdentity {
-        raw_id: Some(rand_u32()),
+        raw_id: Some(phone.raw_id),
         timestamp: Some(wacore::time::now_secs().max(0) as u64),
         key_index: Some(key_index),
         ..Default::default()
@@ -254,12 +260,6 @@ fn device_identity_container(
         ..Default::default()
     }
     .encode_to_vec())
-}
-
-fn rand_u32() -> u32 {
-    let kp = wacore::crypto::generate_curve_key_pair();
-    let b = kp.public_key.public_key_bytes();
-    u32::from_be_bytes([b[0], b[1], b[2], b[3]])
 }
 
 /// Checks the device's signature over its identity (`[6,1] details identity account`).
@@ -326,17 +326,14 @@ pub fn on_iq_response(conn: &mut Conn, node: &Node) -> bool {
                         signed_identity,
                         key_index: pending.key_index,
                         push_name: pending.push_name,
+                        prekeys: Vec::new(),
                     },
                 );
             }
             log::info!("{}:{} linked", pending.phone, pending.device);
             let _ = pending.done.send(Ok(()));
             // Like WhatsApp: restart the stream; the device logs in on reconnect.
-            conn.send(
-                NodeBuilder::new("stream:error")
-                    .attr("code", "515")
-                    .build(),
-            );
+            conn.send(NodeBuilder::new("stream:error").attr("code", "515").build());
             conn.handle.close();
         }
         Err(e) => {

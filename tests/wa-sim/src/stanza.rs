@@ -8,7 +8,7 @@ use wacore_binary::builder::NodeBuilder;
 use waproto::whatsapp as wa;
 
 use crate::state::{ConnHandle, RegistrationData, World};
-use crate::{iq, pairing};
+use crate::{iq, messages, pairing};
 
 /// Server JID as it appears in `from` attributes.
 pub const SERVER: &str = "s.whatsapp.net";
@@ -157,9 +157,20 @@ fn refuse(conn: &mut Conn, why: &str) {
 pub async fn on_stanza(conn: &mut Conn, node: Node) {
     match node.tag.as_ref() {
         "iq" => iq::on_iq(conn, &node).await,
-        // Acks of what we sent, presence, unified-session markers, chat states:
-        // nothing to answer yet.
-        "ack" | "presence" | "ib" | "chatstate" | "receipt" => {}
+        "message" => messages::on_message(conn, &node),
+        "receipt" => messages::on_receipt(conn, &node),
+        "presence" => on_presence(conn, &node),
+        // Acks of what we sent, unified-session markers, chat states: nothing to do.
+        "ack" | "ib" | "chatstate" => {}
         other => log::warn!("unhandled <{other}> stanza"),
+    }
+}
+
+/// `<presence name="...">` carries the device's push name: remember it for `notify`.
+fn on_presence(conn: &mut Conn, node: &Node) {
+    if let (Session::LoggedIn { phone, device }, Some(name)) = (&conn.session, attr(node, "name"))
+        && let Some(d) = conn.world.lock().devices.get_mut(&(phone.clone(), *device))
+    {
+        d.push_name = name;
     }
 }

@@ -54,6 +54,8 @@ pub struct RegistrationData {
 /// the account key that signs the identities of linked devices.
 pub struct Phone {
     pub lid_user: String,
+    /// `raw_id` of the account's ADV identities and key-index lists.
+    pub raw_id: u32,
     pub account_key: KeyPair,
     pub next_device: u16,
     pub next_key_index: u32,
@@ -67,6 +69,8 @@ pub struct DeviceRecord {
     pub signed_identity: Vec<u8>,
     pub key_index: u32,
     pub push_name: String,
+    /// One-time pre-keys uploaded and not yet handed out: (id, public key).
+    pub prekeys: Vec<(u32, Vec<u8>)>,
 }
 
 /// A device that connected with a registration payload and shows QR codes.
@@ -102,6 +106,14 @@ pub struct Inner {
     pub registering: HashMap<u64, Registering>,
     /// `<pair-success>` iq id -> pending signature.
     pub pending_signs: HashMap<String, PendingSign>,
+    /// Stanzas for devices that were offline, delivered at their next `<active/>`.
+    pub offline: HashMap<DeviceKey, Vec<Node>>,
+    /// Groups by id (`ID` of `ID@g.us`).
+    pub groups: HashMap<String, crate::groups::Group>,
+    pub next_group: u64,
+    pub next_notification: u64,
+    /// Uploaded (encrypted) media by direct path.
+    pub media: HashMap<String, Vec<u8>>,
     next_lid: u64,
 }
 
@@ -115,6 +127,7 @@ impl Inner {
                 number.to_string(),
                 Phone {
                     lid_user,
+                    raw_id: (self.next_lid as u32).wrapping_mul(2_654_435_761) | 1,
                     account_key: wacore::crypto::generate_curve_key_pair(),
                     next_device: 1,
                     next_key_index: 1,
@@ -122,6 +135,27 @@ impl Inner {
             );
         }
         self.phones.get_mut(number).expect("inserted above")
+    }
+
+    /// The linked device a JID names: `phone:device@s.whatsapp.net` or
+    /// `lid:device@lid` (device 0, the simulated phone, holds no keys).
+    pub fn device_key_for_jid(&self, jid: &str) -> Option<DeviceKey> {
+        let (user, server) = jid.split_once('@')?;
+        let (user, device) = match user.split_once(':') {
+            Some((u, d)) => (u, d.parse::<u16>().ok()?),
+            None => (user, 0),
+        };
+        let phone = match server {
+            "s.whatsapp.net" => user.to_string(),
+            "lid" => self
+                .phones
+                .iter()
+                .find(|(_, p)| p.lid_user == user)
+                .map(|(n, _)| n.clone())?,
+            _ => return None,
+        };
+        let key = (phone, device);
+        self.devices.contains_key(&key).then_some(key)
     }
 }
 

@@ -1,1 +1,101 @@
+//! QR pairing end to end: a real whatsapp-rust client shows a QR code, the control
+//! API's `POST /phones/{phone}/scan` links it, the client gets stream error 515,
+//! reconnects, logs in and reaches `Event::Connected`.
 
+mod common;
+
+use common::{http, init_logs, spawn_client, start_sim};
+use serde_json::json;
+use whatsapp_rust::types::events::Event;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qr_scan_links_device_which_reconnects_and_connects() {
+    init_logs();
+    let sim = start_sim().await;
+
+    let (status, health) = http(sim.addr(), "GET", "/health", None).await;
+    assert_eq!(status, 200, "{health}");
+    assert_eq!(health["ws_url"], sim.ws_url());
+
+    let mut client = spawn_client(&sim).await;
+    let qr = client
+        .wait_for(20, "PairingQrCode", |e| match e {
+            Event::PairingQrCode(q) => Some(q.code.clone()),
+            _ => None,
+        })
+        .await;
+
+    let (status, linked) = http(
+        sim.addr(),
+        "POST",
+        "/phones/33611111111/scan",
+        Some(json!({ "qr": qr })),
+    )
+    .await;
+    assert_eq!(status, 200, "{linked}");
+    assert_eq!(linked["jid"], "33611111111:1@s.whatsapp.net");
+
+    let paired = client
+        .wait_for(20, "PairSuccess", |e| match e {
+            Event::PairSuccess(p) => Some(p.id.to_string()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(paired, "33611111111:1@s.whatsapp.net");
+
+    // After 515 the client reconnects with a login payload. The first login after
+    // pairing waits up to 10 s for an app-state key share the simulated phone does
+    // not send yet, hence the margin.
+    client
+        .wait_for(45, "Connected", |e| {
+            matches!(e, Event::Connected(_)).then_some(())
+        })
+        .await;
+
+    let info = sim.phone_info("33611111111").expect("phone exists");
+    assert_eq!(info["devices"][0]["online"], true, "{info}");
+
+    // The same QR cannot link twice.
+    let (status, _) = http(
+        sim.addr(),
+        "POST",
+        "/phones/33611111111/scan",
+        Some(json!({ "qr": qr })),
+    )
+    .await;
+    assert_eq!(status, 404);
+
+    client.handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn scan_rejects_bad_input() {
+    init_logs();
+    let sim = start_sim().await;
+    let (status, body) = http(
+        sim.addr(),
+        "POST",
+        "/phones/abc/scan",
+        Some(json!({"qr": "x"})),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = http(
+        sim.addr(),
+        "POST",
+        "/phones/33611111111/scan",
+        Some(json!({"qr": "x"})),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = http(
+        sim.addr(),
+        "POST",
+        "/phones/33611111111/scan",
+        Some(json!({"nope": 1})),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    let (status, _) = http(sim.addr(), "GET", "/nowhere", None).await;
+    assert_eq!(status, 404);
+}

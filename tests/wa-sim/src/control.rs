@@ -1,0 +1,290 @@
+//! The HTTP control API (JSON on loopback) that tests use to drive the simulator.
+//! The contract is documented in `tests/wa-sim/README.md`.
+
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::Core;
+use crate::http::{self, Request, Response};
+use crate::members::MemberError;
+use crate::pairing::ScanError;
+
+#[derive(Deserialize)]
+struct ScanBody {
+    qr: String,
+}
+
+#[derive(Deserialize)]
+struct MemberBody {
+    phone: String,
+    name: String,
+}
+
+#[derive(Deserialize)]
+struct GroupBody {
+    subject: String,
+    creator: String,
+    #[serde(default)]
+    members: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct ParticipantsBody {
+    #[serde(default)]
+    add: Vec<String>,
+    #[serde(default)]
+    remove: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct GroupInfoBody {
+    subject: Option<String>,
+    description: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct GroupSendBody {
+    from: String,
+    #[serde(flatten)]
+    content: Content,
+}
+
+#[derive(Deserialize)]
+struct SendBody {
+    to: String,
+    #[serde(flatten)]
+    content: Content,
+}
+
+/// What a member sends: a text, or an image (base64) with `text` as caption.
+#[derive(Deserialize)]
+struct Content {
+    text: Option<String>,
+    image: Option<String>,
+    mime: Option<String>,
+}
+
+async fn send_content(member: &crate::Member, to: &str, content: Content) -> Response {
+    let sent = match (content.image, content.text) {
+        (Some(b64), caption) => {
+            use base64::Engine as _;
+            let data = match base64::prelude::BASE64_STANDARD.decode(b64.trim()) {
+                Ok(d) => d,
+                Err(e) => return Response::error(400, format!("image is not base64: {e}")),
+            };
+            member.send_image(to, data, content.mime, caption).await
+        }
+        (None, Some(text)) => member.send_text(to, &text).await,
+        (None, None) => return Response::error(400, "need \"text\" or \"image\""),
+    };
+    match sent {
+        Ok(id) => Response::json(200, json!({ "id": id })),
+        Err(e) => Response::error(502, format!("{e:#}")),
+    }
+}
+
+fn parse<T: serde::de::DeserializeOwned>(body: &[u8], shape: &str) -> Result<T, Response> {
+    serde_json::from_slice(body).map_err(|e| Response::error(400, format!("expected {shape}: {e}")))
+}
+
+/// A phone number as the simulator accepts it: 5 to 15 digits, no `+`.
+pub fn valid_phone(phone: &str) -> bool {
+    (5..=15).contains(&phone.len()) && phone.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// Answers one control request.
+pub async fn handle(sim: &Core, req: Request) -> Response {
+    let segments: Vec<&str> = req.path.trim_matches('/').split('/').collect();
+    match (req.method.as_str(), segments.as_slice()) {
+        ("GET", ["health"]) => Response::json(
+            200,
+            json!({
+                "status": "ok",
+                "ws_url": sim.ws_url(),
+                "control_url": sim.http_url(),
+            }),
+        ),
+        ("POST", ["phones", phone, "scan"]) => scan(sim, phone, &req.body).await,
+        ("GET", ["phones", phone]) => match sim.phone_info(phone) {
+            Some(info) => Response::json(200, info),
+            None => Response::error(404, format!("unknown phone {phone}")),
+        },
+        ("POST", ["members"]) => create_member(sim, &req.body).await,
+        ("POST", ["mms", ..]) => crate::media::upload(&sim.world, req.query.as_deref(), req.body),
+        ("GET", ["v", ..]) => crate::media::download(&sim.world, &req.path),
+        ("GET", ["members", phone, "messages"]) => match sim.members.get(phone) {
+            Some(m) => {
+                let chat = http::query_param(req.query.as_deref(), "chat");
+                Response::json(200, json!({ "messages": m.received(chat.as_deref()) }))
+            }
+            None => Response::error(404, format!("no member {phone}")),
+        },
+        ("POST", ["members", phone, "messages"]) => send(sim, phone, &req.body).await,
+        ("POST", ["groups"]) => create_group(sim, &req.body),
+        ("POST", ["groups", jid, "messages"]) => group_send(sim, jid, &req.body).await,
+        ("GET", ["groups", jid]) => group_info(sim, jid),
+        ("PUT", ["groups", jid]) => group_update(sim, jid, &req.body),
+        ("POST", ["groups", jid, "participants"]) => group_participants(sim, jid, &req.body),
+        ("GET", ["members", phone, "events"]) => match sim.members.get(phone) {
+            Some(m) => Response::json(200, json!({ "events": m.events() })),
+            None => Response::error(404, format!("no member {phone}")),
+        },
+        (_, ["groups", ..]) => Response::error(501, "not implemented yet (see README: planned)"),
+        (_, ["health"])
+        | (_, ["phones", _, "scan"])
+        | (_, ["members"])
+        | (_, ["members", _, "messages"]) => Response::error(405, "method not allowed"),
+        _ => Response::error(404, format!("no route for {} {}", req.method, req.path)),
+    }
+}
+
+async fn scan(sim: &Core, phone: &str, body: &[u8]) -> Response {
+    if !valid_phone(phone) {
+        return Response::error(400, "phone must be 5 to 15 digits, without '+'");
+    }
+    let body: ScanBody = match serde_json::from_slice(body) {
+        Ok(b) => b,
+        Err(e) => return Response::error(400, format!("expected {{\"qr\": \"...\"}}: {e}")),
+    };
+    match sim.scan(phone, &body.qr).await {
+        Ok(linked) => Response::json(200, json!({ "jid": linked.jid, "lid": linked.lid })),
+        Err(e @ ScanError::InvalidQr(_)) => Response::error(400, e),
+        Err(e @ ScanError::UnknownRef) => Response::error(404, e),
+        Err(e @ ScanError::Failed(_)) => Response::error(504, e),
+    }
+}
+
+async fn create_member(sim: &Core, body: &[u8]) -> Response {
+    let body: MemberBody = match parse(body, r#"{"phone": "...", "name": "..."}"#) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    if !valid_phone(&body.phone) {
+        return Response::error(400, "phone must be 5 to 15 digits, without '+'");
+    }
+    match sim.create_member(&body.phone, &body.name).await {
+        Ok(m) => Response::json(
+            201,
+            json!({ "phone": m.phone, "name": m.name, "jid": m.linked.jid, "lid": m.linked.lid }),
+        ),
+        Err(e @ MemberError::Exists) => Response::error(409, e),
+        Err(e @ MemberError::Failed(_)) => Response::error(504, e),
+    }
+}
+
+async fn send(sim: &Core, phone: &str, body: &[u8]) -> Response {
+    let Some(member) = sim.members.get(phone) else {
+        return Response::error(404, format!("no member {phone}"));
+    };
+    let body: SendBody = match parse(body, r#"{"to": "...", "text": "..."}"#) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    send_content(&member, &body.to, body.content).await
+}
+
+fn create_group(sim: &Core, body: &[u8]) -> Response {
+    let body: GroupBody = match parse(
+        body,
+        r#"{"subject": "...", "creator": "...", "members": [...]}"#,
+    ) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    if let Some(bad) = std::iter::once(&body.creator)
+        .chain(&body.members)
+        .find(|p| !valid_phone(p))
+    {
+        return Response::error(400, format!("invalid phone {bad:?}"));
+    }
+    let (jid, invite) = crate::groups::create(
+        &mut sim.world.lock(),
+        &body.subject,
+        &body.creator,
+        &body.members,
+    );
+    Response::json(201, json!({ "jid": jid, "invite": invite }))
+}
+
+async fn group_send(sim: &Core, jid: &str, body: &[u8]) -> Response {
+    let body: GroupSendBody = match parse(body, r#"{"from": "...", "text": "..."}"#) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let Some(member) = sim.members.get(&body.from) else {
+        return Response::error(404, format!("no member {}", body.from));
+    };
+    let jid = format!("{}@g.us", group_id(jid));
+    send_content(&member, &jid, body.content).await
+}
+
+/// `ID` from `ID@g.us`, `ID%40g.us` or `ID`.
+fn group_id(jid: &str) -> String {
+    let jid = http::percent_decode(jid);
+    jid.strip_suffix("@g.us").unwrap_or(&jid).to_string()
+}
+
+fn group_info(sim: &Core, jid: &str) -> Response {
+    let gid = group_id(jid);
+    let inner = sim.world.lock();
+    let Some(g) = inner.groups.get(&gid) else {
+        return Response::error(404, format!("no group {gid}@g.us"));
+    };
+    Response::json(
+        200,
+        json!({
+            "jid": g.jid(),
+            "subject": g.subject,
+            "description": g.description,
+            "creator": g.creator,
+            "participants": g.participants,
+            "invite": format!("https://chat.whatsapp.com/{}", g.invite_code),
+        }),
+    )
+}
+
+fn group_update(sim: &Core, jid: &str, body: &[u8]) -> Response {
+    let body: GroupInfoBody = match parse(body, r#"{"subject": "...", "description": "..."}"#) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let gid = group_id(jid);
+    let mut inner = sim.world.lock();
+    let Some(creator) = inner.groups.get(&gid).map(|g| g.creator.clone()) else {
+        return Response::error(404, format!("no group {gid}@g.us"));
+    };
+    crate::groups::set_info(
+        &mut inner,
+        &gid,
+        &creator,
+        body.subject.as_deref(),
+        body.description.as_deref(),
+    );
+    Response::json(200, json!({}))
+}
+
+fn group_participants(sim: &Core, jid: &str, body: &[u8]) -> Response {
+    let body: ParticipantsBody = match parse(body, r#"{"add": [...], "remove": [...]}"#) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    if let Some(bad) = body
+        .add
+        .iter()
+        .chain(&body.remove)
+        .find(|p| !valid_phone(p))
+    {
+        return Response::error(400, format!("invalid phone {bad:?}"));
+    }
+    let gid = group_id(jid);
+    let mut inner = sim.world.lock();
+    let Some(creator) = inner.groups.get(&gid).map(|g| g.creator.clone()) else {
+        return Response::error(404, format!("no group {gid}@g.us"));
+    };
+    match crate::groups::change_participants(&mut inner, &gid, &creator, &body.add, &body.remove) {
+        Some((added, removed)) => {
+            Response::json(200, json!({ "added": added, "removed": removed }))
+        }
+        None => Response::error(404, format!("no group {gid}@g.us")),
+    }
+}

@@ -1,0 +1,217 @@
+//! End to end with the real WhatsApp code path: passerelle's whatsapp-rust client
+//! talks to wa-sim (the protocol simulator on loopback) where the group members are
+//! themselves whatsapp-rust clients, and the Matrix side is a real Synapse.
+//! Covers `passerelle login` by QR, relaying both ways, and messages sent while the
+//! service was stopped.
+#![recursion_limit = "256"]
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::bridge::{unique, TestBridge};
+use common::matrix_user::MatrixUser;
+use common::synapse::{http_json, Synapse};
+use serde_json::json;
+
+const BRIDGE_PHONE: &str = "33700000001";
+const BOB: &str = "33611111111";
+
+fn passerelle() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_passerelle"))
+}
+
+/// Blocking control-API call from async code.
+async fn control(method: &str, url: String, body: serde_json::Value) -> (u16, serde_json::Value) {
+    let method = method.to_string();
+    tokio::task::spawn_blocking(move || http_json(&method, &url, None, Some(&body)))
+        .await
+        .unwrap()
+}
+
+/// Runs `passerelle login --raw` and scans its first QR code with the phone of
+/// `phone` in the simulator; returns the command's stdout.
+async fn login_by_qr(sim: &wa_sim::Simulator, config: &std::path::Path, phone: &str) -> String {
+    let mut child = passerelle()
+        .args(["login", "--raw", "-c"])
+        .arg(config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (lines_tx, mut lines_rx) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let qr = tokio::time::timeout(Duration::from_secs(60), lines_rx.recv())
+        .await
+        .expect("a QR code within a minute")
+        .expect("login printed a QR code");
+    sim.scan(phone, &qr)
+        .await
+        .expect("the phone links the device");
+    let mut output = vec![qr];
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let status = loop {
+        while let Ok(line) = lines_rx.try_recv() {
+            output.push(line);
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "login did not finish: {output:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    while let Ok(line) = lines_rx.try_recv() {
+        output.push(line);
+    }
+    assert!(status.success(), "login failed: {output:?}");
+    output.join("\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn login_by_qr_then_relay_both_ways_through_whatsapp_rust() {
+    let synapse = Synapse::shared();
+    let sim = wa_sim::Simulator::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let alice = MatrixUser::new(synapse, &unique("alice"), Some("Alice")).await;
+    let mut bridge = TestBridge::new(synapse, &[]);
+    bridge.append_config(&format!("[whatsapp]\nurl = \"{}\"", sim.ws_url()));
+
+    // Link the association's number.
+    let output = login_by_qr(&sim, &bridge.config_path, BRIDGE_PHONE).await;
+    assert!(
+        output.contains(&format!("linked to +{BRIDGE_PHONE}")),
+        "{output}"
+    );
+    let again = passerelle()
+        .args(["login", "--raw", "-c"])
+        .arg(&bridge.config_path)
+        .output()
+        .unwrap();
+    let again_text = String::from_utf8_lossy(&again.stdout);
+    assert!(again.status.success());
+    assert!(again_text.contains("already linked"), "{again_text}");
+
+    // A member and a group with the association's number in it.
+    let (status, body) = control(
+        "POST",
+        format!("{}members", sim.http_url()),
+        json!({"phone": BOB, "name": "Bob"}),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let (status, group) = control(
+        "POST",
+        format!("{}groups", sim.http_url()),
+        json!({"subject": "Famille Dupont", "creator": BOB, "members": [BOB, BRIDGE_PHONE]}),
+    )
+    .await;
+    assert_eq!(status, 201, "{group}");
+    let jid = group["jid"].as_str().unwrap().to_string();
+    bridge.write_group(
+        &unique("dupont"),
+        &jid,
+        &format!("invite = [\"{}\"]", alice.user_id),
+    );
+
+    bridge.start_real().await;
+    let room = bridge.wait_room(&jid).await;
+    alice.wait_joined(&room).await;
+
+    // WhatsApp -> Matrix, through Signal sender keys and the durability hook.
+    let (status, body) = control(
+        "POST",
+        format!("{}groups/{jid}/messages", sim.http_url()),
+        json!({"from": BOB, "text": "bonjour *tout le monde*"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let seen = alice
+        .wait_for(&room, "Bob's message", |s| s.body.contains("bonjour"))
+        .await;
+    assert_eq!(seen.body, "Bob: bonjour *tout le monde*");
+    assert_eq!(seen.sender, bridge.bot_user);
+
+    // Matrix -> WhatsApp: Bob's client decrypts what the association's number sent.
+    alice.send_text(&room, "salut Bob").await;
+    let text = wait_member_text(&sim, BOB, &jid, "*Alice*: salut Bob").await;
+    assert_eq!(
+        text["sender"].as_str().unwrap().split('@').next(),
+        Some(BRIDGE_PHONE)
+    );
+
+    // While passerelle is stopped, Bob writes; it arrives once after the restart.
+    bridge.stop().await;
+    let (status, _) = control(
+        "POST",
+        format!("{}groups/{jid}/messages", sim.http_url()),
+        json!({"from": BOB, "text": "pendant ton absence"}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    bridge.start_real().await;
+    alice
+        .wait_for(&room, "the offline message", |s| {
+            s.body == "Bob: pendant ton absence"
+        })
+        .await;
+    alice.send_text(&room, "barrier").await;
+    wait_member_text(&sim, BOB, &jid, "*Alice*: barrier").await;
+    let from_bot: Vec<String> = alice
+        .history(&room)
+        .await
+        .into_iter()
+        .filter(|(sender, _)| *sender == bridge.bot_user)
+        .map(|(_, body)| body)
+        .collect();
+    assert_eq!(
+        from_bot,
+        vec!["Bob: bonjour *tout le monde*", "Bob: pendant ton absence"]
+    );
+    bridge.stop().await;
+}
+
+/// Waits until member `phone` received `text` in `chat`; returns that message.
+async fn wait_member_text(
+    sim: &wa_sim::Simulator,
+    phone: &str,
+    chat: &str,
+    text: &str,
+) -> serde_json::Value {
+    let url = format!(
+        "{}members/{phone}/messages?chat={}",
+        sim.http_url(),
+        chat.replace('@', "%40")
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let url2 = url.clone();
+        let (status, body) =
+            tokio::task::spawn_blocking(move || http_json("GET", &url2, None, None))
+                .await
+                .unwrap();
+        assert_eq!(status, 200, "{body}");
+        if let Some(found) = body["messages"]
+            .as_array()
+            .and_then(|m| m.iter().find(|m| m["text"] == text))
+        {
+            return found.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{phone} never received {text:?}: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
