@@ -479,3 +479,38 @@ async fn a_matrix_burst_is_paced_to_whatsapp_not_dropped() {
     );
     bridge.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn formatting_crosses_both_ways() {
+    let (mut bridge, alice, jid, room) = bridged_group("format", "").await;
+    bridge.network.post(
+        &jid,
+        "33611111111",
+        Some("Bob"),
+        "*gras*, _ital_ et ~barré~\n> cité",
+    );
+    let seen = alice
+        .wait_for(&room, "Bob's formatted message", |s| {
+            s.body.contains("gras")
+        })
+        .await;
+    assert_eq!(seen.body, "Bob: *gras*, _ital_ et ~barré~\n> cité");
+    assert_eq!(
+        seen.html.as_deref(),
+        Some("<strong>Bob</strong>: <strong>gras</strong>, <em>ital</em> et <del>barré</del><blockquote>cité</blockquote>")
+    );
+
+    alice
+        .send(
+            &room,
+            matrix_sdk::ruma::events::room::message::RoomMessageEventContent::text_html(
+                "fort doux code",
+                "<strong>fort</strong> <em>doux</em> <code>code</code><script>alert(1)</script>",
+            ),
+        )
+        .await;
+    bridge
+        .wait_whatsapp_text(&jid, "*Alice*: *fort* _doux_ `code`")
+        .await;
+    bridge.stop().await;
+}

@@ -215,3 +215,125 @@ async fn wait_member_text(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// Waits until `passerelle status --json` satisfies `ready`.
+async fn wait_status(
+    config: &std::path::Path,
+    what: &str,
+    ready: impl Fn(&serde_json::Value) -> bool,
+) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let output = passerelle()
+            .args(["status", "--json", "-c"])
+            .arg(config)
+            .output()
+            .unwrap();
+        let report: serde_json::Value =
+            serde_json::from_slice(&output.stdout).unwrap_or(serde_json::Value::Null);
+        if ready(&report) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "never {what}: {report}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_message_received_before_a_kill_9_is_relayed_once_after_restart() {
+    let mut synapse = Synapse::start();
+    let sim = wa_sim::Simulator::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let alice = MatrixUser::new(&synapse, &unique("alice"), Some("Alice")).await;
+    let bridge = TestBridge::new(&synapse, &[]);
+    bridge.append_config(&format!("[whatsapp]\nurl = \"{}\"", sim.ws_url()));
+    login_by_qr(&sim, &bridge.config_path, BRIDGE_PHONE).await;
+    let (status, body) = control(
+        "POST",
+        format!("{}members", sim.http_url()),
+        json!({"phone": BOB, "name": "Bob"}),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let (_, group) = control(
+        "POST",
+        format!("{}groups", sim.http_url()),
+        json!({"subject": "Crash", "creator": BOB, "members": [BOB, BRIDGE_PHONE]}),
+    )
+    .await;
+    let jid = group["jid"].as_str().unwrap().to_string();
+    bridge.write_group(
+        &unique("crash"),
+        &jid,
+        &format!("invite = [\"{}\"]", alice.user_id),
+    );
+
+    let run = || {
+        passerelle()
+            .args(["run", "-c"])
+            .arg(&bridge.config_path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap()
+    };
+    let mut child = run();
+    wait_status(&bridge.config_path, "bridged and connected", |r| {
+        r["groups_bridged"] == 1 && r["whatsapp"] == "connected"
+    })
+    .await;
+    let room = loop {
+        if let Some(room) = alice.client.joined_rooms().first() {
+            break room.room_id().to_string();
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+
+    // The homeserver goes away: the message is received, stored and acknowledged to
+    // WhatsApp, but cannot be relayed yet. Then passerelle is killed outright.
+    tokio::task::block_in_place(|| synapse.stop());
+    let (status, _) = control(
+        "POST",
+        format!("{}groups/{jid}/messages", sim.http_url()),
+        json!({"from": BOB, "text": "avant le crash"}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    wait_status(&bridge.config_path, "queued the message", |r| {
+        r["to_matrix"]["waiting"] == 1
+    })
+    .await;
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+
+    tokio::task::block_in_place(|| synapse.restart());
+    let mut child = run();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let relayed = loop {
+        let relayed: Vec<String> = alice
+            .history(&room)
+            .await
+            .into_iter()
+            .filter(|(sender, _)| *sender == bridge.bot_user)
+            .map(|(_, body)| body)
+            .collect();
+        if !relayed.is_empty() || Instant::now() > deadline {
+            break relayed;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    // Give a duplicate every chance to show up before counting.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let relayed_later: Vec<String> = alice
+        .history(&room)
+        .await
+        .into_iter()
+        .filter(|(sender, _)| *sender == bridge.bot_user)
+        .map(|(_, body)| body)
+        .collect();
+    assert_eq!(relayed, vec!["Bob: avant le crash"]);
+    assert_eq!(relayed_later, relayed, "relayed exactly once");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

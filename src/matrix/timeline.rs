@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use matrix_sdk::deserialized_responses::TimelineEvent;
 use matrix_sdk::room::{MessagesOptions, Room};
-use matrix_sdk::ruma::events::room::message::{MessageType, Relation, SyncRoomMessageEvent};
+use matrix_sdk::ruma::events::room::message::{
+    FormattedBody, MessageFormat, MessageType, Relation, SyncRoomMessageEvent,
+};
 use matrix_sdk::ruma::events::{AnySyncMessageLikeEvent, AnySyncTimelineEvent};
 use matrix_sdk::ruma::UserId;
 use matrix_sdk::sync::JoinedRoomUpdate;
@@ -156,10 +158,28 @@ async fn to_matrix_text(room: &Room, event: &TimelineEvent, bot: &UserId) -> Opt
         tracing::debug!(room = %room.room_id(), "edit not relayed yet");
         return None;
     }
-    let (kind, body) = match &message.content.msgtype {
-        MessageType::Text(text) => (MatrixKind::Text, text.body.clone()),
-        MessageType::Emote(emote) => (MatrixKind::Emote, emote.body.clone()),
-        MessageType::Notice(notice) => (MatrixKind::Notice, notice.body.clone()),
+    let html_of = |formatted: &Option<FormattedBody>| {
+        formatted
+            .as_ref()
+            .filter(|f| f.format == MessageFormat::Html)
+            .map(|f| f.body.clone())
+    };
+    let (kind, body, html) = match &message.content.msgtype {
+        MessageType::Text(text) => (
+            MatrixKind::Text,
+            text.body.clone(),
+            html_of(&text.formatted),
+        ),
+        MessageType::Emote(emote) => (
+            MatrixKind::Emote,
+            emote.body.clone(),
+            html_of(&emote.formatted),
+        ),
+        MessageType::Notice(notice) => (
+            MatrixKind::Notice,
+            notice.body.clone(),
+            html_of(&notice.formatted),
+        ),
         other => {
             tracing::debug!(room = %room.room_id(), msgtype = other.msgtype(), "message type not relayed yet");
             return None;
@@ -176,5 +196,7 @@ async fn to_matrix_text(room: &Room, event: &TimelineEvent, bot: &UserId) -> Opt
         sender_display_name: display_name,
         kind,
         body,
+        html,
+        is_reply: matches!(message.content.relates_to, Some(Relation::Reply { .. })),
     })
 }

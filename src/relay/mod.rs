@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::config::{GroupFile, Templates};
+use format::escape_html;
 
 /// A text message received in a WhatsApp group, as the adapter saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,6 +43,10 @@ pub struct MatrixText {
     pub sender_display_name: Option<String>,
     pub kind: MatrixKind,
     pub body: String,
+    /// The HTML formatted body (`org.matrix.custom.html`), when the client sent one.
+    pub html: Option<String>,
+    /// Whether the event is a reply (its body may start with a quoted fallback).
+    pub is_reply: bool,
 }
 
 /// What the bot posts in a Matrix room (stored in the outbox as JSON).
@@ -126,7 +131,7 @@ impl Relay {
         let html = self.templates.to_matrix_html.render(|key| match key {
             "name" => Some(escape_html(&name)),
             "phone" => Some(escape_html(&phone)),
-            "text" => Some(text_to_html(&message.text)),
+            "text" => Some(format::whatsapp_to_html(&message.text)),
             _ => None,
         });
         Ok(MatrixPost { body, html })
@@ -154,7 +159,9 @@ impl Relay {
                 return Err(Skip::NotAllowed);
             }
         }
-        if message.body.trim().is_empty() {
+        let body =
+            format::matrix_to_whatsapp(&message.body, message.html.as_deref(), message.is_reply);
+        if body.trim().is_empty() {
             return Err(Skip::Empty);
         }
         let name = matrix_display_name(&message.sender, message.sender_display_name.as_deref());
@@ -165,7 +172,7 @@ impl Relay {
         let text = template.render(|key| match key {
             "name" => Some(name.clone()),
             "user" => Some(message.sender.clone()),
-            "text" => Some(message.body.clone()),
+            "text" => Some(body.clone()),
             _ => None,
         });
         if text.chars().count() > WHATSAPP_MAX_TEXT_CHARS {
@@ -227,27 +234,6 @@ pub fn matrix_txn_for_whatsapp(group_jid: &str, message_id: &str) -> String {
     let digest = Sha256::digest(format!("{group_jid}/{message_id}").as_bytes());
     let hex: String = digest.iter().take(12).map(|b| format!("{b:02x}")).collect();
     format!("wa.{hex}")
-}
-
-/// Escapes text for inclusion in Matrix HTML.
-pub fn escape_html(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            _ => out.push(c),
-        }
-    }
-    out
-}
-
-/// Plain text to HTML: escaped, line breaks kept.
-pub fn text_to_html(text: &str) -> String {
-    escape_html(text).replace('\n', "<br>")
 }
 
 #[cfg(test)]
@@ -312,6 +298,8 @@ mod tests {
             sender_display_name: display.map(Into::into),
             kind,
             body: body.into(),
+            html: None,
+            is_reply: false,
         }
     }
 
@@ -326,6 +314,33 @@ mod tests {
             .unwrap();
         assert_eq!(post.body, "Bob: hello <you>");
         assert_eq!(post.html, "<strong>Bob</strong>: hello &lt;you&gt;");
+    }
+
+    #[test]
+    fn formatting_crosses_both_ways() {
+        let post = relay()
+            .from_whatsapp(
+                Some(&group(None)),
+                &wa("*gras* et _ital_", Some("Bob")),
+                false,
+            )
+            .unwrap();
+        assert_eq!(post.body, "Bob: *gras* et _ital_");
+        assert_eq!(
+            post.html,
+            "<strong>Bob</strong>: <strong>gras</strong> et <em>ital</em>"
+        );
+        let mut message = mx(
+            "@alice:example.org",
+            Some("Alice"),
+            MatrixKind::Text,
+            "fort doux",
+        );
+        message.html = Some("<strong>fort</strong> <em>doux</em>".into());
+        let post = relay()
+            .from_matrix(Some(&group(None)), &message, false)
+            .unwrap();
+        assert_eq!(post.text, "*Alice*: *fort* _doux_");
     }
 
     #[test]
