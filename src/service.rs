@@ -837,6 +837,15 @@ impl MatrixEvents for Bridge {
                 }
                 return;
             }
+            Err(Skip::Unsupported) => {
+                let notice = format!(
+                    "{}: {} messages are not relayed to WhatsApp yet; only text is.",
+                    message.sender,
+                    message.body.trim_start_matches("m.")
+                );
+                let _ = self.matrix.send_notice(&message.room_id, &notice).await;
+                return;
+            }
             Err(Skip::TooLong) => {
                 let notice = format!(
                     "{}: your message is too long for WhatsApp (over {} characters) and was not relayed.",

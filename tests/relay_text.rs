@@ -514,3 +514,47 @@ async fn formatting_crosses_both_ways() {
         .await;
     bridge.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_that_cannot_be_relayed_yet_are_announced_not_dropped() {
+    let (mut bridge, alice, jid, room) = bridged_group("kinds", "").await;
+    bridge
+        .network
+        .post_unsupported(&jid, "33611111111", Some("Bob"), "image");
+    let seen = alice
+        .wait_for(&room, "the announcement of Bob's image", |s| {
+            s.body.contains("image")
+        })
+        .await;
+    assert_eq!(
+        seen.body,
+        "Bob sent an image that passerelle does not relay yet: see it in WhatsApp."
+    );
+    assert_eq!(seen.sender, bridge.bot_user);
+
+    let file = matrix_sdk::ruma::events::room::message::RoomMessageEventContent::new(
+        matrix_sdk::ruma::events::room::message::MessageType::Location(
+            matrix_sdk::ruma::events::room::message::LocationMessageEventContent::new(
+                "Lyon".into(),
+                "geo:45.76,4.83".into(),
+            ),
+        ),
+    );
+    alice.send(&room, file).await;
+    let notice = alice
+        .wait_for(&room, "the notice about the location", |s| {
+            s.msgtype == "m.notice" && s.body.contains("not relayed")
+        })
+        .await;
+    assert_eq!(
+        notice.body,
+        format!(
+            "{}: location messages are not relayed to WhatsApp yet; only text is.",
+            alice.user_id
+        )
+    );
+    alice.send_text(&room, "texte").await;
+    bridge.wait_whatsapp_text(&jid, "*Alice*: texte").await;
+    assert_eq!(bridge.network.bridge_texts(&jid), vec!["*Alice*: texte"]);
+    bridge.stop().await;
+}

@@ -180,10 +180,7 @@ async fn to_matrix_text(room: &Room, event: &TimelineEvent, bot: &UserId) -> Opt
             notice.body.clone(),
             html_of(&notice.formatted),
         ),
-        other => {
-            tracing::debug!(room = %room.room_id(), msgtype = other.msgtype(), "message type not relayed yet");
-            return None;
-        }
+        other => (MatrixKind::Other, other.msgtype().to_string(), None),
     };
     let display_name = match room.get_member_no_sync(&message.sender).await {
         Ok(Some(member)) => member.display_name().map(str::to_string),

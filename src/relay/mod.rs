@@ -23,6 +23,9 @@ pub struct WhatsAppText {
     pub text: String,
     /// Sent from the association's own number (the phone or this bridge).
     pub from_me: bool,
+    /// The kind of message (`image`, `poll`...) when it is not a text the bridge can
+    /// relay yet; `text` is then empty and Matrix is told what it missed.
+    pub unsupported: Option<String>,
 }
 
 /// What kind of Matrix message event arrived.
@@ -31,6 +34,8 @@ pub enum MatrixKind {
     Text,
     Emote,
     Notice,
+    /// Any other message type (its `msgtype` is in the body): not relayed yet.
+    Other,
 }
 
 /// A text message event received in a bridged Matrix room.
@@ -79,6 +84,8 @@ pub enum Skip {
     Empty,
     /// Longer than WhatsApp accepts in one message.
     TooLong,
+    /// A message type the bridge does not relay (yet): the sender is told.
+    Unsupported,
 }
 
 /// The longest text WhatsApp accepts in one message (characters).
@@ -113,10 +120,20 @@ impl Relay {
         if sent_by_bridge || (message.from_me && looks_like_bridge_id(&message.message_id)) {
             return Err(Skip::OwnEcho);
         }
+        let name = whatsapp_display_name(message);
+        if let Some(kind) = &message.unsupported {
+            let note = format!(
+                "sent {} that passerelle does not relay yet: see it in WhatsApp",
+                with_article(kind)
+            );
+            return Ok(MatrixPost {
+                body: format!("{name} {note}."),
+                html: format!("<em>{} {}.</em>", escape_html(&name), escape_html(&note)),
+            });
+        }
         if message.text.trim().is_empty() {
             return Err(Skip::Empty);
         }
-        let name = whatsapp_display_name(message);
         let phone = if message.sender_phone.is_empty() {
             String::new()
         } else {
@@ -154,6 +171,9 @@ impl Relay {
         if message.kind == MatrixKind::Notice {
             return Err(Skip::Notice);
         }
+        if message.kind == MatrixKind::Other {
+            return Err(Skip::Unsupported);
+        }
         if let Some(allow) = &group.allow {
             if !allow.iter().any(|pattern| pattern.matches(&message.sender)) {
                 return Err(Skip::NotAllowed);
@@ -180,6 +200,16 @@ impl Relay {
         }
         Ok(WhatsAppPost { text })
     }
+}
+
+/// "an image", "a poll": a kind of message in a sentence.
+fn with_article(kind: &str) -> String {
+    let article = if kind.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        "an"
+    } else {
+        "a"
+    };
+    format!("{article} {kind}")
 }
 
 /// The name WhatsApp people get in Matrix: their push name, else their number.
@@ -287,6 +317,7 @@ mod tests {
             push_name: push_name.map(Into::into),
             text: text.into(),
             from_me: false,
+            unsupported: None,
         }
     }
 
@@ -341,6 +372,24 @@ mod tests {
             .from_matrix(Some(&group(None)), &message, false)
             .unwrap();
         assert_eq!(post.text, "*Alice*: *fort* _doux_");
+    }
+
+    #[test]
+    fn unsupported_kinds_are_announced_not_dropped() {
+        let mut image = wa("", Some("Bob"));
+        image.unsupported = Some("image".into());
+        let post = relay()
+            .from_whatsapp(Some(&group(None)), &image, false)
+            .unwrap();
+        assert_eq!(
+            post.body,
+            "Bob sent an image that passerelle does not relay yet: see it in WhatsApp."
+        );
+        let message = mx("@a:example.org", None, MatrixKind::Other, "m.file");
+        assert_eq!(
+            relay().from_matrix(Some(&group(None)), &message, false),
+            Err(Skip::Unsupported)
+        );
     }
 
     #[test]

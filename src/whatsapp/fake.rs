@@ -79,6 +79,28 @@ impl FakeNetwork {
         push_name: Option<&str>,
         text: &str,
     ) -> String {
+        self.post_message(group_jid, phone, push_name, text, None)
+    }
+
+    /// A member posts something the bridge cannot relay as text (`kind`: "image"...).
+    pub fn post_unsupported(
+        &self,
+        group_jid: &str,
+        phone: &str,
+        push_name: Option<&str>,
+        kind: &str,
+    ) -> String {
+        self.post_message(group_jid, phone, push_name, "", Some(kind))
+    }
+
+    fn post_message(
+        &self,
+        group_jid: &str,
+        phone: &str,
+        push_name: Option<&str>,
+        text: &str,
+        unsupported: Option<&str>,
+    ) -> String {
         let (sink, message) = {
             let mut state = self.lock();
             state.next_id += 1;
@@ -98,6 +120,7 @@ impl FakeNetwork {
                 push_name: push_name.map(str::to_string),
                 text: text.to_string(),
                 from_me: false,
+                unsupported: unsupported.map(str::to_string),
             };
             match (&state.sink, state.connected) {
                 (Some(sink), true) => (Some(sink.clone()), message),
@@ -215,6 +238,7 @@ impl WhatsAppClient for FakeClient {
                 push_name: None,
                 text: text.to_string(),
                 from_me: true,
+                unsupported: None,
             });
         }
         Ok(())

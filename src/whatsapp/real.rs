@@ -327,9 +327,17 @@ async fn group_text(client: &Client, inbound: &InboundMessage) -> Option<WhatsAp
         return None;
     }
     let base = inbound.message.get_base_message();
-    let Some(text) = base.text_content() else {
-        tracing::debug!(kind = message_kind(base), "skipping WhatsApp group message");
-        return None;
+    let (text, unsupported) = match base.text_content() {
+        Some(text) => (text.to_owned(), None),
+        None => match message_kind(base) {
+            // Protocol plumbing, and what later features relay: no notice.
+            kind @ ("reaction" | "protocol" | "sender key distribution" | "other") => {
+                tracing::debug!(kind, "skipping WhatsApp group message");
+                return None;
+            }
+            // Something a person sent that cannot be relayed yet: say so in Matrix.
+            kind => (String::new(), Some(kind.to_owned())),
+        },
     };
     let push_name = Some(info.push_name.as_str())
         .filter(|name| !name.is_empty())
@@ -339,8 +347,9 @@ async fn group_text(client: &Client, inbound: &InboundMessage) -> Option<WhatsAp
         message_id: info.id.clone(),
         sender_phone: sender_phone(client, info).await,
         push_name,
-        text: text.to_owned(),
+        text,
         from_me: info.source.is_from_me,
+        unsupported,
     })
 }
 
