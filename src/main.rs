@@ -144,16 +144,9 @@ fn render_qr(code: &str) -> String {
 }
 
 fn login(config_path: &Path, raw: bool, phone: Option<String>, force: bool) -> ExitCode {
-    let config = match config::Config::load(config_path) {
-        Ok(config) => config,
-        Err(problems) => {
-            for problem in &problems.0 {
-                eprintln!("{problem}");
-            }
-            return ExitCode::FAILURE;
-        }
+    let Some(config) = load_config(config_path) else {
+        return ExitCode::FAILURE;
     };
-    init_logging(&config.logging.level);
     if force {
         if let Ok(report) = passerelle::status::gather(config_path) {
             if report.running {
@@ -177,12 +170,8 @@ fn login(config_path: &Path, raw: bool, phone: Option<String>, force: bool) -> E
         }
         None => LinkMethod::Qr,
     };
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("cannot start the async runtime: {error}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = new_runtime() else {
+        return ExitCode::FAILURE;
     };
     let state_dir = config.paths.state_dir.clone();
     let url = config.whatsapp.url.clone();
@@ -227,6 +216,28 @@ fn login(config_path: &Path, raw: bool, phone: Option<String>, force: bool) -> E
     }
 }
 
+/// Loads config.toml (printing its problems) and sets up logging from it.
+fn load_config(config_path: &Path) -> Option<config::Config> {
+    match config::Config::load(config_path) {
+        Ok(config) => {
+            init_logging(&config.logging.level);
+            Some(config)
+        }
+        Err(problems) => {
+            for problem in &problems.0 {
+                eprintln!("{problem}");
+            }
+            None
+        }
+    }
+}
+
+fn new_runtime() -> Option<tokio::runtime::Runtime> {
+    tokio::runtime::Runtime::new()
+        .map_err(|error| eprintln!("cannot start the async runtime: {error}"))
+        .ok()
+}
+
 fn init_logging(level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(log_directives(level)))
@@ -235,22 +246,11 @@ fn init_logging(level: &str) {
 }
 
 fn run(config_path: &Path) -> ExitCode {
-    let config = match config::Config::load(config_path) {
-        Ok(config) => config,
-        Err(problems) => {
-            for problem in &problems.0 {
-                eprintln!("{problem}");
-            }
-            return ExitCode::FAILURE;
-        }
-    };
-    init_logging(&config.logging.level);
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("cannot start the async runtime: {error}");
-            return ExitCode::FAILURE;
-        }
+    if load_config(config_path).is_none() {
+        return ExitCode::FAILURE;
+    }
+    let Some(runtime) = new_runtime() else {
+        return ExitCode::FAILURE;
     };
     let result: anyhow::Result<()> = runtime.block_on(async {
         let signals = Signals::install()?;

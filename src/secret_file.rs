@@ -4,7 +4,7 @@
 use std::fs::{self, DirBuilder, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Creates `dir` (and parents) with mode 0700, or tightens an existing one to 0700.
 pub fn create_private_dir(dir: &Path) -> io::Result<()> {
@@ -28,6 +28,41 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
     file.write_all(bytes)?;
     file.sync_all()?;
     fs::rename(&tmp, path)
+}
+
+/// Creates the SQLite database file `path` with mode 0600 if missing, and tightens it
+/// and its leftover `-wal`, `-shm` and `-journal` files to 0600 if group or others had
+/// any access. On failure, returns the file it failed on with the error.
+pub fn prepare_private_sqlite_file(path: &Path) -> Result<(), (PathBuf, io::Error)> {
+    let on = |file: &Path| {
+        let file = file.to_path_buf();
+        move |error| (file, error)
+    };
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .map_err(on(path))?;
+    let mut files = vec![path.to_path_buf()];
+    for suffix in ["-wal", "-shm", "-journal"] {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        let file = PathBuf::from(name);
+        if file.exists() {
+            files.push(file);
+        }
+    }
+    for file in files {
+        let mode = fs::metadata(&file).map_err(on(&file))?.permissions().mode();
+        if mode & 0o077 != 0 {
+            fs::set_permissions(&file, fs::Permissions::from_mode(0o600)).map_err(on(&file))?;
+            tracing::info!(path = %file.display(), "tightened a database file to mode 0600");
+        }
+    }
+    Ok(())
 }
 
 /// Reads a secret from `path`, creating it first (32 random bytes as hex, mode 0600)

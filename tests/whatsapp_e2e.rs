@@ -31,6 +31,26 @@ async fn control(method: &str, url: String, body: serde_json::Value) -> (u16, se
         .unwrap()
 }
 
+/// Creates the member Bob and a group `subject` of Bob and the association's
+/// number in the simulator; returns the group's jid.
+async fn bob_and_group(sim: &wa_sim::Simulator, subject: &str) -> String {
+    let (status, body) = control(
+        "POST",
+        format!("{}members", sim.http_url()),
+        json!({"phone": BOB, "name": "Bob"}),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let (status, group) = control(
+        "POST",
+        format!("{}groups", sim.http_url()),
+        json!({"subject": subject, "creator": BOB, "members": [BOB, BRIDGE_PHONE]}),
+    )
+    .await;
+    assert_eq!(status, 201, "{group}");
+    group["jid"].as_str().unwrap().to_string()
+}
+
 /// Runs `passerelle login --raw` and scans its first QR code with the phone of
 /// `phone` in the simulator; returns the command's stdout.
 async fn login_by_qr(sim: &wa_sim::Simulator, config: &std::path::Path, phone: &str) -> String {
@@ -104,21 +124,7 @@ async fn login_by_qr_then_relay_both_ways_through_whatsapp_rust() {
     assert!(again_text.contains("already linked"), "{again_text}");
 
     // A member and a group with the association's number in it.
-    let (status, body) = control(
-        "POST",
-        format!("{}members", sim.http_url()),
-        json!({"phone": BOB, "name": "Bob"}),
-    )
-    .await;
-    assert_eq!(status, 201, "{body}");
-    let (status, group) = control(
-        "POST",
-        format!("{}groups", sim.http_url()),
-        json!({"subject": "Famille Dupont", "creator": BOB, "members": [BOB, BRIDGE_PHONE]}),
-    )
-    .await;
-    assert_eq!(status, 201, "{group}");
-    let jid = group["jid"].as_str().unwrap().to_string();
+    let jid = bob_and_group(&sim, "Famille Dupont").await;
     bridge.write_group(
         &unique("dupont"),
         &jid,
@@ -249,20 +255,7 @@ async fn a_message_received_before_a_kill_9_is_relayed_once_after_restart() {
     let bridge = TestBridge::new(&synapse, &[]);
     bridge.append_config(&format!("[whatsapp]\nurl = \"{}\"", sim.ws_url()));
     login_by_qr(&sim, &bridge.config_path, BRIDGE_PHONE).await;
-    let (status, body) = control(
-        "POST",
-        format!("{}members", sim.http_url()),
-        json!({"phone": BOB, "name": "Bob"}),
-    )
-    .await;
-    assert_eq!(status, 201, "{body}");
-    let (_, group) = control(
-        "POST",
-        format!("{}groups", sim.http_url()),
-        json!({"subject": "Crash", "creator": BOB, "members": [BOB, BRIDGE_PHONE]}),
-    )
-    .await;
-    let jid = group["jid"].as_str().unwrap().to_string();
+    let jid = bob_and_group(&sim, "Crash").await;
     bridge.write_group(
         &unique("crash"),
         &jid,

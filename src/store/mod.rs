@@ -15,9 +15,7 @@ mod meta;
 mod outbox;
 mod schema;
 
-use std::fs::{self, OpenOptions};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -137,43 +135,11 @@ impl Store {
     }
 }
 
-/// Creates `path` with mode 0600 if missing; tightens it (and any leftover WAL/SHM/
-/// journal files next to it) to 0600 if group or others had any access.
+/// Creates `path` owner-only (0600) and tightens leftover sidecar files: see
+/// [`crate::secret_file::prepare_private_sqlite_file`].
 fn prepare_private_file(path: &Path) -> Result<(), StoreError> {
-    let file_err = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| StoreError::File { path, source }
-    };
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(path)
-        .map_err(file_err(path))?;
-    let mut sidecars: Vec<PathBuf> = ["-wal", "-shm", "-journal"]
-        .iter()
-        .map(|suffix| {
-            let mut name = path.as_os_str().to_owned();
-            name.push(suffix);
-            PathBuf::from(name)
-        })
-        .filter(|p| p.exists())
-        .collect();
-    sidecars.insert(0, path.to_path_buf());
-    for file in sidecars {
-        let mode = fs::metadata(&file)
-            .map_err(file_err(&file))?
-            .permissions()
-            .mode();
-        if mode & 0o077 != 0 {
-            fs::set_permissions(&file, fs::Permissions::from_mode(0o600))
-                .map_err(file_err(&file))?;
-            tracing::info!(path = %file.display(), "tightened database file to mode 0600");
-        }
-    }
-    Ok(())
+    crate::secret_file::prepare_private_sqlite_file(path)
+        .map_err(|(path, source)| StoreError::File { path, source })
 }
 
 /// Now, in milliseconds since the Unix epoch (0 if the clock is before 1970).
@@ -187,6 +153,8 @@ pub(crate) fn now_unix_ms() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
+    use std::os::unix::fs::PermissionsExt;
     use std::sync::Arc;
 
     fn mode(path: &Path) -> u32 {

@@ -8,9 +8,9 @@
 //! reference implementation, which the tests below compare it against.
 
 use std::collections::HashMap;
-use std::fs::{self, OpenOptions};
+use std::fs::OpenOptions;
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -271,43 +271,11 @@ impl SqliteBackend {
     }
 }
 
-/// Creates `path` with mode 0600 if missing; tightens it (and any leftover WAL/SHM/
-/// journal files next to it) to 0600 if group or others had any access.
+/// Creates `path` owner-only (0600) and tightens leftover sidecar files: see
+/// [`crate::secret_file::prepare_private_sqlite_file`].
 fn prepare_private_file(path: &Path) -> WaResult<()> {
-    let file_err = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| WaStoreError::File { path, source }
-    };
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(path)
-        .map_err(file_err(path))?;
-    let mut files: Vec<PathBuf> = ["-wal", "-shm", "-journal"]
-        .iter()
-        .map(|suffix| {
-            let mut name = path.as_os_str().to_owned();
-            name.push(suffix);
-            PathBuf::from(name)
-        })
-        .filter(|p| p.exists())
-        .collect();
-    files.insert(0, path.to_path_buf());
-    for file in files {
-        let mode = fs::metadata(&file)
-            .map_err(file_err(&file))?
-            .permissions()
-            .mode();
-        if mode & 0o077 != 0 {
-            fs::set_permissions(&file, fs::Permissions::from_mode(0o600))
-                .map_err(file_err(&file))?;
-            tracing::info!(path = %file.display(), "tightened WhatsApp key store file to mode 0600");
-        }
-    }
-    Ok(())
+    crate::secret_file::prepare_private_sqlite_file(path)
+        .map_err(|(path, source)| WaStoreError::File { path, source })
 }
 
 /// Applies the missing migrations, each in its own transaction with its version bump.
@@ -1488,6 +1456,8 @@ mod tests {
     use super::*;
     use std::collections::BTreeMap;
     use std::fmt::Debug;
+    use std::fs;
+    use std::os::unix::fs::PermissionsExt;
     use whatsapp_rust::wacore::store::traits::{Backend, DeviceInfo};
     use whatsapp_rust::wacore::store::{CachedNoiseCert, CachedServerCertChain, InMemoryBackend};
     use whatsapp_rust::waproto::whatsapp::ADVSignedDeviceIdentity;
