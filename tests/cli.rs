@@ -271,3 +271,73 @@ fn run_reloads_on_sighup_and_stops_on_sigterm() {
     assert_eq!(mode(&state.join("whatsapp.db")), 0o600);
     assert_eq!(mode(&state.join("matrix-store-key")), 0o600);
 }
+
+/// Runs `passerelle run` expecting it to refuse to start; returns its stderr.
+fn run_expecting_refusal(config: &std::path::Path) -> String {
+    let mut child = passerelle()
+        .arg("run")
+        .arg("-c")
+        .arg(config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("passerelle run did not refuse to start");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(
+        !status.success(),
+        "it must exit non-zero; stderr:\n{stderr}"
+    );
+    stderr
+}
+
+#[test]
+fn run_refuses_a_truncated_group_file_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "");
+    let bad = dir.path().join("groups.d/famille.toml");
+    std::fs::write(&bad, "whatsapp = \"1203630412").unwrap(); // cut mid-string
+    let stderr = run_expecting_refusal(&config);
+    assert!(
+        stderr.contains(&format!("{}:1:", bad.display())),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("state").exists(), "nothing may be written");
+}
+
+#[test]
+fn run_refuses_an_unusable_state_directory_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("groups.d")).unwrap();
+    let blocker = dir.path().join("not-a-directory");
+    std::fs::write(&blocker, "").unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[matrix]\nhomeserver = \"http://127.0.0.1:9\"\nuser = \"@bot:example.org\"\npassword = \"x\"\n\n[paths]\nstate_dir = \"{}\"\n",
+            blocker.join("state").display()
+        ),
+    )
+    .unwrap();
+    let stderr = run_expecting_refusal(&config);
+    assert!(stderr.contains("state directory"), "{stderr}");
+    let entries: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert_eq!(entries.len(), 3, "only what the test wrote");
+}
