@@ -15,14 +15,23 @@ fn passerelle() -> Command {
     Command::new(env!("CARGO_BIN_EXE_passerelle"))
 }
 
+/// config.toml (and an empty groups.d) in `dir`, state in `dir/state`.
 fn write_config(dir: &std::path::Path, extra: &str) -> std::path::PathBuf {
+    write_config_with_state(dir, &dir.join("state"), extra)
+}
+
+fn write_config_with_state(
+    dir: &std::path::Path,
+    state_dir: &std::path::Path,
+    extra: &str,
+) -> std::path::PathBuf {
     std::fs::create_dir_all(dir.join("groups.d")).unwrap();
     let path = dir.join("config.toml");
     std::fs::write(
         &path,
         format!(
             "[matrix]\nhomeserver = \"http://127.0.0.1:9\"\nuser = \"@bot:example.org\"\npassword = \"x\"\n\n[paths]\nstate_dir = \"{}\"\n{extra}",
-            dir.join("state").display()
+            state_dir.display()
         ),
     )
     .unwrap();
@@ -324,18 +333,9 @@ fn run_refuses_a_truncated_group_file_and_writes_nothing() {
 #[test]
 fn run_refuses_an_unusable_state_directory_and_writes_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir(dir.path().join("groups.d")).unwrap();
     let blocker = dir.path().join("not-a-directory");
     std::fs::write(&blocker, "").unwrap();
-    let config = dir.path().join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[matrix]\nhomeserver = \"http://127.0.0.1:9\"\nuser = \"@bot:example.org\"\npassword = \"x\"\n\n[paths]\nstate_dir = \"{}\"\n",
-            blocker.join("state").display()
-        ),
-    )
-    .unwrap();
+    let config = write_config_with_state(dir.path(), &blocker.join("state"), "");
     let stderr = run_expecting_refusal(&config);
     assert!(stderr.contains("state directory"), "{stderr}");
     let entries: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();

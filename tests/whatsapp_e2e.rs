@@ -51,6 +51,17 @@ async fn bob_and_group(sim: &wa_sim::Simulator, subject: &str) -> String {
     group["jid"].as_str().unwrap().to_string()
 }
 
+/// Bob's client sends `text` to the group (really encrypted, with sender keys).
+async fn bob_says(sim: &wa_sim::Simulator, jid: &str, text: &str) {
+    let (status, body) = control(
+        "POST",
+        format!("{}groups/{jid}/messages", sim.http_url()),
+        json!({"from": BOB, "text": text}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+}
+
 /// Runs `passerelle login --raw` and scans its first QR code with the phone of
 /// `phone` in the simulator; returns the command's stdout.
 async fn login_by_qr(sim: &wa_sim::Simulator, config: &std::path::Path, phone: &str) -> String {
@@ -136,13 +147,7 @@ async fn login_by_qr_then_relay_both_ways_through_whatsapp_rust() {
     alice.wait_joined(&room).await;
 
     // WhatsApp -> Matrix, through Signal sender keys and the durability hook.
-    let (status, body) = control(
-        "POST",
-        format!("{}groups/{jid}/messages", sim.http_url()),
-        json!({"from": BOB, "text": "bonjour *tout le monde*"}),
-    )
-    .await;
-    assert_eq!(status, 200, "{body}");
+    bob_says(&sim, &jid, "bonjour *tout le monde*").await;
     let seen = alice
         .wait_for(&room, "Bob's message", |s| s.body.contains("bonjour"))
         .await;
@@ -159,13 +164,7 @@ async fn login_by_qr_then_relay_both_ways_through_whatsapp_rust() {
 
     // While passerelle is stopped, Bob writes; it arrives once after the restart.
     bridge.stop().await;
-    let (status, _) = control(
-        "POST",
-        format!("{}groups/{jid}/messages", sim.http_url()),
-        json!({"from": BOB, "text": "pendant ton absence"}),
-    )
-    .await;
-    assert_eq!(status, 200);
+    bob_says(&sim, &jid, "pendant ton absence").await;
     bridge.start_real().await;
     alice
         .wait_for(&room, "the offline message", |s| {
@@ -286,13 +285,7 @@ async fn a_message_received_before_a_kill_9_is_relayed_once_after_restart() {
     // The homeserver goes away: the message is received, stored and acknowledged to
     // WhatsApp, but cannot be relayed yet. Then passerelle is killed outright.
     tokio::task::block_in_place(|| synapse.stop());
-    let (status, _) = control(
-        "POST",
-        format!("{}groups/{jid}/messages", sim.http_url()),
-        json!({"from": BOB, "text": "avant le crash"}),
-    )
-    .await;
-    assert_eq!(status, 200);
+    bob_says(&sim, &jid, "avant le crash").await;
     wait_status(&bridge.config_path, "queued the message", |r| {
         r["to_matrix"]["waiting"] == 1
     })
