@@ -96,7 +96,6 @@ struct Bridge {
     rooms_ready: Mutex<HashSet<String>>,
     /// (room, user) pairs already told they may not speak, to tell each only once.
     refused_senders: Mutex<HashSet<(String, String)>>,
-    connection: Mutex<ConnectionState>,
     pacer: Mutex<Pacer>,
     /// A weak handle on itself, for tasks spawned from `&self` callbacks.
     me: OnceLock<std::sync::Weak<Bridge>>,
@@ -147,7 +146,6 @@ impl Service {
             wake_to_whatsapp: Notify::new(),
             rooms_ready: Mutex::new(HashSet::new()),
             refused_senders: Mutex::new(HashSet::new()),
-            connection: Mutex::new(ConnectionState::Connecting),
             pacer: Mutex::new(pacer),
             me: OnceLock::new(),
         });
@@ -794,7 +792,6 @@ impl InboundSink for Bridge {
         {
             tracing::warn!("store: {error}");
         }
-        *self.connection.lock().unwrap_or_else(|e| e.into_inner()) = state;
         if connected {
             self.wake_to_whatsapp.notify_one();
             // Rooms set up while WhatsApp was away were named after their file.

@@ -37,13 +37,7 @@ async fn wait_bot_history(
 ) -> Vec<String> {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        let bodies: Vec<String> = alice
-            .history(room)
-            .await
-            .into_iter()
-            .filter(|(sender, _)| sender == bot)
-            .map(|(_, body)| body)
-            .collect();
+        let bodies: Vec<String> = alice.history_from(room, bot).await;
         if bodies.len() >= count || tokio::time::Instant::now() > deadline {
             return bodies;
         }

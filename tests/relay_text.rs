@@ -413,13 +413,7 @@ async fn bursts_sent_while_stopped_arrive_once_and_in_order() {
         .wait_for(&room, "the last WhatsApp message", |s| s.body == last)
         .await;
     let expected: Vec<String> = (0..BURST).map(|n| format!("Bob: w{n}")).collect();
-    let relayed: Vec<String> = alice
-        .history(&room)
-        .await
-        .into_iter()
-        .filter(|(sender, _)| *sender == bridge.bot_user)
-        .map(|(_, body)| body)
-        .collect();
+    let relayed: Vec<String> = alice.history_from(&room, &bridge.bot_user).await;
     assert_eq!(relayed, expected, "the room's history on the server");
     let seen: Vec<String> = alice
         .seen_in(&room)

@@ -173,13 +173,7 @@ async fn login_by_qr_then_relay_both_ways_through_whatsapp_rust() {
         .await;
     alice.send_text(&room, "barrier").await;
     wait_member_text(&sim, BOB, &jid, "*Alice*: barrier").await;
-    let from_bot: Vec<String> = alice
-        .history(&room)
-        .await
-        .into_iter()
-        .filter(|(sender, _)| *sender == bridge.bot_user)
-        .map(|(_, body)| body)
-        .collect();
+    let from_bot: Vec<String> = alice.history_from(&room, &bridge.bot_user).await;
     assert_eq!(
         from_bot,
         vec!["Bob: bonjour *tout le monde*", "Bob: pendant ton absence"]
@@ -297,13 +291,7 @@ async fn a_message_received_before_a_kill_9_is_relayed_once_after_restart() {
     let mut child = run();
     let deadline = Instant::now() + Duration::from_secs(90);
     let relayed = loop {
-        let relayed: Vec<String> = alice
-            .history(&room)
-            .await
-            .into_iter()
-            .filter(|(sender, _)| *sender == bridge.bot_user)
-            .map(|(_, body)| body)
-            .collect();
+        let relayed: Vec<String> = alice.history_from(&room, &bridge.bot_user).await;
         if !relayed.is_empty() || Instant::now() > deadline {
             break relayed;
         }
@@ -311,13 +299,7 @@ async fn a_message_received_before_a_kill_9_is_relayed_once_after_restart() {
     };
     // Give a duplicate every chance to show up before counting.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let relayed_later: Vec<String> = alice
-        .history(&room)
-        .await
-        .into_iter()
-        .filter(|(sender, _)| *sender == bridge.bot_user)
-        .map(|(_, body)| body)
-        .collect();
+    let relayed_later: Vec<String> = alice.history_from(&room, &bridge.bot_user).await;
     assert_eq!(relayed, vec!["Bob: avant le crash"]);
     assert_eq!(relayed_later, relayed, "relayed exactly once");
     child.kill().unwrap();

@@ -176,6 +176,17 @@ impl MatrixUser {
         }
     }
 
+    /// The bodies `sender` posted in the room, oldest first, from the room's history
+    /// on the server (independent of what sync showed).
+    pub async fn history_from(&self, room_id: &str, sender: &str) -> Vec<String> {
+        self.history(room_id)
+            .await
+            .into_iter()
+            .filter(|(from, _)| from == sender)
+            .map(|(_, body)| body)
+            .collect()
+    }
+
     /// The room's whole history as the server has it (oldest first): bodies of
     /// `m.room.message` events with their senders. Independent of what sync showed.
     pub async fn history(&self, room_id: &str) -> Vec<(String, String)> {
