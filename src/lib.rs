@@ -2,7 +2,9 @@
 //! bot on each side. See DESIGN.md for the map of the code.
 #![recursion_limit = "256"]
 
+pub mod admin;
 pub mod config;
+pub mod control;
 pub mod matrix;
 pub mod relay;
 pub mod secret_file;

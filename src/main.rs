@@ -4,9 +4,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use passerelle::config;
 use passerelle::service::{Service, Signals, WhatsAppNetwork};
 use passerelle::whatsapp::link::{link, LinkError, LinkMethod, LinkPrompt};
+use passerelle::{admin, config, control};
 
 const DEFAULT_CONFIG: &str = "/etc/passerelle/config.toml";
 
@@ -53,6 +53,25 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List the WhatsApp groups of the linked number and which group file approves each
+    /// (asks the running service).
+    Groups {
+        /// Path of config.toml.
+        #[arg(short, long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Join a WhatsApp group by invite link and print a group file for it (asks the
+    /// running service).
+    Join {
+        /// Path of config.toml.
+        #[arg(short, long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// The invite link, https://chat.whatsapp.com/CODE (or the code).
+        invite: String,
+    },
     /// Validate config.toml and every file in groups.d; one line per problem.
     Check {
         /// Path of config.toml.
@@ -67,6 +86,8 @@ fn main() -> ExitCode {
         Command::Check { config } => check(&config),
         Command::Run { config } => run(&config),
         Command::Status { config, json } => status(&config, json),
+        Command::Groups { config, json } => groups(&config, json),
+        Command::Join { config, invite } => join(&config, &invite),
         Command::Login {
             config,
             raw,
@@ -131,6 +152,73 @@ fn status(config_path: &Path, json: bool) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The group files on disk; their problems are printed, the valid ones still count.
+fn group_files(config: &config::Config) -> Vec<config::GroupFile> {
+    let (files, problems) = config::load_groups_with_problems(&config.paths.groups_dir);
+    for problem in &problems {
+        eprintln!("{problem}");
+    }
+    if !problems.is_empty() {
+        eprintln!("(group files with problems are ignored below; see `passerelle check`)");
+    }
+    files
+}
+
+/// Sends one request to the running service; errors are printed.
+fn ask_service(config: &config::Config, request: &control::Request) -> Option<control::Reply> {
+    match control::ask(&config.paths.state_dir, request) {
+        Ok(control::Reply::Error { message }) => {
+            eprintln!("passerelle: {message}");
+            None
+        }
+        Ok(reply) => Some(reply),
+        Err(error) => {
+            eprintln!("passerelle: {error}");
+            None
+        }
+    }
+}
+
+fn groups(config_path: &Path, json: bool) -> ExitCode {
+    let Some(config) = load_config(config_path) else {
+        return ExitCode::FAILURE;
+    };
+    let Some(control::Reply::Groups { groups }) = ask_service(&config, &control::Request::Groups)
+    else {
+        return ExitCode::FAILURE;
+    };
+    let lines = admin::group_lines(&groups, &group_files(&config));
+    if json {
+        match serde_json::to_string_pretty(&lines) {
+            Ok(text) => println!("{text}"),
+            Err(error) => {
+                eprintln!("passerelle: {error}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        print!("{}", admin::render_groups(&lines));
+    }
+    ExitCode::SUCCESS
+}
+
+fn join(config_path: &Path, invite: &str) -> ExitCode {
+    let Some(config) = load_config(config_path) else {
+        return ExitCode::FAILURE;
+    };
+    let request = control::Request::Join {
+        invite: invite.trim().to_string(),
+    };
+    let Some(control::Reply::Join { outcome }) = ask_service(&config, &request) else {
+        return ExitCode::FAILURE;
+    };
+    print!(
+        "{}",
+        admin::render_join(&outcome, &config.paths.groups_dir, &group_files(&config))
+    );
+    ExitCode::SUCCESS
 }
 
 fn render_qr(code: &str) -> String {

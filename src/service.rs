@@ -12,6 +12,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use crate::config::{self, Config, GroupFile, Problems};
+use crate::control::{self, ControlError, ControlHandler};
 use crate::matrix::{MatrixEvents, MatrixSide, RoomSetup};
 use crate::relay::pacing::{Pacer, Wait};
 use crate::relay::{self, MatrixPost, MatrixText, Relay, Skip, WhatsAppPost, WhatsAppText};
@@ -43,6 +44,8 @@ pub enum ServiceError {
     Matrix(#[from] crate::matrix::MatrixError),
     #[error("WhatsApp: {0}")]
     WhatsApp(String),
+    #[error(transparent)]
+    Control(#[from] ControlError),
 }
 
 /// Which WhatsApp network the service talks to.
@@ -104,6 +107,7 @@ struct Bridge {
 /// A running passerelle.
 pub struct Service {
     bridge: Arc<Bridge>,
+    control_socket: PathBuf,
     tasks: Vec<JoinHandle<()>>,
     real_whatsapp: Option<Arc<RealWhatsApp>>,
     fake_whatsapp: Option<Arc<FakeNetwork>>,
@@ -128,6 +132,9 @@ impl Service {
             path: state_dir.clone(),
             source,
         })?;
+        // Before anything connects: a second service on this state directory would
+        // replace the first one's WhatsApp connection.
+        let control_listener = control::bind(&state_dir)?;
         let store = Arc::new(Store::open(&state_dir.join("passerelle.db"))?);
         store.delete_meta(status::keys::STOPPED)?;
         let pacer = Pacer::new(
@@ -187,12 +194,15 @@ impl Service {
         tasks.push(tokio::spawn(bridge.clone().to_whatsapp_worker()));
         tasks.push(tokio::spawn(bridge.clone().room_setup_retries()));
         tasks.push(tokio::spawn(bridge.clone().heartbeat()));
+        let handler: Arc<dyn ControlHandler> = bridge.clone();
+        tasks.push(tokio::spawn(control::serve(control_listener, handler)));
         if let Some(network) = &fake_whatsapp {
             network.attach(sink);
         }
         tracing::info!(groups = groups.len(), "passerelle started");
         Ok(Service {
             bridge,
+            control_socket: control::socket_path(&state_dir),
             tasks,
             real_whatsapp,
             fake_whatsapp,
@@ -237,6 +247,9 @@ impl Service {
             let _ = task.await;
         }
         self.bridge.matrix.stop();
+        if let Err(error) = std::fs::remove_file(&self.control_socket) {
+            tracing::debug!("control socket: {error}");
+        }
         let now = (now_ms() / 1000).to_string();
         if let Err(error) = self.bridge.store.set_meta(status::keys::STOPPED, &now) {
             tracing::warn!("store: {error}");
@@ -799,6 +812,31 @@ impl InboundSink for Bridge {
                 tokio::spawn(async move { bridge.sync_room_names().await });
             }
         }
+    }
+}
+
+#[async_trait]
+impl ControlHandler for Bridge {
+    async fn handle(&self, request: control::Request) -> control::Reply {
+        use control::{Reply, Request};
+        let Some(client) = self.whatsapp() else {
+            return Reply::Error {
+                message: "WhatsApp is not started yet".into(),
+            };
+        };
+        let answer = match request {
+            Request::Groups => client.groups().await.map(|groups| Reply::Groups { groups }),
+            Request::Join { invite } => {
+                let outcome = client.join(&invite).await;
+                if outcome.is_ok() {
+                    tracing::info!("joined a WhatsApp group by invite link (admin request)");
+                }
+                outcome.map(|outcome| Reply::Join { outcome })
+            }
+        };
+        answer.unwrap_or_else(|error| Reply::Error {
+            message: error.to_string(),
+        })
     }
 }
 

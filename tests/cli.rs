@@ -43,7 +43,7 @@ fn help_lists_the_commands() {
     let output = passerelle().arg("--help").output().unwrap();
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success());
-    for command in ["run", "check"] {
+    for command in ["run", "check", "status", "login", "groups", "join"] {
         assert!(text.contains(command), "{command} missing from:\n{text}");
     }
 }
@@ -247,6 +247,21 @@ fn run_reloads_on_sighup_and_stops_on_sigterm() {
     assert!(text.contains("2 approved, 2 bridged"), "{text}");
     assert!(text.contains(&second_room), "{text}");
 
+    // The admin commands reach the running service, which says what stops them.
+    let groups = passerelle()
+        .arg("groups")
+        .arg("-c")
+        .arg(&bridge.config_path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&groups.stderr);
+    assert!(!groups.status.success());
+    assert!(stderr.contains("WhatsApp is not linked"), "{stderr}");
+    // A second service on the same state directory would fight over the device.
+    let second_run = run_expecting_refusal(&bridge.config_path);
+    assert!(second_run.contains("already runs"), "{second_run}");
+    assert!(child.try_wait().unwrap().is_none(), "the first one runs on");
+
     signal("TERM");
     let deadline = Instant::now() + Duration::from_secs(30);
     let status = loop {
@@ -261,6 +276,15 @@ fn run_reloads_on_sighup_and_stops_on_sigterm() {
     };
     let report: serde_json::Value = serde_json::from_str(&status_of(true)).unwrap();
     assert_eq!(report["running"], false, "after SIGTERM: {report}");
+    assert!(!bridge.dir.path().join("state/control.sock").exists());
+    let join = passerelle()
+        .args(["join", "https://chat.whatsapp.com/AbCdEf", "-c"])
+        .arg(&bridge.config_path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&join.stderr);
+    assert!(!join.status.success());
+    assert!(stderr.contains("passerelle is not running"), "{stderr}");
     let mut log = String::new();
     std::fs::File::open(&log_path)
         .unwrap()

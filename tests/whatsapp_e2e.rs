@@ -1,8 +1,8 @@
 //! End to end with the real WhatsApp code path: passerelle's whatsapp-rust client
 //! talks to wa-sim (the protocol simulator on loopback) where the group members are
 //! themselves whatsapp-rust clients, and the Matrix side is a real Synapse.
-//! Covers `passerelle login` by QR, relaying both ways, and messages sent while the
-//! service was stopped.
+//! Covers `passerelle login` by QR, relaying both ways, the admin commands `groups`
+//! and `join`, and messages sent while the service was stopped.
 #![recursion_limit = "256"]
 
 mod common;
@@ -110,7 +110,7 @@ async fn login_by_qr(sim: &wa_sim::Simulator, config: &std::path::Path, phone: &
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn login_by_qr_then_relay_both_ways_through_whatsapp_rust() {
+async fn login_by_qr_then_relay_both_ways_and_join_a_group_through_whatsapp_rust() {
     let synapse = Synapse::shared();
     let sim = wa_sim::Simulator::start("127.0.0.1:0".parse().unwrap())
         .await
@@ -162,6 +162,63 @@ async fn login_by_qr_then_relay_both_ways_through_whatsapp_rust() {
         Some(BRIDGE_PHONE)
     );
 
+    // The admin commands ask the running service: the number's groups...
+    let listed = admin_command(&bridge.config_path, &["groups"]).await;
+    let row = listed
+        .lines()
+        .find(|line| line.starts_with(&jid))
+        .unwrap_or_else(|| panic!("{jid} not listed:\n{listed}"));
+    assert!(row.contains("      2  dupont"), "{listed}");
+    assert!(row.ends_with("Famille Dupont"), "{listed}");
+
+    // ... and joining a group by its invite link, which prints the group file to save.
+    let subject = format!("Club {}", unique("lecture"));
+    let (status, club) = control(
+        "POST",
+        format!("{}groups", sim.http_url()),
+        json!({"subject": subject, "creator": BOB, "members": [BOB]}),
+    )
+    .await;
+    assert_eq!(status, 201, "{club}");
+    let club_jid = club["jid"].as_str().unwrap().to_string();
+    let joined = admin_command(
+        &bridge.config_path,
+        &["join", club["invite"].as_str().unwrap()],
+    )
+    .await;
+    assert!(
+        joined.starts_with(&format!(
+            "Joined the WhatsApp group {club_jid} (\"{subject}\")."
+        )),
+        "{joined}"
+    );
+    let saved_as = joined
+        .split("save the lines below as ")
+        .nth(1)
+        .and_then(|rest| rest.split(" and reload").next())
+        .unwrap_or_else(|| panic!("no file name in:\n{joined}"));
+    let file = joined.split("\n\n").nth(1).unwrap();
+    assert!(
+        file.starts_with(&format!("whatsapp = \"{club_jid}\"")),
+        "{joined}"
+    );
+    std::fs::write(
+        saved_as,
+        format!("{file}invite = [\"{}\"]\n", alice.user_id),
+    )
+    .unwrap();
+    bridge.service().reload().await.unwrap();
+    let club_room = bridge.wait_room(&club_jid).await;
+    alice.wait_joined(&club_room).await;
+    bob_says(&sim, &club_jid, "bienvenue au club").await;
+    alice
+        .wait_for(&club_room, "Bob in the joined group", |s| {
+            s.body == "Bob: bienvenue au club"
+        })
+        .await;
+    let listed = admin_command(&bridge.config_path, &["groups"]).await;
+    assert!(listed.ends_with("2 groups, 2 approved.\n"), "{listed}");
+
     // While passerelle is stopped, Bob writes; it arrives once after the restart.
     bridge.stop().await;
     bob_says(&sim, &jid, "pendant ton absence").await;
@@ -179,6 +236,21 @@ async fn login_by_qr_then_relay_both_ways_through_whatsapp_rust() {
         vec!["Bob: bonjour *tout le monde*", "Bob: pendant ton absence"]
     );
     bridge.stop().await;
+}
+
+/// Runs an admin command (`groups`, `join ...`) that must succeed; returns stdout.
+async fn admin_command(config: &std::path::Path, args: &[&str]) -> String {
+    let mut command = passerelle();
+    command.args(args).arg("-c").arg(config);
+    let output = tokio::task::spawn_blocking(move || command.output().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "passerelle {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
 }
 
 /// Waits until member `phone` received `text` in `chat`; returns that message.

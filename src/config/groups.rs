@@ -197,11 +197,28 @@ fn parse_group(path: &Path, text: &str) -> Parsed {
 /// validates each, then checks cross-file rules: the same WhatsApp group or the same
 /// Matrix room in two files is an error on the second file, naming the first.
 pub fn load_groups(dir: &Path) -> Result<Vec<GroupFile>, Problems> {
-    let entries = std::fs::read_dir(dir).map_err(|err| Problem {
-        path: dir.to_path_buf(),
-        line: None,
-        message: format!("cannot read groups directory: {err}"),
-    })?;
+    let (groups, problems) = load_groups_with_problems(dir);
+    if problems.is_empty() {
+        Ok(groups)
+    } else {
+        Err(Problems(problems))
+    }
+}
+
+/// [`load_groups`] that also returns the valid files when others have problems
+/// (for admin commands that only read them; the service refuses any problem).
+pub fn load_groups_with_problems(dir: &Path) -> (Vec<GroupFile>, Vec<Problem>) {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(err) => {
+            let problem = Problem {
+                path: dir.to_path_buf(),
+                line: None,
+                message: format!("cannot read groups directory: {err}"),
+            };
+            return (Vec::new(), vec![problem]);
+        }
+    };
     let mut problems = Vec::new();
     let mut paths = Vec::new();
     for entry in entries {
@@ -268,11 +285,7 @@ pub fn load_groups(dir: &Path) -> Result<Vec<GroupFile>, Problems> {
             groups.push(group);
         }
     }
-    if problems.is_empty() {
-        Ok(groups)
-    } else {
-        Err(Problems(problems))
-    }
+    (groups, problems)
 }
 
 #[cfg(test)]

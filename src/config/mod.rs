@@ -13,7 +13,7 @@ use toml::Spanned;
 
 use crate::relay::template::Template;
 
-pub use groups::{load_groups, GroupFile};
+pub use groups::{load_groups, load_groups_with_problems, GroupFile};
 pub use ids::{
     check_alias_localpart, check_group_jid, check_room_alias, check_room_id, check_server_name,
     check_user_id, IdError, RoomRef, UserPattern,

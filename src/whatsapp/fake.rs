@@ -7,7 +7,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
 
-use super::{ConnectionState, InboundSink, WhatsAppClient, WhatsAppError};
+use super::{
+    ConnectionState, GroupSummary, InboundSink, JoinOutcome, WhatsAppClient, WhatsAppError,
+};
 use crate::relay::WhatsAppText;
 
 /// The phone number of the association in the fake network.
@@ -23,10 +25,12 @@ pub struct FakeMessage {
     pub at: std::time::Instant,
 }
 
-#[derive(Default)]
 struct FakeGroup {
     subject: String,
     log: Vec<FakeMessage>,
+    /// Whether the bridge's number is a member (else it can only join by invite).
+    bridge_member: bool,
+    invite_code: String,
 }
 
 #[derive(Default)]
@@ -58,17 +62,43 @@ impl FakeNetwork {
 
     /// Creates a group the bridge's number is a member of; returns its jid.
     pub fn create_group(&self, subject: &str) -> String {
+        self.add_group(subject, true).0
+    }
+
+    /// Creates a group the bridge's number is not in yet; returns its jid and the
+    /// invite link with which it can join.
+    pub fn create_group_to_join(&self, subject: &str) -> (String, String) {
+        let (jid, code) = self.add_group(subject, false);
+        (jid, format!("https://chat.whatsapp.com/{code}"))
+    }
+
+    fn add_group(&self, subject: &str, bridge_member: bool) -> (String, String) {
         let mut state = self.lock();
         state.next_id += 1;
         let jid = format!("1203630{:011}@g.us", state.next_id);
+        let invite_code = format!("FAKEINVITE{:06}", state.next_id);
         state.groups.insert(
             jid.clone(),
             FakeGroup {
                 subject: subject.to_string(),
                 log: Vec::new(),
+                bridge_member,
+                invite_code: invite_code.clone(),
             },
         );
-        jid
+        (jid, invite_code)
+    }
+
+    /// WhatsApp logs the bridge's device out: it disconnects for good.
+    pub fn log_out(&self, reason: &str) {
+        let sink = {
+            let mut state = self.lock();
+            state.connected = false;
+            state.sink.clone()
+        };
+        if let Some(sink) = sink {
+            sink.connection(ConnectionState::LoggedOut(reason.to_string()));
+        }
     }
 
     /// A member posts a text; the bridge receives it now if attached, else on attach.
@@ -105,6 +135,7 @@ impl FakeNetwork {
             let mut state = self.lock();
             state.next_id += 1;
             let id = format!("FAKE{:012X}", state.next_id);
+            let mut bridge_member = true;
             if let Some(group) = state.groups.get_mut(group_jid) {
                 group.log.push(FakeMessage {
                     id: id.clone(),
@@ -112,6 +143,7 @@ impl FakeNetwork {
                     text: text.to_string(),
                     at: std::time::Instant::now(),
                 });
+                bridge_member = group.bridge_member;
             }
             let message = WhatsAppText {
                 group_jid: group_jid.to_string(),
@@ -123,6 +155,7 @@ impl FakeNetwork {
                 unsupported: unsupported.map(str::to_string),
             };
             match (&state.sink, state.connected) {
+                _ if !bridge_member => return message.message_id,
                 (Some(sink), true) => (Some(sink.clone()), message),
                 _ => {
                     state.offline.push(message.clone());
@@ -218,6 +251,7 @@ impl WhatsAppClient for FakeClient {
             let group = state
                 .groups
                 .get_mut(group_jid)
+                .filter(|group| group.bridge_member)
                 .ok_or_else(|| WhatsAppError::Rejected("not a member of this group".into()))?;
             if group.log.iter().any(|m| m.id == message_id) {
                 return Ok(()); // same id: WhatsApp keeps one message
@@ -252,7 +286,53 @@ impl WhatsAppClient for FakeClient {
         state
             .groups
             .get(group_jid)
+            .filter(|group| group.bridge_member)
             .map(|g| g.subject.clone())
             .ok_or_else(|| WhatsAppError::Rejected("not a member of this group".into()))
+    }
+
+    async fn groups(&self) -> Result<Vec<GroupSummary>, WhatsAppError> {
+        let state = self.network.lock();
+        if !state.connected {
+            return Err(WhatsAppError::NotConnected);
+        }
+        let mut groups: Vec<GroupSummary> = state
+            .groups
+            .iter()
+            .filter(|(_, group)| group.bridge_member)
+            .map(|(jid, group)| {
+                // The fake keeps no member list: everyone who posted, and the bridge.
+                let mut people: Vec<&str> =
+                    group.log.iter().map(|m| m.sender_phone.as_str()).collect();
+                people.push(BRIDGE_PHONE);
+                people.sort_unstable();
+                people.dedup();
+                GroupSummary {
+                    jid: jid.clone(),
+                    subject: group.subject.clone(),
+                    participants: people.len(),
+                }
+            })
+            .collect();
+        groups.sort_by(|a, b| a.jid.cmp(&b.jid));
+        Ok(groups)
+    }
+
+    async fn join(&self, invite: &str) -> Result<JoinOutcome, WhatsAppError> {
+        let code = invite.trim().rsplit('/').next().unwrap_or_default();
+        let mut state = self.network.lock();
+        if !state.connected {
+            return Err(WhatsAppError::NotConnected);
+        }
+        let (jid, group) = state
+            .groups
+            .iter_mut()
+            .find(|(_, group)| !code.is_empty() && group.invite_code == code)
+            .ok_or_else(|| WhatsAppError::Rejected("this invite link is not valid".into()))?;
+        group.bridge_member = true;
+        Ok(JoinOutcome::Joined {
+            jid: jid.clone(),
+            subject: group.subject.clone(),
+        })
     }
 }

@@ -8,6 +8,7 @@ pub mod real;
 pub mod store;
 
 use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
 
 use crate::relay::WhatsAppText;
 
@@ -45,6 +46,24 @@ pub enum ConnectionState {
     LoggedOut(String),
 }
 
+/// A group the linked number is a member of, as `passerelle groups` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupSummary {
+    pub jid: String,
+    pub subject: String,
+    pub participants: usize,
+}
+
+/// What joining a group by invite link did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum JoinOutcome {
+    /// The number is now a member of the group.
+    Joined { jid: String, subject: String },
+    /// The group requires an admin's approval; the request is waiting for it.
+    PendingApproval { jid: String },
+}
+
 /// Sending side of the boundary.
 #[async_trait]
 pub trait WhatsAppClient: Send + Sync {
@@ -59,6 +78,12 @@ pub trait WhatsAppClient: Send + Sync {
 
     /// The group's subject (its name), for naming the Matrix room.
     async fn group_subject(&self, group_jid: &str) -> Result<String, WhatsAppError>;
+
+    /// The groups the linked number is a member of.
+    async fn groups(&self) -> Result<Vec<GroupSummary>, WhatsAppError>;
+
+    /// Joins a group by its invite link (`https://chat.whatsapp.com/CODE`) or code.
+    async fn join(&self, invite: &str) -> Result<JoinOutcome, WhatsAppError>;
 }
 
 /// Error returned by the sink when a message could not be stored: the adapter must

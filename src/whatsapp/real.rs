@@ -13,6 +13,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use whatsapp_rust::bot::{Bot, BotBuilderError, BotHandle};
 use whatsapp_rust::client::Client;
+use whatsapp_rust::features::{GroupError, JoinGroupResult};
 use whatsapp_rust::send::{SendError, SendOptions};
 use whatsapp_rust::store::error::StoreError;
 use whatsapp_rust::store::traits::Backend;
@@ -24,7 +25,10 @@ use whatsapp_rust::waproto::whatsapp as wa;
 use whatsapp_rust::{InboundDurabilityHook, Jid, Server};
 
 use super::store::SqliteBackend;
-use super::{ConnectionState, InboundSink, SinkError, WhatsAppClient, WhatsAppError};
+use super::{
+    ConnectionState, GroupSummary, InboundSink, JoinOutcome, SinkError, WhatsAppClient,
+    WhatsAppError,
+};
 use crate::relay::WhatsAppText;
 
 /// WhatsApp Web version announced to the server: the one whatsapp-rust 0.7.0 ships as
@@ -220,13 +224,64 @@ impl WhatsAppClient for RealWhatsApp {
             .groups()
             .get_metadata(&group)
             .await
-            .map_err(|error| match error {
-                whatsapp_rust::features::GroupError::InvalidRequest(reason) => {
-                    WhatsAppError::Rejected(reason)
-                }
-                other => chain_error(&other),
-            })?;
+            .map_err(|error| group_error(&error))?;
         Ok(metadata.subject)
+    }
+
+    async fn groups(&self) -> Result<Vec<GroupSummary>, WhatsAppError> {
+        let client = self.usable_client()?;
+        let groups = client
+            .groups()
+            .get_participating()
+            .await
+            .map_err(|error| group_error(&error))?;
+        let mut summaries: Vec<GroupSummary> = groups
+            .into_iter()
+            .map(|(jid, metadata)| GroupSummary {
+                jid: jid.to_string(),
+                participants: metadata
+                    .size
+                    .map(|size| size as usize)
+                    .unwrap_or(metadata.participants.len()),
+                subject: metadata.subject,
+            })
+            .collect();
+        summaries.sort_by(|a, b| a.subject.cmp(&b.subject).then(a.jid.cmp(&b.jid)));
+        Ok(summaries)
+    }
+
+    async fn join(&self, invite: &str) -> Result<JoinOutcome, WhatsAppError> {
+        let client = self.usable_client()?;
+        let joined = client
+            .groups()
+            .join_with_invite_code(invite)
+            .await
+            .map_err(|error| group_error(&error))?;
+        match joined {
+            JoinGroupResult::Joined(jid) => {
+                let subject = match client.groups().get_metadata(&jid).await {
+                    Ok(metadata) => metadata.subject,
+                    Err(error) => {
+                        tracing::debug!("subject of the joined group unknown: {error}");
+                        String::new()
+                    }
+                };
+                Ok(JoinOutcome::Joined {
+                    jid: jid.to_string(),
+                    subject,
+                })
+            }
+            JoinGroupResult::PendingApproval(jid) => Ok(JoinOutcome::PendingApproval {
+                jid: jid.to_string(),
+            }),
+        }
+    }
+}
+
+fn group_error(error: &GroupError) -> WhatsAppError {
+    match error {
+        GroupError::InvalidRequest(reason) => WhatsAppError::Rejected(reason.clone()),
+        other => chain_error(other),
     }
 }
 
