@@ -746,10 +746,90 @@ fn today() -> String {
     format!("{year:04}-{month:02}-{day:02}")
 }
 
+impl Bridge {
+    /// Fills in the sender's name from the last one seen when WhatsApp sent none, and
+    /// remembers a new one. Only for approved groups: nobody else's name is kept.
+    fn resolve_sender_name(&self, message: &mut WhatsAppText) {
+        if message.from_me {
+            return;
+        }
+        let result = match &message.push_name {
+            Some(name) => self
+                .store
+                .remember_name(&message.sender_phone, name, now_ms() / 1000)
+                .map(|_| ()),
+            None => self
+                .store
+                .known_name(&message.sender_phone)
+                .map(|known| message.push_name = known),
+        };
+        if let Err(error) = result {
+            tracing::warn!("store: sender names: {error}");
+        }
+    }
+}
+
+impl Bridge {
+    /// Tells the admins, in their direct rooms, when WhatsApp needs one of them, and
+    /// when it is connected again after that. Each state is told once, also across
+    /// restarts.
+    fn tell_admins_about(&self, state: &ConnectionState, words: &str) {
+        let told = match self.store.get_meta(status::keys::WHATSAPP_TOLD) {
+            Ok(told) => told,
+            Err(error) => {
+                tracing::warn!("store: {error}");
+                return;
+            }
+        };
+        let (text, update) = if state.needs_admin() {
+            if told.as_deref() == Some(words) {
+                return;
+            }
+            (
+                format!("WhatsApp needs an administrator: {words}."),
+                self.store.set_meta(status::keys::WHATSAPP_TOLD, words),
+            )
+        } else if *state == ConnectionState::Connected && told.is_some() {
+            (
+                "WhatsApp is connected again; relaying resumes.".to_string(),
+                self.store
+                    .delete_meta(status::keys::WHATSAPP_TOLD)
+                    .map(|_| ()),
+            )
+        } else {
+            return;
+        };
+        if let Err(error) = update {
+            tracing::warn!("store: {error}");
+        }
+        let admins = self.active().config.matrix.admins.clone();
+        if admins.is_empty() {
+            tracing::warn!("no Matrix admins configured to tell: {text}");
+            return;
+        }
+        let (Some(bridge), Ok(runtime)) = (
+            self.me.get().and_then(std::sync::Weak::upgrade),
+            tokio::runtime::Handle::try_current(),
+        ) else {
+            return;
+        };
+        runtime.spawn(async move {
+            for admin in &admins {
+                if let Err(error) = bridge.matrix.notify_admin(admin, &text).await {
+                    tracing::warn!("could not tell an admin about WhatsApp: {error}");
+                }
+            }
+        });
+    }
+}
+
 impl InboundSink for Bridge {
-    fn message(&self, message: WhatsAppText) -> Result<(), SinkError> {
+    fn message(&self, mut message: WhatsAppText) -> Result<(), SinkError> {
         let active = self.active();
         let group = active.groups.get(&message.group_jid);
+        if group.is_some() {
+            self.resolve_sender_name(&mut message);
+        }
         let own = self
             .store
             .is_bridge_wa_message(&message.group_jid, &message.message_id)
@@ -795,8 +875,14 @@ impl InboundSink for Bridge {
             ConnectionState::Connecting => "connecting".to_string(),
             ConnectionState::Connected => "connected".to_string(),
             ConnectionState::Disconnected(reason) => format!("disconnected: {reason}"),
+            ConnectionState::Stopped(reason) => format!("stopped: {reason}"),
             ConnectionState::LoggedOut(reason) => format!("logged out: {reason}"),
         };
+        if state.needs_admin() {
+            tracing::error!("WhatsApp: {words}");
+            self.note_error(&format!("WhatsApp {words}"));
+        }
+        self.tell_admins_about(&state, &words);
         let since = (now_ms() / 1000).to_string();
         if let Err(error) = self
             .store

@@ -21,6 +21,8 @@ pub mod keys {
     pub const WHATSAPP_STATE: &str = "whatsapp.state";
     /// Unix seconds since the WhatsApp state holds.
     pub const WHATSAPP_SINCE: &str = "whatsapp.since";
+    /// The WhatsApp state the admins were last told about (so each is told once).
+    pub const WHATSAPP_TOLD: &str = "whatsapp.told_admins";
     /// `<unix seconds>|<message>` of the last error worth an admin's attention.
     pub const LAST_ERROR: &str = "service.last_error";
 }
@@ -35,6 +37,8 @@ pub enum StatusError {
     Config(#[from] Problems),
     #[error("bridge database: {0}")]
     Store(#[from] StoreError),
+    #[error("WhatsApp key store: {0}")]
+    KeyStore(#[from] crate::whatsapp::store::WaStoreError),
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -61,6 +65,8 @@ pub struct StatusReport {
     pub matrix_user: String,
     /// The bot's device when a session is stored (login done).
     pub matrix_device: Option<String>,
+    /// The linked WhatsApp number (digits), from the key store.
+    pub whatsapp_number: Option<String>,
     pub whatsapp: String,
     pub whatsapp_since_secs: Option<u64>,
     pub groups_approved: usize,
@@ -109,7 +115,13 @@ pub fn gather(config_path: &Path) -> Result<StatusReport, StatusError> {
             let meta = session.get("meta").unwrap_or(&session);
             meta.get("device_id")?.as_str().map(str::to_string)
         });
-    let whatsapp = meta(keys::WHATSAPP_STATE)?.unwrap_or_else(|| "never connected".into());
+    let whatsapp_number =
+        crate::whatsapp::store::SqliteBackend::linked_number_at(&state_dir.join("whatsapp.db"))?;
+    let whatsapp = match (meta(keys::WHATSAPP_STATE)?, &whatsapp_number) {
+        (Some(state), _) => state,
+        (None, Some(_)) => "never connected".into(),
+        (None, None) => "not linked (run `passerelle login`)".into(),
+    };
     let whatsapp_since_secs = age(meta(keys::WHATSAPP_SINCE)?.and_then(|v| v.parse().ok()));
     let mut group_status = Vec::new();
     for group in &groups {
@@ -148,6 +160,7 @@ pub fn gather(config_path: &Path) -> Result<StatusReport, StatusError> {
         running,
         matrix_user: config.matrix.user.clone(),
         matrix_device,
+        whatsapp_number,
         whatsapp,
         whatsapp_since_secs,
         groups_approved: groups.len(),
@@ -193,9 +206,14 @@ impl fmt::Display for StatusReport {
             Some(device) => writeln!(f, "matrix:     {} (device {device})", self.matrix_user)?,
             None => writeln!(f, "matrix:     {} (not logged in yet)", self.matrix_user)?,
         }
+        if let Some(number) = &self.whatsapp_number {
+            write!(f, "whatsapp:   +{number}, ")?;
+        } else {
+            write!(f, "whatsapp:   ")?;
+        }
         match self.whatsapp_since_secs {
-            Some(age) => writeln!(f, "whatsapp:   {} (for {})", self.whatsapp, human(age))?,
-            None => writeln!(f, "whatsapp:   {}", self.whatsapp)?,
+            Some(age) => writeln!(f, "{} (for {})", self.whatsapp, human(age))?,
+            None => writeln!(f, "{}", self.whatsapp)?,
         }
         writeln!(
             f,

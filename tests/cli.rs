@@ -240,7 +240,8 @@ fn run_reloads_on_sighup_and_stops_on_sigterm() {
     assert!(report["matrix_device"].is_string(), "{report}");
     assert_eq!(report["to_whatsapp"]["waiting"], 0, "{report}");
     assert!(
-        report["whatsapp"].as_str().unwrap().contains("not linked"),
+        report["whatsapp"].as_str().unwrap().contains("not linked")
+            && report["whatsapp_number"].is_null(),
         "{report}"
     );
     let text = status_of(false);

@@ -52,6 +52,15 @@ async fn text_is_relayed_both_ways_with_name_prefixes() {
         .await;
     assert_eq!(seen.body, "+33622222222: sans nom");
 
+    // A later message without a push name keeps the name WhatsApp sent before.
+    bridge.network.post(&jid, "33611111111", None, "encore moi");
+    let seen = alice
+        .wait_for(&room, "Bob without push name", |s| {
+            s.body.contains("encore")
+        })
+        .await;
+    assert_eq!(seen.body, "Bob: encore moi");
+
     alice.send_text(&room, "hi from Matrix").await;
     bridge
         .wait_whatsapp_text(&jid, "*Alice*: hi from Matrix")
@@ -550,5 +559,51 @@ async fn messages_that_cannot_be_relayed_yet_are_announced_not_dropped() {
     alice.send_text(&room, "texte").await;
     bridge.wait_whatsapp_text(&jid, "*Alice*: texte").await;
     assert_eq!(bridge.network.bridge_texts(&jid), vec!["*Alice*: texte"]);
+    bridge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admins_are_told_in_a_direct_room_when_whatsapp_needs_them() {
+    let synapse = Synapse::shared();
+    let admin = MatrixUser::new(synapse, &unique("admin"), Some("Admin")).await;
+    let mut bridge = TestBridge::new(synapse, &[&admin.user_id]);
+    bridge.start().await;
+
+    bridge.network.log_out("the phone removed this device");
+    let notice = admin
+        .wait_anywhere("the logged-out notice", |s| s.body.contains("logged out"))
+        .await;
+    assert_eq!(notice.sender, bridge.bot_user);
+    assert_eq!(notice.msgtype, "m.notice");
+    assert_eq!(
+        notice.body,
+        "WhatsApp needs an administrator: logged out: the phone removed this device."
+    );
+    let direct_room = admin.wait_joined(&notice.room_id).await;
+    assert!(direct_room.is_direct().await.unwrap(), "a direct room");
+    let members = direct_room
+        .members(matrix_sdk::RoomMemberships::JOIN)
+        .await
+        .unwrap();
+    assert_eq!(members.len(), 2, "only the bot and the admin");
+
+    // Told once per state, also across a restart; back to normal is told too, in
+    // the same room.
+    bridge.network.log_out("the phone removed this device");
+    bridge.stop().await;
+    bridge.start().await;
+    admin
+        .wait_for(&notice.room_id, "the connected-again notice", |s| {
+            s.body == "WhatsApp is connected again; relaying resumes."
+        })
+        .await;
+    let told: Vec<String> = admin.history_from(&notice.room_id, &bridge.bot_user).await;
+    assert_eq!(
+        told,
+        vec![
+            notice.body.clone(),
+            "WhatsApp is connected again; relaying resumes.".to_string()
+        ]
+    );
     bridge.stop().await;
 }

@@ -338,9 +338,16 @@ async fn a_message_received_before_a_kill_9_is_relayed_once_after_restart() {
     };
     let mut child = run();
     wait_status(&bridge.config_path, "bridged and connected", |r| {
-        r["groups_bridged"] == 1 && r["whatsapp"] == "connected"
+        r["groups_bridged"] == 1
+            && r["whatsapp"] == "connected"
+            && r["whatsapp_number"] == BRIDGE_PHONE
     })
     .await;
+    let status = admin_command(&bridge.config_path, &["status"]).await;
+    assert!(
+        status.contains(&format!("whatsapp:   +{BRIDGE_PHONE}, connected")),
+        "{status}"
+    );
     let room = loop {
         if let Some(room) = alice.client.joined_rooms().first() {
             break room.room_id().to_string();

@@ -64,6 +64,8 @@ pub enum MatrixError {
     Http(#[from] matrix_sdk::HttpError),
     #[error("Matrix client: {0}")]
     Build(Box<matrix_sdk::ClientBuildError>),
+    #[error("bridge database: {0}")]
+    Store(String),
 }
 
 impl From<matrix_sdk::ClientBuildError> for MatrixError {
@@ -124,6 +126,7 @@ pub struct MatrixSide {
     bot: OwnedUserId,
     server_name: String,
     handlers: Arc<Mutex<Vec<EventHandlerHandle>>>,
+    admin_rooms: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl MatrixSide {
@@ -209,6 +212,7 @@ impl MatrixSide {
             client,
             store,
             handlers: Arc::default(),
+            admin_rooms: Arc::default(),
             server_name: bot.server_name().to_string(),
             bot,
         })
@@ -497,6 +501,45 @@ impl MatrixSide {
         Ok(response.response.event_id.to_string())
     }
 
+    /// Tells an admin something in the direct room the bot keeps with them: created on
+    /// first use (and again if the admin left it), remembered in the store.
+    pub async fn notify_admin(&self, admin: &str, text: &str) -> Result<(), MatrixError> {
+        let admin_id =
+            UserId::parse(admin).map_err(|_| MatrixError::InvalidId(admin.to_string()))?;
+        // One at a time: two notices in a row must not create two rooms.
+        let _guard = self.admin_rooms.lock().await;
+        let key = format!("matrix.admin_room.{admin}");
+        let known = self.store.get_meta(&key).map_err(store_error)?;
+        if let Some(room) = known.and_then(|room_id| self.joined_room(&room_id).ok()) {
+            // A member not synced yet (just invited) counts as present.
+            let gone = matches!(
+                room.get_member_no_sync(&admin_id).await,
+                Ok(Some(member))
+                    if matches!(member.membership(), MembershipState::Leave | MembershipState::Ban)
+            );
+            if !gone {
+                room.send(RoomMessageEventContent::notice_plain(text))
+                    .await?;
+                return Ok(());
+            }
+        }
+        let mut request = create_room::v3::Request::new();
+        request.name = Some("passerelle".to_string());
+        request.topic = Some("Notices of the WhatsApp bridge for its administrators".to_string());
+        request.is_direct = true;
+        request.visibility = Visibility::Private;
+        request.preset = Some(create_room::v3::RoomPreset::TrustedPrivateChat);
+        request.invite = vec![admin_id];
+        let room = self.client.create_room(request).await?;
+        tracing::info!(room = %room.room_id(), "created a direct room with an admin");
+        self.store
+            .set_meta(&key, room.room_id().as_str())
+            .map_err(store_error)?;
+        room.send(RoomMessageEventContent::notice_plain(text))
+            .await?;
+        Ok(())
+    }
+
     fn joined_room(&self, room_id: &str) -> Result<Room, MatrixError> {
         let id = parse_room_id(room_id)?;
         match self.client.get_room(&id) {
@@ -504,6 +547,10 @@ impl MatrixSide {
             _ => Err(MatrixError::NotInRoom(room_id.to_string())),
         }
     }
+}
+
+fn store_error(error: crate::store::StoreError) -> MatrixError {
+    MatrixError::Store(error.to_string())
 }
 
 fn parse_room_id(room_id: &str) -> Result<OwnedRoomId, MatrixError> {

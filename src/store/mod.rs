@@ -12,6 +12,7 @@ mod error;
 mod groups;
 mod links;
 mod meta;
+mod names;
 mod outbox;
 mod schema;
 

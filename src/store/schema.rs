@@ -82,9 +82,19 @@ CREATE TABLE counters (
 ) WITHOUT ROWID;
 ";
 
+/// Version 3: the WhatsApp names last seen per sender, for messages that come
+/// without one (WhatsApp sends the push name only with some messages).
+const V3: &str = "
+CREATE TABLE whatsapp_names (
+    sender     TEXT PRIMARY KEY NOT NULL,
+    push_name  TEXT NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+";
+
 /// All migrations, in order. The schema version of a fully migrated database is
 /// `MIGRATIONS.len()`.
-pub(crate) const MIGRATIONS: &[&str] = &[V1, V2];
+pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3];
 
 /// The current schema version.
 pub fn schema_version(conn: &Connection) -> Result<i64, StoreError> {
@@ -144,7 +154,10 @@ mod tests {
         }
         {
             let store = Store::open(&path).unwrap();
-            assert_eq!(schema_version(&store.lock()).unwrap(), 2);
+            assert_eq!(
+                schema_version(&store.lock()).unwrap(),
+                MIGRATIONS.len() as i64
+            );
             // v1 data survived, v2 tables work
             assert_eq!(
                 store.event_for_wa("g@g.us", "W1").unwrap().as_deref(),
@@ -156,7 +169,10 @@ mod tests {
         }
         // Reopening: nothing to apply, data unchanged.
         let store = Store::open(&path).unwrap();
-        assert_eq!(schema_version(&store.lock()).unwrap(), 2);
+        assert_eq!(
+            schema_version(&store.lock()).unwrap(),
+            MIGRATIONS.len() as i64
+        );
         assert_eq!(store.counters("2025-01-01", "2025-01-01").unwrap().len(), 1);
         store
             .record_link(&MessageLink {

@@ -58,13 +58,8 @@ pub enum LinkError {
 }
 
 /// The number a device store is linked to, if any (digits only).
-pub async fn linked_number(state_dir: &Path) -> Result<Option<String>, LinkError> {
-    let path = db_path(state_dir);
-    if !path.exists() {
-        return Ok(None);
-    }
-    let backend = SqliteBackend::open(&path)?;
-    linked_in(&backend).await
+pub fn linked_number(state_dir: &Path) -> Result<Option<String>, LinkError> {
+    Ok(SqliteBackend::linked_number_at(&db_path(state_dir))?)
 }
 
 async fn linked_in(backend: &SqliteBackend) -> Result<Option<String>, LinkError> {

@@ -42,8 +42,22 @@ pub enum ConnectionState {
     NotLinked,
     Connecting,
     Connected,
+    /// Gone for a while; whatsapp-rust reconnects by itself.
     Disconnected(String),
+    /// Gone until the service is restarted (banned, outdated, replaced).
+    Stopped(String),
+    /// The phone unlinked this device: `passerelle login` is needed.
     LoggedOut(String),
+}
+
+impl ConnectionState {
+    /// Whether an admin must act (as opposed to waiting for a reconnect).
+    pub fn needs_admin(&self) -> bool {
+        matches!(
+            self,
+            ConnectionState::Stopped(_) | ConnectionState::LoggedOut(_)
+        )
+    }
 }
 
 /// A group the linked number is a member of, as `passerelle groups` lists it.

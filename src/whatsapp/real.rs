@@ -520,17 +520,17 @@ impl EventHandler for Events {
                     logged_out.reason
                 ))
             }
-            Event::StreamReplaced(_) => ConnectionState::Disconnected(
+            Event::StreamReplaced(_) => ConnectionState::Stopped(
                 "replaced by another connection of the same device (is a second passerelle \
                  running?); not reconnecting until restarted"
                     .to_string(),
             ),
-            Event::TemporaryBan(ban) => ConnectionState::Disconnected(format!(
+            Event::TemporaryBan(ban) => ConnectionState::Stopped(format!(
                 "temporarily banned by WhatsApp ({}) for {} s; not reconnecting until restarted",
                 ban.code,
                 ban.expire.num_seconds()
             )),
-            Event::ClientOutdated(_) => ConnectionState::Disconnected(
+            Event::ClientOutdated(_) => ConnectionState::Stopped(
                 "WhatsApp refused this client version as outdated; passerelle needs an update"
                     .to_string(),
             ),
@@ -540,7 +540,7 @@ impl EventHandler for Events {
                     failure.reason
                 ))
             }
-            Event::ConnectFailure(failure) => ConnectionState::Disconnected(format!(
+            Event::ConnectFailure(failure) => ConnectionState::Stopped(format!(
                 "WhatsApp refused the connection ({:?}); not reconnecting until restarted",
                 failure.reason
             )),

@@ -227,6 +227,36 @@ impl SqliteBackend {
         SqliteBackend::setup(conn, Some(path.to_path_buf()))
     }
 
+    /// The phone number (digits) of the device linked in the key store at `path`, read
+    /// without writing anything (safe while the service holds the store open);
+    /// `None` when the file does not exist or no device is linked.
+    pub fn linked_number_at(path: &Path) -> Result<Option<String>, WaStoreError> {
+        if !path.exists() {
+            return Ok(None);
+        }
+        let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        let data: Option<String> = match conn
+            .query_row("SELECT data FROM device WHERE id = 1", [], |row| row.get(0))
+            .optional()
+        {
+            Ok(data) => data,
+            // A store created by a newer or unfinished run may lack the table yet.
+            Err(rusqlite::Error::SqliteFailure(_, Some(message)))
+                if message.starts_with("no such table") =>
+            {
+                None
+            }
+            Err(error) => return Err(error.into()),
+        };
+        let Some(data) = data else { return Ok(None) };
+        let device: Device = from_json("device", &data)?;
+        if !device.is_registered() {
+            return Ok(None);
+        }
+        Ok(device.pn.map(|pn| pn.user.to_string()))
+    }
+
     /// A private in-memory store with the full schema (tests, throw-away sessions).
     pub fn open_in_memory() -> Result<SqliteBackend, WaStoreError> {
         SqliteBackend::setup(Connection::open_in_memory()?, None)
@@ -2280,6 +2310,25 @@ mod tests {
         assert_eq!(
             again, first_key,
             "create must not replace an existing device"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_linked_number_is_read_without_writing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("whatsapp.db");
+        assert_eq!(SqliteBackend::linked_number_at(&path).unwrap(), None);
+        assert!(!path.exists(), "reading must not create the store");
+        let b = SqliteBackend::open(&path).unwrap();
+        b.create().await.unwrap();
+        assert_eq!(SqliteBackend::linked_number_at(&path).unwrap(), None);
+        let mut device = b.load().await.unwrap().unwrap();
+        device.pn = Some("33700000001:5@s.whatsapp.net".parse().unwrap());
+        b.save(&device).await.unwrap();
+        // Read while the service's connection is open.
+        assert_eq!(
+            SqliteBackend::linked_number_at(&path).unwrap().as_deref(),
+            Some("33700000001")
         );
     }
 

@@ -153,6 +153,21 @@ impl MatrixUser {
             .collect()
     }
 
+    /// Waits until a message matching `predicate` is seen in any room.
+    pub async fn wait_anywhere(&self, what: &str, predicate: impl Fn(&Seen) -> bool) -> Seen {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let seen = self.seen.lock().unwrap().clone();
+            if let Some(found) = seen.into_iter().find(|s| predicate(s)) {
+                return found;
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!("{} never saw {what} in any room", self.user_id);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Waits until a message matching `predicate` is seen in `room_id`.
     pub async fn wait_for(
         &self,
