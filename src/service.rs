@@ -15,13 +15,23 @@ use crate::config::{self, Config, GroupFile, Problems};
 use crate::control::{self, ControlError, ControlHandler};
 use crate::matrix::{MatrixEvents, MatrixSide, RoomSetup};
 use crate::relay::pacing::{Pacer, Wait};
-use crate::relay::{self, MatrixPost, MatrixText, Relay, Skip, WhatsAppPost, WhatsAppText};
+use crate::relay::{
+    self, MatrixChange, MatrixPost, MatrixText, Relay, Skip, WhatsAppChange, WhatsAppPost,
+    WhatsAppText,
+};
 use crate::secret_file;
 use crate::status;
 use crate::store::{Direction, MessageLink, NewOutboxItem, OutboxItem, Store};
 use crate::whatsapp::fake::FakeNetwork;
 use crate::whatsapp::real::{RealOptions, RealWhatsApp};
-use crate::whatsapp::{ConnectionState, InboundSink, SinkError, WhatsAppClient, WhatsAppError};
+use crate::whatsapp::{
+    ConnectionState, InboundSink, Outgoing, Quoted, SinkError, WhatsAppClient, WhatsAppError,
+};
+
+/// How long WhatsApp lets a sender edit a message.
+const WHATSAPP_EDIT_WINDOW_SECS: i64 = 15 * 60;
+/// How long WhatsApp lets a sender delete a message for everyone (about 2.5 days).
+const WHATSAPP_REVOKE_WINDOW_SECS: i64 = 60 * 3600;
 
 /// Longest wait between two retries of one outbox item.
 const MAX_RETRY_DELAY_MS: i64 = 60_000;
@@ -588,22 +598,20 @@ impl Bridge {
                 return;
             }
         };
-        match self
-            .matrix
-            .send_post(&room_id, &item.target_id, &post)
-            .await
-        {
-            Ok(event_id) => {
+        match self.send_to_matrix(&item, &room_id, post).await {
+            Ok(Some((wa_id, event_id, sender))) => {
                 let link = MessageLink {
                     group_jid: item.group_jid.clone(),
-                    wa_id: item.source_id.clone(),
+                    wa_id,
                     room_id,
                     event_id,
                     origin: Direction::ToMatrix,
                     created_at: now_ms() / 1000,
+                    sender,
                 };
-                self.finish(&item, &link);
+                self.finish(&item, Some(&link));
             }
+            Ok(None) => self.finish(&item, None),
             Err(error) if error.is_retryable() => {
                 tracing::warn!(
                     seq = item.seq,
@@ -627,6 +635,98 @@ impl Bridge {
         }
     }
 
+    /// The Matrix event mirroring WhatsApp message `wa_id` of the item's group.
+    fn mirrored_event(&self, item: &OutboxItem, wa_id: &str) -> Option<String> {
+        match self.store.event_for_wa(&item.group_jid, wa_id) {
+            Ok(event) => event,
+            Err(error) => {
+                tracing::error!("store: {error}");
+                None
+            }
+        }
+    }
+
+    /// Sends one WhatsApp post to Matrix. Returns what to link (WhatsApp id, Matrix
+    /// event, author), or `None` when there is nothing to link (a deletion or
+    /// reaction about a message the bridge never mirrored).
+    async fn send_to_matrix(
+        &self,
+        item: &OutboxItem,
+        room_id: &str,
+        post: MatrixPost,
+    ) -> Result<Option<(String, String, String)>, crate::matrix::MatrixError> {
+        let txn = item.target_id.as_str();
+        let linked =
+            |event_id: String| Some((item.source_id.clone(), event_id, post.sender.clone()));
+        match &post.change {
+            None => {
+                let reply_event = post
+                    .reply_to
+                    .as_deref()
+                    .and_then(|id| self.mirrored_event(item, id));
+                let shown = match (&post.reply_to, &reply_event, &post.quoted) {
+                    // Replying to a message the bridge never saw: quote what WhatsApp
+                    // quoted, so the reply still reads as one.
+                    (Some(_), None, Some(quoted)) => with_quote(&post, quoted),
+                    _ => post.clone(),
+                };
+                let event_id = self
+                    .matrix
+                    .send_post(room_id, txn, &shown, reply_event.as_deref())
+                    .await?;
+                Ok(linked(event_id))
+            }
+            Some(MatrixChange::Edit { of }) => match self.mirrored_event(item, of) {
+                Some(original) => {
+                    let event_id = self
+                        .matrix
+                        .edit_post(room_id, txn, &original, &post)
+                        .await?;
+                    Ok(linked(event_id))
+                }
+                // The original never crossed: the new text is still worth reading.
+                None => {
+                    let event_id = self.matrix.send_post(room_id, txn, &post, None).await?;
+                    Ok(linked(event_id))
+                }
+            },
+            Some(MatrixChange::Redact { of }) => match self.mirrored_event(item, of) {
+                Some(original) => {
+                    let event_id = self.matrix.redact(room_id, txn, &original).await?;
+                    Ok(linked(event_id))
+                }
+                None => Ok(None),
+            },
+            Some(MatrixChange::Reaction { to, key, removed }) => {
+                match (self.mirrored_event(item, key), removed) {
+                    (Some(line), true) => {
+                        self.matrix.redact(room_id, txn, &line).await?;
+                        if let Err(error) = self.store.forget_link(&item.group_jid, key) {
+                            tracing::error!("store: {error}");
+                        }
+                        Ok(None)
+                    }
+                    (Some(line), false) => {
+                        self.matrix.edit_post(room_id, txn, &line, &post).await?;
+                        Ok(None)
+                    }
+                    (None, true) => Ok(None),
+                    (None, false) => match self.mirrored_event(item, to) {
+                        Some(target) => {
+                            let event_id = self
+                                .matrix
+                                .send_post(room_id, txn, &post, Some(&target))
+                                .await?;
+                            Ok(Some((key.clone(), event_id, post.sender.clone())))
+                        }
+                        // A reaction to something never mirrored has no context.
+                        None => Ok(None),
+                    },
+                }
+            }
+        }
+    }
+
     async fn deliver_to_whatsapp(&self, item: OutboxItem) {
         let Some(client) = self.whatsapp() else {
             self.retry(&item, "WhatsApp not started");
@@ -637,6 +737,16 @@ impl Bridge {
             Err(error) => {
                 tracing::error!(seq = item.seq, "unreadable outbox item discarded: {error}");
                 let _ = self.store.discard(item.seq, "unreadable payload");
+                return;
+            }
+        };
+        let outgoing = match self.outgoing_for(&item, &post).await {
+            Ok(outgoing) => outgoing,
+            Err(refusal) => {
+                self.finish(&item, None);
+                if let Some(text) = refusal {
+                    let _ = self.matrix.send_notice(&item.room_id, &text).await;
+                }
                 return;
             }
         };
@@ -665,7 +775,7 @@ impl Bridge {
             }
         }
         match client
-            .send_text(&item.group_jid, &item.target_id, &post.text)
+            .send(&item.group_jid, &item.target_id, &outgoing)
             .await
         {
             Ok(()) => {
@@ -676,8 +786,9 @@ impl Bridge {
                     event_id: item.source_id.clone(),
                     origin: Direction::ToWhatsApp,
                     created_at: now_ms() / 1000,
+                    sender: post.sender.clone(),
                 };
-                self.finish(&item, &link);
+                self.finish(&item, Some(&link));
             }
             Err(error) if error.is_retryable() => {
                 if item.attempts == 0
@@ -711,8 +822,92 @@ impl Bridge {
         }
     }
 
-    fn finish(&self, item: &OutboxItem, link: &MessageLink) {
-        if let Err(error) = self.store.complete(item.seq, link) {
+    /// What the number sends for a Matrix post, once the messages it refers to are
+    /// looked up. `Err` when nothing is sent: with a notice for the sender when the
+    /// change is refused (someone else's message, too late for WhatsApp), without
+    /// one when there is nothing to change (a message that never crossed).
+    async fn outgoing_for(
+        &self,
+        item: &OutboxItem,
+        post: &WhatsAppPost,
+    ) -> Result<Outgoing, Option<String>> {
+        let link_of = |event_id: &str| match self.store.link_for_event(&item.room_id, event_id) {
+            Ok(link) => link,
+            Err(error) => {
+                tracing::error!("store: {error}");
+                None
+            }
+        };
+        let age_secs = |link: &MessageLink| now_ms() / 1000 - link.created_at;
+        match &post.change {
+            None => {
+                let reply_to = post
+                    .reply_to
+                    .as_deref()
+                    .and_then(link_of)
+                    .map(|link| Quoted {
+                        sender_phone: (link.origin == Direction::ToMatrix).then_some(link.sender),
+                        id: link.wa_id,
+                    });
+                Ok(Outgoing::Text {
+                    text: post.text.clone(),
+                    reply_to,
+                })
+            }
+            Some(WhatsAppChange::Edit { of }) => {
+                let link = link_of(of)
+                    .filter(|link| link.origin == Direction::ToWhatsApp)
+                    .ok_or(None)?;
+                if link.sender != post.sender {
+                    return Err(Some(format!(
+                        "{}: only the author of a message can edit it; the edit was not relayed to WhatsApp.",
+                        post.sender
+                    )));
+                }
+                if age_secs(&link) > WHATSAPP_EDIT_WINDOW_SECS {
+                    return Err(Some(format!(
+                        "{}: WhatsApp allows edits for {} minutes only; the edit was not relayed.",
+                        post.sender,
+                        WHATSAPP_EDIT_WINDOW_SECS / 60
+                    )));
+                }
+                Ok(Outgoing::Edit {
+                    target: link.wa_id,
+                    text: post.text.clone(),
+                })
+            }
+            Some(WhatsAppChange::Revoke { of }) => {
+                // Only messages that came from Matrix: the bot's mirrors of WhatsApp
+                // messages are Matrix-side copies, deleting them deletes nothing there.
+                let link = link_of(of)
+                    .filter(|link| link.origin == Direction::ToWhatsApp)
+                    .ok_or(None)?;
+                let allowed = link.sender == post.sender
+                    || self
+                        .matrix
+                        .can_redact_others(&item.room_id, &post.sender)
+                        .await;
+                if !allowed {
+                    return Err(None);
+                }
+                if age_secs(&link) > WHATSAPP_REVOKE_WINDOW_SECS {
+                    return Err(Some(format!(
+                        "{}: WhatsApp allows deleting a message for everyone for {} hours only; it stays in the WhatsApp group.",
+                        post.sender,
+                        WHATSAPP_REVOKE_WINDOW_SECS / 3600
+                    )));
+                }
+                Ok(Outgoing::Revoke { target: link.wa_id })
+            }
+        }
+    }
+
+    fn finish(&self, item: &OutboxItem, link: Option<&MessageLink>) {
+        let done = match link {
+            Some(link) => self.store.complete(item.seq, link),
+            None => self.store.complete_unlinked(item.seq),
+        };
+        if let Err(error) = done {
             tracing::error!(seq = item.seq, "store: {error}");
             return;
         }
@@ -727,6 +922,24 @@ impl Bridge {
 
     fn log_skip(skip: Skip, direction: &str) {
         tracing::debug!(?skip, direction, "not relayed");
+    }
+}
+
+/// `post` preceded by a quote of `quoted` (its first line, shortened).
+fn with_quote(post: &MatrixPost, quoted: &str) -> MatrixPost {
+    let first_line = quoted.lines().next().unwrap_or_default();
+    let mut short: String = first_line.chars().take(100).collect();
+    if short.len() < quoted.len() {
+        short.push('…');
+    }
+    MatrixPost {
+        body: format!("> {short}\n\n{}", post.body),
+        html: format!(
+            "<blockquote>{}</blockquote>{}",
+            relay::format::escape_html(&short),
+            post.html
+        ),
+        ..post.clone()
     }
 }
 
@@ -750,6 +963,11 @@ impl Bridge {
     /// Fills in the sender's name from the last one seen when WhatsApp sent none, and
     /// remembers a new one. Only for approved groups: nobody else's name is kept.
     fn resolve_sender_name(&self, message: &mut WhatsAppText) {
+        for mention in &mut message.mentions {
+            if mention.name.is_none() {
+                mention.name = self.store.known_name(&mention.phone).ok().flatten();
+            }
+        }
         if message.from_me {
             return;
         }

@@ -4,27 +4,9 @@
 
 mod common;
 
-use common::bridge::{unique, TestBridge};
+use common::bridge::{bridged_group, unique, TestBridge};
 use common::matrix_user::MatrixUser;
 use common::synapse::Synapse;
-
-/// A group approved by a file inviting `alice`; returns (bridge, alice, jid, room).
-async fn bridged_group(stem_prefix: &str, extra: &str) -> (TestBridge, MatrixUser, String, String) {
-    let synapse = Synapse::shared();
-    let alice = MatrixUser::new(synapse, &unique("alice"), Some("Alice")).await;
-    let mut bridge = TestBridge::new(synapse, &[]);
-    let jid = bridge.network.create_group("Famille Martin");
-    let stem = unique(stem_prefix);
-    bridge.write_group(
-        &stem,
-        &jid,
-        &format!("invite = [\"{}\"]\n{extra}", alice.user_id),
-    );
-    bridge.start().await;
-    let room = bridge.wait_room(&jid).await;
-    alice.wait_joined(&room).await;
-    (bridge, alice, jid, room)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn text_is_relayed_both_ways_with_name_prefixes() {

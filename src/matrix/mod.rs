@@ -16,12 +16,16 @@ use matrix_sdk::ruma::api::client::room::create_room;
 use matrix_sdk::ruma::api::client::room::Visibility;
 use matrix_sdk::ruma::api::client::sync::sync_events::v3::Filter;
 use matrix_sdk::ruma::api::error::ErrorKind;
+use matrix_sdk::ruma::events::relation::Reply;
 use matrix_sdk::ruma::events::room::member::{MembershipState, StrippedRoomMemberEvent};
-use matrix_sdk::ruma::events::room::message::RoomMessageEventContent;
+use matrix_sdk::ruma::events::room::message::{
+    Relation, ReplacementMetadata, RoomMessageEventContent,
+};
 use matrix_sdk::ruma::events::AnyInitialStateEvent;
 use matrix_sdk::ruma::serde::Raw;
 use matrix_sdk::ruma::{
-    OwnedRoomId, OwnedTransactionId, OwnedUserId, RoomAliasId, RoomId, RoomOrAliasId, UserId,
+    EventId, OwnedRoomId, OwnedTransactionId, OwnedUserId, RoomAliasId, RoomId, RoomOrAliasId,
+    UserId,
 };
 use matrix_sdk::store::RoomLoadSettings;
 use matrix_sdk::{Client, RoomState};
@@ -476,20 +480,75 @@ impl MatrixSide {
     }
 
     /// Posts a relayed message with a transaction id derived from its source, so a
-    /// retry returns the event already sent instead of posting it twice.
+    /// retry returns the event already sent instead of posting it twice. `reply_to`
+    /// makes it a reply to that event.
     pub async fn send_post(
         &self,
         room_id: &str,
         txn_id: &str,
         post: &MatrixPost,
+        reply_to: Option<&str>,
     ) -> Result<String, MatrixError> {
         let room = self.joined_room(room_id)?;
-        let content = RoomMessageEventContent::text_html(post.body.clone(), post.html.clone());
+        let mut content = RoomMessageEventContent::text_html(post.body.clone(), post.html.clone());
+        if let Some(event_id) = reply_to {
+            let event_id = EventId::parse(event_id)
+                .map_err(|_| MatrixError::InvalidId(event_id.to_string()))?;
+            content.relates_to = Some(Relation::Reply(Reply::with_event_id(event_id)));
+        }
         let response = room
             .send(content)
             .with_transaction_id(OwnedTransactionId::from(txn_id))
             .await?;
         Ok(response.response.event_id.to_string())
+    }
+
+    /// Replaces the text of the bot's event `of` (an `m.replace` edit).
+    pub async fn edit_post(
+        &self,
+        room_id: &str,
+        txn_id: &str,
+        of: &str,
+        post: &MatrixPost,
+    ) -> Result<String, MatrixError> {
+        let room = self.joined_room(room_id)?;
+        let of = EventId::parse(of).map_err(|_| MatrixError::InvalidId(of.to_string()))?;
+        let content = RoomMessageEventContent::text_html(post.body.clone(), post.html.clone())
+            .make_replacement(ReplacementMetadata::new(of, None));
+        let response = room
+            .send(content)
+            .with_transaction_id(OwnedTransactionId::from(txn_id))
+            .await?;
+        Ok(response.response.event_id.to_string())
+    }
+
+    /// Redacts event `of` (the bot's own, or another's where it has the power).
+    pub async fn redact(
+        &self,
+        room_id: &str,
+        txn_id: &str,
+        of: &str,
+    ) -> Result<String, MatrixError> {
+        let room = self.joined_room(room_id)?;
+        let of = EventId::parse(of).map_err(|_| MatrixError::InvalidId(of.to_string()))?;
+        let response = room
+            .redact(&of, None, Some(OwnedTransactionId::from(txn_id)))
+            .await?;
+        Ok(response.event_id.to_string())
+    }
+
+    /// Whether `user` may redact other people's events in the room (a moderator).
+    pub async fn can_redact_others(&self, room_id: &str, user: &str) -> bool {
+        let (Ok(room), Ok(user)) = (self.joined_room(room_id), UserId::parse(user)) else {
+            return false;
+        };
+        match room.power_levels().await {
+            Ok(levels) => levels.user_can_redact_event_of_other(&user),
+            Err(error) => {
+                tracing::warn!(room = %room_id, "power levels unknown: {error}");
+                false
+            }
+        }
     }
 
     /// Posts a notice from the bridge itself (never relayed back).

@@ -11,13 +11,14 @@ use matrix_sdk::room::{MessagesOptions, Room};
 use matrix_sdk::ruma::events::room::message::{
     FormattedBody, MessageFormat, MessageType, Relation, SyncRoomMessageEvent,
 };
+use matrix_sdk::ruma::events::room::redaction::SyncRoomRedactionEvent;
 use matrix_sdk::ruma::events::{AnySyncMessageLikeEvent, AnySyncTimelineEvent};
 use matrix_sdk::ruma::UserId;
 use matrix_sdk::sync::JoinedRoomUpdate;
 use matrix_sdk::RoomState;
 
 use super::MatrixEvents;
-use crate::relay::{MatrixKind, MatrixText};
+use crate::relay::{MatrixKind, MatrixRelation, MatrixText};
 use crate::store::Store;
 
 /// How far back a gap is filled at most (events), so a room with years of history
@@ -132,7 +133,8 @@ async fn hand_over(
 }
 
 /// Turns a timeline event into the relay's type; `None` for events the bridge does
-/// not relay as text (own events, edits, state, kinds handled elsewhere).
+/// not relay (own events, state, kinds handled elsewhere). Redactions come as a
+/// `MatrixText` with an empty body and a `Redaction` relation.
 async fn to_matrix_text(room: &Room, event: &TimelineEvent, bot: &UserId) -> Option<MatrixText> {
     if room.state() != RoomState::Joined {
         return None;
@@ -144,27 +146,61 @@ async fn to_matrix_text(room: &Room, event: &TimelineEvent, bot: &UserId) -> Opt
             return None;
         }
     };
-    let AnySyncTimelineEvent::MessageLike(AnySyncMessageLikeEvent::RoomMessage(
-        SyncRoomMessageEvent::Original(message),
-    )) = parsed
-    else {
-        return None;
+    let message = match parsed {
+        AnySyncTimelineEvent::MessageLike(AnySyncMessageLikeEvent::RoomMessage(
+            SyncRoomMessageEvent::Original(message),
+        )) => message,
+        AnySyncTimelineEvent::MessageLike(AnySyncMessageLikeEvent::RoomRedaction(
+            SyncRoomRedactionEvent::Original(redaction),
+        )) => {
+            if redaction.sender == bot {
+                return None;
+            }
+            let of = redaction
+                .content
+                .redacts
+                .clone()
+                .or_else(|| redaction.redacts.clone())?;
+            return Some(MatrixText {
+                room_id: room.room_id().to_string(),
+                event_id: redaction.event_id.to_string(),
+                sender: redaction.sender.to_string(),
+                sender_display_name: None,
+                kind: MatrixKind::Text,
+                body: String::new(),
+                html: None,
+                is_reply: false,
+                relation: MatrixRelation::Redaction { of: of.to_string() },
+            });
+        }
+        _ => return None,
     };
     if message.sender == bot {
         return None;
     }
-    if matches!(message.content.relates_to, Some(Relation::Replacement(_))) {
-        // Edits are relayed by a later feature; never as a second message.
-        tracing::debug!(room = %room.room_id(), "edit not relayed yet");
-        return None;
-    }
+    let (msgtype, relation) = match &message.content.relates_to {
+        // An edit: its new text is in `m.new_content` (the body is a fallback).
+        Some(Relation::Replacement(replacement)) => (
+            &replacement.new_content.msgtype,
+            MatrixRelation::Replace {
+                of: replacement.event_id.to_string(),
+            },
+        ),
+        Some(Relation::Reply(reply)) => (
+            &message.content.msgtype,
+            MatrixRelation::Reply {
+                to: reply.in_reply_to.event_id.to_string(),
+            },
+        ),
+        _ => (&message.content.msgtype, MatrixRelation::None),
+    };
     let html_of = |formatted: &Option<FormattedBody>| {
         formatted
             .as_ref()
             .filter(|f| f.format == MessageFormat::Html)
             .map(|f| f.body.clone())
     };
-    let (kind, body, html) = match &message.content.msgtype {
+    let (kind, body, html) = match msgtype {
         MessageType::Text(text) => (
             MatrixKind::Text,
             text.body.clone(),
@@ -194,6 +230,7 @@ async fn to_matrix_text(room: &Room, event: &TimelineEvent, bot: &UserId) -> Opt
         kind,
         body,
         html,
-        is_reply: matches!(message.content.relates_to, Some(Relation::Reply { .. })),
+        is_reply: matches!(relation, MatrixRelation::Reply { .. }),
+        relation,
     })
 }

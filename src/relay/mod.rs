@@ -11,8 +11,30 @@ use sha2::{Digest, Sha256};
 use crate::config::{GroupFile, Templates};
 use format::escape_html;
 
-/// A text message received in a WhatsApp group, as the adapter saw it.
+/// How a WhatsApp message refers to an earlier one (by WhatsApp message id).
 #[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WhatsAppRelation {
+    /// A reply to `id`; `quoted` is the quoted text WhatsApp carried along, shown
+    /// when the bridge never saw `id`.
+    Reply { id: String, quoted: Option<String> },
+    /// A new text for `id` (the sender edited it).
+    Edit { id: String },
+    /// `id` was deleted for everyone.
+    Revoke { id: String },
+    /// A reaction to `id`; an empty `emoji` removes the sender's reaction.
+    Reaction { id: String, emoji: String },
+}
+
+/// A WhatsApp person mentioned in a text (which holds `@<phone>`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mention {
+    pub phone: String,
+    /// Their WhatsApp name, when the bridge knows it.
+    pub name: Option<String>,
+}
+
+/// A text message received in a WhatsApp group, as the adapter saw it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WhatsAppText {
     pub group_jid: String,
     pub message_id: String,
@@ -26,6 +48,10 @@ pub struct WhatsAppText {
     /// The kind of message (`image`, `poll`...) when it is not a text the bridge can
     /// relay yet; `text` is then empty and Matrix is told what it missed.
     pub unsupported: Option<String>,
+    /// What earlier message this one replies to, edits, deletes or reacts to.
+    pub relation: Option<WhatsAppRelation>,
+    /// People mentioned in `text`.
+    pub mentions: Vec<Mention>,
 }
 
 /// What kind of Matrix message event arrived.
@@ -36,6 +62,19 @@ pub enum MatrixKind {
     Notice,
     /// Any other message type (its `msgtype` is in the body): not relayed yet.
     Other,
+}
+
+/// How a Matrix event refers to an earlier one (by event id).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum MatrixRelation {
+    #[default]
+    None,
+    /// A reply to `to`.
+    Reply { to: String },
+    /// An edit (`m.replace`) of `of`; the event's body is the new text.
+    Replace { of: String },
+    /// A redaction of `of`.
+    Redaction { of: String },
 }
 
 /// A text message event received in a bridged Matrix room.
@@ -52,19 +91,73 @@ pub struct MatrixText {
     pub html: Option<String>,
     /// Whether the event is a reply (its body may start with a quoted fallback).
     pub is_reply: bool,
+    pub relation: MatrixRelation,
 }
 
-/// What the bot posts in a Matrix room (stored in the outbox as JSON).
+/// What a Matrix post does besides posting a new message. Targets are WhatsApp
+/// message ids: the Matrix events they map to are looked up when the post is sent,
+/// after everything queued before it in the group.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "change", rename_all = "snake_case")]
+pub enum MatrixChange {
+    /// Replace the text of the event mirroring `of`.
+    Edit { of: String },
+    /// Redact the event mirroring `of`.
+    Redact { of: String },
+    /// A reaction line (the post's text) about `to`, one event per message and
+    /// sender, found again by `key`: posted as a reply, edited when the emoji
+    /// changes, redacted when `removed`.
+    Reaction {
+        to: String,
+        key: String,
+        removed: bool,
+    },
+}
+
+/// What the bot posts in a Matrix room (stored in the outbox as JSON; fields added
+/// later default, so rows queued by an older version still read).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MatrixPost {
     pub body: String,
     pub html: String,
+    /// The WhatsApp message this one replies to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<String>,
+    /// The quoted text, shown as a quote when `reply_to` was never bridged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quoted: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change: Option<MatrixChange>,
+    /// Who wrote the WhatsApp message (their number), recorded with the link.
+    #[serde(default)]
+    pub sender: String,
 }
 
-/// What the shared number posts in a WhatsApp group (stored in the outbox as JSON).
+/// What a WhatsApp post does besides sending a new message. Targets are Matrix event
+/// ids, looked up when the post is sent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "change", rename_all = "snake_case")]
+pub enum WhatsAppChange {
+    /// Edit the bridge's WhatsApp message mirroring `of`.
+    Edit { of: String },
+    /// Delete for everyone the bridge's WhatsApp message mirroring `of`.
+    Revoke { of: String },
+}
+
+/// What the shared number posts in a WhatsApp group (stored in the outbox as JSON;
+/// fields added later default).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WhatsAppPost {
     pub text: String,
+    /// The Matrix event this one replies to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change: Option<WhatsAppChange>,
+    /// Who wrote the Matrix event (their user id): recorded with the link, and
+    /// checked against the original's author for edits and deletions.
+    #[serde(default)]
+    pub sender: String,
 }
 
 /// Why a message was not relayed. Logged at debug level only (never with content).
@@ -120,7 +213,44 @@ impl Relay {
         if sent_by_bridge || (message.from_me && looks_like_bridge_id(&message.message_id)) {
             return Err(Skip::OwnEcho);
         }
+        // The bridge's own edits and deletions, seen again from its number.
+        if let Some(WhatsAppRelation::Edit { id } | WhatsAppRelation::Revoke { id }) =
+            &message.relation
+        {
+            if message.from_me && looks_like_bridge_id(id) {
+                return Err(Skip::OwnEcho);
+            }
+        }
         let name = whatsapp_display_name(message);
+        match &message.relation {
+            Some(WhatsAppRelation::Revoke { id }) => {
+                return Ok(MatrixPost {
+                    change: Some(MatrixChange::Redact { of: id.clone() }),
+                    sender: message.sender_phone.clone(),
+                    ..MatrixPost::default()
+                });
+            }
+            Some(WhatsAppRelation::Reaction { id, emoji }) => {
+                let emoji = single_line(emoji);
+                return Ok(MatrixPost {
+                    body: format!("{name} reacted {emoji}"),
+                    html: format!(
+                        "<strong>{}</strong> reacted {}",
+                        escape_html(&name),
+                        escape_html(&emoji)
+                    ),
+                    reply_to: Some(id.clone()),
+                    quoted: None,
+                    change: Some(MatrixChange::Reaction {
+                        to: id.clone(),
+                        key: reaction_key(id, &message.sender_phone),
+                        removed: emoji.is_empty(),
+                    }),
+                    sender: message.sender_phone.clone(),
+                });
+            }
+            _ => {}
+        }
         if let Some(kind) = &message.unsupported {
             let note = format!(
                 "sent {} that passerelle does not relay yet: see it in WhatsApp",
@@ -129,6 +259,8 @@ impl Relay {
             return Ok(MatrixPost {
                 body: format!("{name} {note}."),
                 html: format!("<em>{} {}.</em>", escape_html(&name), escape_html(&note)),
+                sender: message.sender_phone.clone(),
+                ..MatrixPost::default()
             });
         }
         if message.text.trim().is_empty() {
@@ -139,19 +271,36 @@ impl Relay {
         } else {
             format!("+{}", message.sender_phone)
         };
+        let (text, text_html) = with_mentions(&message.text, &message.mentions);
         let body = self.templates.to_matrix.render(|key| match key {
             "name" => Some(name.clone()),
             "phone" => Some(phone.clone()),
-            "text" => Some(message.text.clone()),
+            "text" => Some(text.clone()),
             _ => None,
         });
         let html = self.templates.to_matrix_html.render(|key| match key {
             "name" => Some(escape_html(&name)),
             "phone" => Some(escape_html(&phone)),
-            "text" => Some(format::whatsapp_to_html(&message.text)),
+            "text" => Some(text_html.clone()),
             _ => None,
         });
-        Ok(MatrixPost { body, html })
+        let mut post = MatrixPost {
+            body,
+            html,
+            sender: message.sender_phone.clone(),
+            ..MatrixPost::default()
+        };
+        match &message.relation {
+            Some(WhatsAppRelation::Reply { id, quoted }) => {
+                post.reply_to = Some(id.clone());
+                post.quoted = quoted.clone();
+            }
+            Some(WhatsAppRelation::Edit { id }) => {
+                post.change = Some(MatrixChange::Edit { of: id.clone() });
+            }
+            _ => {}
+        }
+        Ok(post)
     }
 
     /// Matrix -> WhatsApp. `group` is the group bridged to the room, if any;
@@ -179,6 +328,13 @@ impl Relay {
                 return Err(Skip::NotAllowed);
             }
         }
+        if let MatrixRelation::Redaction { of } = &message.relation {
+            return Ok(WhatsAppPost {
+                change: Some(WhatsAppChange::Revoke { of: of.clone() }),
+                sender: message.sender.clone(),
+                ..WhatsAppPost::default()
+            });
+        }
         let body =
             format::matrix_to_whatsapp(&message.body, message.html.as_deref(), message.is_reply);
         if body.trim().is_empty() {
@@ -198,8 +354,53 @@ impl Relay {
         if text.chars().count() > WHATSAPP_MAX_TEXT_CHARS {
             return Err(Skip::TooLong);
         }
-        Ok(WhatsAppPost { text })
+        let mut post = WhatsAppPost {
+            text,
+            sender: message.sender.clone(),
+            ..WhatsAppPost::default()
+        };
+        match &message.relation {
+            MatrixRelation::Reply { to } => post.reply_to = Some(to.clone()),
+            MatrixRelation::Replace { of } => {
+                post.change = Some(WhatsAppChange::Edit { of: of.clone() })
+            }
+            MatrixRelation::None | MatrixRelation::Redaction { .. } => {}
+        }
+        Ok(post)
     }
+}
+
+/// The key under which the reaction line of one sender to one message is found again.
+pub fn reaction_key(message_id: &str, sender_phone: &str) -> String {
+    format!("reaction:{message_id}:{sender_phone}")
+}
+
+/// The text with each `@<phone>` of a mentioned person replaced by `@Name` (their
+/// number when the name is unknown), and its HTML with those names in bold. No
+/// Matrix pill: WhatsApp people have no Matrix account.
+fn with_mentions(text: &str, mentions: &[Mention]) -> (String, String) {
+    let mut plain = text.to_string();
+    let mut names = Vec::new();
+    for mention in mentions {
+        let token = format!("@{}", mention.phone);
+        if mention.phone.is_empty() || !plain.contains(&token) {
+            continue;
+        }
+        let name = match mention.name.as_deref().map(single_line) {
+            Some(name) if !name.is_empty() => name,
+            _ => format!("+{}", mention.phone),
+        };
+        plain = plain.replace(&token, &format!("@{name}"));
+        names.push(name);
+    }
+    let mut html = format::whatsapp_to_html(&plain);
+    names.sort_by_key(|name| std::cmp::Reverse(name.len()));
+    names.dedup();
+    for name in names {
+        let escaped = format!("@{}", escape_html(&name));
+        html = html.replace(&escaped, &format!("<strong>{escaped}</strong>"));
+    }
+    (plain, html)
 }
 
 /// "an image", "a poll": a kind of message in a sentence.
@@ -316,8 +517,7 @@ mod tests {
             sender_phone: "33611111111".into(),
             push_name: push_name.map(Into::into),
             text: text.into(),
-            from_me: false,
-            unsupported: None,
+            ..WhatsAppText::default()
         }
     }
 
@@ -331,6 +531,7 @@ mod tests {
             body: body.into(),
             html: None,
             is_reply: false,
+            relation: MatrixRelation::None,
         }
     }
 
@@ -507,6 +708,96 @@ mod tests {
             ),
             Err(Skip::TooLong)
         );
+    }
+
+    #[test]
+    fn whatsapp_relations_become_matrix_changes() {
+        let relay = relay();
+        let g = group(None);
+        let mut reaction = wa("", Some("Bob"));
+        reaction.relation = Some(WhatsAppRelation::Reaction {
+            id: "M1".into(),
+            emoji: "👍".into(),
+        });
+        let post = relay.from_whatsapp(Some(&g), &reaction, false).unwrap();
+        assert_eq!(post.body, "Bob reacted 👍");
+        assert_eq!(post.reply_to.as_deref(), Some("M1"));
+        assert_eq!(
+            post.change,
+            Some(MatrixChange::Reaction {
+                to: "M1".into(),
+                key: reaction_key("M1", "33611111111"),
+                removed: false
+            })
+        );
+
+        let mut revoke = wa("", None);
+        revoke.relation = Some(WhatsAppRelation::Revoke { id: "M1".into() });
+        let post = relay.from_whatsapp(Some(&g), &revoke, false).unwrap();
+        assert_eq!(post.change, Some(MatrixChange::Redact { of: "M1".into() }));
+        assert!(post.body.is_empty());
+
+        // The bridge's own edit seen again from its number is an echo.
+        let mut own_edit = wa("x", None);
+        own_edit.from_me = true;
+        own_edit.relation = Some(WhatsAppRelation::Edit {
+            id: whatsapp_id_for_event("$e"),
+        });
+        assert_eq!(
+            relay.from_whatsapp(Some(&g), &own_edit, false),
+            Err(Skip::OwnEcho)
+        );
+    }
+
+    #[test]
+    fn mentions_name_the_person_or_show_the_number() {
+        let mentions = [
+            Mention {
+                phone: "33611111111".into(),
+                name: Some("Bob <b>".into()),
+            },
+            Mention {
+                phone: "33622222222".into(),
+                name: None,
+            },
+            Mention {
+                phone: "33633333333".into(),
+                name: Some("Absent".into()),
+            },
+        ];
+        let (plain, html) = with_mentions("@33611111111 et @33622222222 *ok*", &mentions);
+        assert_eq!(plain, "@Bob <b> et @+33622222222 *ok*");
+        assert_eq!(
+            html,
+            "<strong>@Bob &lt;b&gt;</strong> et <strong>@+33622222222</strong> <strong>ok</strong>"
+        );
+    }
+
+    #[test]
+    fn matrix_redaction_and_edit_become_whatsapp_changes() {
+        let relay = relay();
+        let g = group(None);
+        let mut redaction = mx("@alice:example.org", None, MatrixKind::Text, "");
+        redaction.relation = MatrixRelation::Redaction { of: "$m".into() };
+        let post = relay.from_matrix(Some(&g), &redaction, false).unwrap();
+        assert_eq!(
+            post.change,
+            Some(WhatsAppChange::Revoke { of: "$m".into() })
+        );
+        assert_eq!(post.sender, "@alice:example.org");
+        let mut edit = mx("@alice:example.org", Some("Alice"), MatrixKind::Text, "new");
+        edit.relation = MatrixRelation::Replace { of: "$m".into() };
+        let post = relay.from_matrix(Some(&g), &edit, false).unwrap();
+        assert_eq!(post.text, "*Alice*: new");
+        assert_eq!(post.change, Some(WhatsAppChange::Edit { of: "$m".into() }));
+    }
+
+    #[test]
+    fn posts_queued_by_an_older_version_still_read() {
+        let post: MatrixPost = serde_json::from_str(r#"{"body":"b","html":"h"}"#).unwrap();
+        assert_eq!(post.change, None);
+        let post: WhatsAppPost = serde_json::from_str(r#"{"text":"t"}"#).unwrap();
+        assert_eq!(post.reply_to, None);
     }
 
     #[test]

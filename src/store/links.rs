@@ -1,5 +1,6 @@
 //! The message id map: which Matrix event is which WhatsApp message, one row per relayed
-//! message. Ids only, never content. Also answers "is this our own echo?".
+//! message, with who wrote it. Ids only, never content. Also answers "is this our own
+//! echo?".
 
 use rusqlite::{params, Connection, OptionalExtension};
 
@@ -18,21 +19,26 @@ pub struct MessageLink {
     pub origin: Direction,
     /// Unix seconds; `prune_links` goes by this.
     pub created_at: i64,
+    /// Who wrote it: the WhatsApp sender's number (origin `ToMatrix`) or the Matrix
+    /// user id (origin `ToWhatsApp`); empty when unknown (links of older versions).
+    pub sender: String,
 }
 
 /// Inserts `link`; a link that is already there (either side) is kept as it is, so
 /// recording the same pair twice is fine. Used by `record_link` and `complete`.
 pub(super) fn insert_link(conn: &Connection, link: &MessageLink) -> rusqlite::Result<()> {
     let inserted = conn.execute(
-        "INSERT INTO message_links (group_jid, wa_id, room_id, event_id, origin, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO NOTHING",
+        "INSERT INTO message_links
+             (group_jid, wa_id, room_id, event_id, origin, created_at, sender)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT DO NOTHING",
         params![
             link.group_jid,
             link.wa_id,
             link.room_id,
             link.event_id,
             link.origin,
-            link.created_at
+            link.created_at,
+            link.sender
         ],
     )?;
     if inserted == 0 {
@@ -53,6 +59,21 @@ pub(super) fn insert_link(conn: &Connection, link: &MessageLink) -> rusqlite::Re
         }
     }
     Ok(())
+}
+
+const SELECT_LINK: &str = "SELECT group_jid, wa_id, room_id, event_id, origin, created_at, sender
+     FROM message_links";
+
+fn link_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<MessageLink> {
+    Ok(MessageLink {
+        group_jid: row.get(0)?,
+        wa_id: row.get(1)?,
+        room_id: row.get(2)?,
+        event_id: row.get(3)?,
+        origin: row.get(4)?,
+        created_at: row.get(5)?,
+        sender: row.get(6)?,
+    })
 }
 
 impl Store {
@@ -88,6 +109,46 @@ impl Store {
                 |row| Ok((row.get(0)?, row.get(1)?)),
             )
             .optional()?)
+    }
+
+    /// The link of WhatsApp message `wa_id` in `group_jid`.
+    pub fn link_for_wa(
+        &self,
+        group_jid: &str,
+        wa_id: &str,
+    ) -> Result<Option<MessageLink>, StoreError> {
+        Ok(self
+            .lock()
+            .query_row(
+                &format!("{SELECT_LINK} WHERE group_jid = ?1 AND wa_id = ?2"),
+                [group_jid, wa_id],
+                link_from_row,
+            )
+            .optional()?)
+    }
+
+    /// The link of Matrix event `event_id` in `room_id`.
+    pub fn link_for_event(
+        &self,
+        room_id: &str,
+        event_id: &str,
+    ) -> Result<Option<MessageLink>, StoreError> {
+        Ok(self
+            .lock()
+            .query_row(
+                &format!("{SELECT_LINK} WHERE room_id = ?1 AND event_id = ?2"),
+                [room_id, event_id],
+                link_from_row,
+            )
+            .optional()?)
+    }
+
+    /// Forgets the link of `wa_id` in `group_jid` (its Matrix event was redacted).
+    pub fn forget_link(&self, group_jid: &str, wa_id: &str) -> Result<bool, StoreError> {
+        Ok(self.lock().execute(
+            "DELETE FROM message_links WHERE group_jid = ?1 AND wa_id = ?2",
+            [group_jid, wa_id],
+        )? > 0)
     }
 
     /// Deletes links created before `older_than_unix` (seconds); returns how many.
@@ -137,7 +198,22 @@ mod tests {
             event_id: ev.into(),
             origin,
             created_at: at,
+            sender: "33611111111".into(),
         }
+    }
+
+    #[test]
+    fn whole_links_are_found_from_either_side() {
+        let store = Store::open_in_memory().unwrap();
+        let l = link("W1", "$e1", Direction::ToWhatsApp, 100);
+        store.record_link(&l).unwrap();
+        assert_eq!(store.link_for_wa("g@g.us", "W1").unwrap(), Some(l.clone()));
+        assert_eq!(store.link_for_event("!r:x", "$e1").unwrap(), Some(l));
+        assert_eq!(store.link_for_wa("other@g.us", "W1").unwrap(), None);
+        assert_eq!(store.link_for_event("!r:x", "$nope").unwrap(), None);
+        assert!(store.forget_link("g@g.us", "W1").unwrap());
+        assert_eq!(store.link_for_wa("g@g.us", "W1").unwrap(), None);
+        assert!(!store.forget_link("g@g.us", "W1").unwrap());
     }
 
     #[test]

@@ -222,6 +222,14 @@ impl Store {
         Ok(())
     }
 
+    /// Done with row `seq`, with nothing to link (e.g. a deletion of a message the
+    /// bridge never mirrored).
+    pub fn complete_unlinked(&self, seq: i64) -> Result<(), StoreError> {
+        self.lock()
+            .execute("DELETE FROM outbox WHERE seq = ?1", [seq])?;
+        Ok(())
+    }
+
     /// Gives up on row `seq` without a link: moves its ids, attempts, last error and
     /// `reason` (not the payload) to the dead letters. Returns whether a row was removed.
     pub fn discard(&self, seq: i64, reason: &str) -> Result<bool, StoreError> {
@@ -366,6 +374,7 @@ mod tests {
             event_id,
             origin: item.direction,
             created_at: 1,
+            sender: String::new(),
         }
     }
 

@@ -92,9 +92,15 @@ CREATE TABLE whatsapp_names (
 );
 ";
 
+/// Version 4: who wrote each linked message (a WhatsApp sender's number, or a Matrix
+/// user id), to address replies and to check who may edit or delete it.
+const V4: &str = "
+ALTER TABLE message_links ADD COLUMN sender TEXT NOT NULL DEFAULT '';
+";
+
 /// All migrations, in order. The schema version of a fully migrated database is
 /// `MIGRATIONS.len()`.
-pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3];
+pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
 
 /// The current schema version.
 pub fn schema_version(conn: &Connection) -> Result<i64, StoreError> {
@@ -182,6 +188,7 @@ mod tests {
                 event_id: "$e2".into(),
                 origin: Direction::ToWhatsApp,
                 created_at: 6,
+                sender: String::new(),
             })
             .unwrap();
     }

@@ -8,9 +8,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use async_trait::async_trait;
 
 use super::{
-    ConnectionState, GroupSummary, InboundSink, JoinOutcome, WhatsAppClient, WhatsAppError,
+    ConnectionState, GroupSummary, InboundSink, JoinOutcome, Outgoing, WhatsAppClient,
+    WhatsAppError,
 };
-use crate::relay::WhatsAppText;
+use crate::relay::{Mention, WhatsAppRelation, WhatsAppText};
 
 /// The phone number of the association in the fake network.
 pub const BRIDGE_PHONE: &str = "33700000000";
@@ -21,6 +22,8 @@ pub struct FakeMessage {
     pub id: String,
     pub sender_phone: String,
     pub text: String,
+    /// What earlier message it replies to, edits, deletes or reacts to.
+    pub relation: Option<WhatsAppRelation>,
     /// When the message reached the group.
     pub at: std::time::Instant,
 }
@@ -109,7 +112,13 @@ impl FakeNetwork {
         push_name: Option<&str>,
         text: &str,
     ) -> String {
-        self.post_message(group_jid, phone, push_name, text, None)
+        self.post_message(WhatsAppText {
+            group_jid: group_jid.to_string(),
+            sender_phone: phone.to_string(),
+            push_name: push_name.map(str::to_string),
+            text: text.to_string(),
+            ..WhatsAppText::default()
+        })
     }
 
     /// A member posts something the bridge cannot relay as text (`kind`: "image"...).
@@ -120,46 +129,66 @@ impl FakeNetwork {
         push_name: Option<&str>,
         kind: &str,
     ) -> String {
-        self.post_message(group_jid, phone, push_name, "", Some(kind))
+        self.post_message(WhatsAppText {
+            group_jid: group_jid.to_string(),
+            sender_phone: phone.to_string(),
+            push_name: push_name.map(str::to_string),
+            unsupported: Some(kind.to_string()),
+            ..WhatsAppText::default()
+        })
     }
 
-    fn post_message(
+    /// A member posts a text that replies to, edits, deletes or reacts to an earlier
+    /// message (`relation`), and may mention people (`@<phone>` in `text`).
+    pub fn post_related(
         &self,
         group_jid: &str,
         phone: &str,
         push_name: Option<&str>,
         text: &str,
-        unsupported: Option<&str>,
+        relation: Option<WhatsAppRelation>,
+        mentioned_phones: &[&str],
     ) -> String {
-        let (sink, message) = {
+        self.post_message(WhatsAppText {
+            group_jid: group_jid.to_string(),
+            sender_phone: phone.to_string(),
+            push_name: push_name.map(str::to_string),
+            text: text.to_string(),
+            relation,
+            mentions: mentioned_phones
+                .iter()
+                .map(|phone| Mention {
+                    phone: phone.to_string(),
+                    name: None,
+                })
+                .collect(),
+            ..WhatsAppText::default()
+        })
+    }
+
+    /// Gives `message` an id, logs it in its group and delivers it to the bridge.
+    fn post_message(&self, mut message: WhatsAppText) -> String {
+        let sink = {
             let mut state = self.lock();
             state.next_id += 1;
-            let id = format!("FAKE{:012X}", state.next_id);
+            message.message_id = format!("FAKE{:012X}", state.next_id);
             let mut bridge_member = true;
-            if let Some(group) = state.groups.get_mut(group_jid) {
+            if let Some(group) = state.groups.get_mut(&message.group_jid) {
                 group.log.push(FakeMessage {
-                    id: id.clone(),
-                    sender_phone: phone.to_string(),
-                    text: text.to_string(),
+                    id: message.message_id.clone(),
+                    sender_phone: message.sender_phone.clone(),
+                    text: message.text.clone(),
+                    relation: message.relation.clone(),
                     at: std::time::Instant::now(),
                 });
                 bridge_member = group.bridge_member;
             }
-            let message = WhatsAppText {
-                group_jid: group_jid.to_string(),
-                message_id: id,
-                sender_phone: phone.to_string(),
-                push_name: push_name.map(str::to_string),
-                text: text.to_string(),
-                from_me: false,
-                unsupported: unsupported.map(str::to_string),
-            };
             match (&state.sink, state.connected) {
                 _ if !bridge_member => return message.message_id,
-                (Some(sink), true) => (Some(sink.clone()), message),
+                (Some(sink), true) => Some(sink.clone()),
                 _ => {
                     state.offline.push(message.clone());
-                    (None, message)
+                    None
                 }
             }
         };
@@ -212,11 +241,13 @@ impl FakeNetwork {
             .unwrap_or_default()
     }
 
-    /// The texts the bridge posted in a group, in order.
+    /// The texts of the new messages (replies included, not edits or deletions) the
+    /// bridge posted in a group, in order.
     pub fn bridge_texts(&self, group_jid: &str) -> Vec<String> {
         self.messages(group_jid)
             .into_iter()
             .filter(|m| m.sender_phone == BRIDGE_PHONE)
+            .filter(|m| matches!(m.relation, None | Some(WhatsAppRelation::Reply { .. })))
             .map(|m| m.text)
             .collect()
     }
@@ -235,12 +266,29 @@ struct FakeClient {
 
 #[async_trait]
 impl WhatsAppClient for FakeClient {
-    async fn send_text(
+    async fn send(
         &self,
         group_jid: &str,
         message_id: &str,
-        text: &str,
+        outgoing: &Outgoing,
     ) -> Result<(), WhatsAppError> {
+        let (text, relation) = match outgoing {
+            Outgoing::Text { text, reply_to } => (
+                text.clone(),
+                reply_to.as_ref().map(|quoted| WhatsAppRelation::Reply {
+                    id: quoted.id.clone(),
+                    quoted: None,
+                }),
+            ),
+            Outgoing::Edit { target, text } => (
+                text.clone(),
+                Some(WhatsAppRelation::Edit { id: target.clone() }),
+            ),
+            Outgoing::Revoke { target } => (
+                String::new(),
+                Some(WhatsAppRelation::Revoke { id: target.clone() }),
+            ),
+        };
         let echo = {
             let mut state = self.network.lock();
             if !state.connected {
@@ -256,10 +304,24 @@ impl WhatsAppClient for FakeClient {
             if group.log.iter().any(|m| m.id == message_id) {
                 return Ok(()); // same id: WhatsApp keeps one message
             }
+            if let Some(WhatsAppRelation::Edit { id } | WhatsAppRelation::Revoke { id }) = &relation
+            {
+                // WhatsApp lets a sender change only their own messages.
+                let own = group
+                    .log
+                    .iter()
+                    .any(|m| &m.id == id && m.sender_phone == BRIDGE_PHONE);
+                if !own {
+                    return Err(WhatsAppError::Rejected(
+                        "not a message of this number".into(),
+                    ));
+                }
+            }
             group.log.push(FakeMessage {
                 id: message_id.to_string(),
                 sender_phone: BRIDGE_PHONE.to_string(),
-                text: text.to_string(),
+                text: text.clone(),
+                relation: relation.clone(),
                 at: std::time::Instant::now(),
             });
             sink.filter(|_| echo_on)
@@ -269,10 +331,10 @@ impl WhatsAppClient for FakeClient {
                 group_jid: group_jid.to_string(),
                 message_id: message_id.to_string(),
                 sender_phone: BRIDGE_PHONE.to_string(),
-                push_name: None,
-                text: text.to_string(),
+                text,
                 from_me: true,
-                unsupported: None,
+                relation,
+                ..WhatsAppText::default()
             });
         }
         Ok(())

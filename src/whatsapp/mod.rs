@@ -78,16 +78,39 @@ pub enum JoinOutcome {
     PendingApproval { jid: String },
 }
 
+/// A message an outgoing reply quotes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quoted {
+    pub id: String,
+    /// Its sender's number; `None` when the bridge's own number sent it.
+    pub sender_phone: Option<String>,
+}
+
+/// What the bridge's number sends to a group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outgoing {
+    /// A text, maybe as a reply.
+    Text {
+        text: String,
+        reply_to: Option<Quoted>,
+    },
+    /// A new text for the number's own message `target`.
+    Edit { target: String, text: String },
+    /// Deletes the number's own message `target` for everyone.
+    Revoke { target: String },
+}
+
 /// Sending side of the boundary.
 #[async_trait]
 pub trait WhatsAppClient: Send + Sync {
-    /// Sends `text` to the group with the given message id. Sending the same id twice
-    /// must not produce a second message (the bridge derives ids from Matrix events).
-    async fn send_text(
+    /// Sends `outgoing` to the group with the given message id. Sending the same id
+    /// twice must not produce a second message (the bridge derives ids from Matrix
+    /// events).
+    async fn send(
         &self,
         group_jid: &str,
         message_id: &str,
-        text: &str,
+        outgoing: &Outgoing,
     ) -> Result<(), WhatsAppError>;
 
     /// The group's subject (its name), for naming the Matrix room.

@@ -14,22 +14,23 @@ use async_trait::async_trait;
 use whatsapp_rust::bot::{Bot, BotBuilderError, BotHandle};
 use whatsapp_rust::client::Client;
 use whatsapp_rust::features::{GroupError, JoinGroupResult};
-use whatsapp_rust::send::{SendError, SendOptions};
+use whatsapp_rust::send::{RevokeType, SendError, SendOptions};
 use whatsapp_rust::store::error::StoreError;
 use whatsapp_rust::store::traits::Backend;
 use whatsapp_rust::transport::TokioWebSocketTransportFactory;
 use whatsapp_rust::types::events::{Event, EventHandler, EventInterest, EventKind, InboundMessage};
-use whatsapp_rust::types::message::{EditAttribute, MessageInfo};
+use whatsapp_rust::types::message::MessageInfo;
 use whatsapp_rust::wacore::proto_helpers::{MessageBuilderExt, MessageExt};
 use whatsapp_rust::waproto::whatsapp as wa;
+use whatsapp_rust::waproto::whatsapp::message::protocol_message::Type as ProtocolType;
 use whatsapp_rust::{InboundDurabilityHook, Jid, Server};
 
 use super::store::SqliteBackend;
 use super::{
-    ConnectionState, GroupSummary, InboundSink, JoinOutcome, SinkError, WhatsAppClient,
-    WhatsAppError,
+    ConnectionState, GroupSummary, InboundSink, JoinOutcome, Outgoing, Quoted, SinkError,
+    WhatsAppClient, WhatsAppError,
 };
-use crate::relay::WhatsAppText;
+use crate::relay::{Mention, WhatsAppRelation, WhatsAppText};
 
 /// WhatsApp Web version announced to the server: the one whatsapp-rust 0.7.0 ships as
 /// its device default. Fixed so that the client never fetches it from WhatsApp Web.
@@ -190,11 +191,11 @@ impl RealWhatsApp {
 
 #[async_trait]
 impl WhatsAppClient for RealWhatsApp {
-    async fn send_text(
+    async fn send(
         &self,
         group_jid: &str,
         message_id: &str,
-        text: &str,
+        outgoing: &Outgoing,
     ) -> Result<(), WhatsAppError> {
         let group = parse_group_jid(group_jid)?;
         if message_id.is_empty() {
@@ -208,11 +209,33 @@ impl WhatsAppClient for RealWhatsApp {
             return Ok(());
         }
         let client = self.usable_client()?;
-        let options = SendOptions::default().with_message_id(message_id);
-        client
-            .send_message_with_options(group, wa::Message::text(text), options)
-            .await
-            .map_err(|error| send_error(&error))?;
+        match outgoing {
+            Outgoing::Text { text, reply_to } => {
+                let message = match reply_to {
+                    None => wa::Message::text(text),
+                    Some(quoted) => reply_message(client, text, quoted)?,
+                };
+                let options = SendOptions::default().with_message_id(message_id);
+                client
+                    .send_message_with_options(group, message, options)
+                    .await
+                    .map_err(|error| send_error(&error))?;
+            }
+            // Edits and revokes are idempotent on WhatsApp's side: a retry after a
+            // crash applies the same change again, which shows nothing new.
+            Outgoing::Edit { target, text } => {
+                client
+                    .edit_message(group, target.clone(), wa::Message::text(text))
+                    .await
+                    .map_err(|error| send_error(&error))?;
+            }
+            Outgoing::Revoke { target } => {
+                client
+                    .revoke_message(group, target.clone(), RevokeType::Sender)
+                    .await
+                    .map_err(|error| send_error(&error))?;
+            }
+        }
         self.remember_sent(message_id);
         Ok(())
     }
@@ -283,6 +306,37 @@ fn group_error(error: &GroupError) -> WhatsAppError {
         GroupError::InvalidRequest(reason) => WhatsAppError::Rejected(reason.clone()),
         other => chain_error(other),
     }
+}
+
+/// A text replying to `quoted`: WhatsApp clients find the quoted message by its id
+/// and sender (the participant), so no copy of its content is needed.
+fn reply_message(
+    client: &Client,
+    text: &str,
+    quoted: &Quoted,
+) -> Result<wa::Message, WhatsAppError> {
+    let participant = match &quoted.sender_phone {
+        Some(phone) => Jid::pn(phone.as_str()).to_string(),
+        None => client
+            .pn()
+            .map(|own| own.to_non_ad().to_string())
+            .ok_or(WhatsAppError::NotLinked)?,
+    };
+    Ok(wa::Message {
+        extended_text_message: wa::message::ExtendedTextMessage {
+            text: Some(text.to_string()),
+            context_info: wa::ContextInfo {
+                stanza_id: Some(quoted.id.clone()),
+                participant: Some(participant),
+                quoted_message: wa::Message::text("").into(),
+                ..Default::default()
+            }
+            .into(),
+            ..Default::default()
+        }
+        .into(),
+        ..Default::default()
+    })
 }
 
 /// The store holding the device identity and Signal keys.
@@ -370,30 +424,83 @@ fn deliver(sink: &dyn InboundSink, texts: Vec<WhatsAppText>) -> Result<(), SinkE
     Ok(())
 }
 
-/// The domain form of an incoming message, if it is a text in a group.
+/// The domain form of an incoming message, if it is something a person said in a
+/// group (a text, a reply, an edit, a deletion, a reaction, or a kind that is
+/// announced as not relayed yet).
 async fn group_text(client: &Client, inbound: &InboundMessage) -> Option<WhatsAppText> {
     let info = &inbound.info;
     if info.source.chat.server != Server::Group {
         tracing::debug!("skipping WhatsApp message outside a group");
         return None;
     }
-    if !matches!(info.edit, EditAttribute::Empty) {
-        tracing::debug!(kind = "edit or revoke", "skipping WhatsApp group message");
-        return None;
-    }
+    // Edits arrive wrapped (editedMessage); this unwraps them to the protocol message.
     let base = inbound.message.get_base_message();
-    let (text, unsupported) = match base.text_content() {
-        Some(text) => (text.to_owned(), None),
-        None => match message_kind(base) {
-            // Protocol plumbing, and what later features relay: no notice.
-            kind @ ("reaction" | "protocol" | "sender key distribution" | "other") => {
-                tracing::debug!(kind, "skipping WhatsApp group message");
+    let mut relation = None;
+    let (text, unsupported) = if let Some(protocol) = base.protocol_message.as_option() {
+        let target = protocol.key.as_option().and_then(|key| key.id.clone());
+        match (protocol.r#type, target) {
+            (Some(ProtocolType::REVOKE), Some(id)) => {
+                relation = Some(WhatsAppRelation::Revoke { id });
+                (String::new(), None)
+            }
+            (Some(ProtocolType::MESSAGE_EDIT), Some(id)) => {
+                let edited = protocol.edited_message.as_option()?;
+                let text = edited
+                    .text_content()
+                    .or_else(|| edited.get_caption())
+                    .unwrap_or_default()
+                    .to_owned();
+                relation = Some(WhatsAppRelation::Edit { id });
+                (text, None)
+            }
+            _ => {
+                tracing::debug!(kind = "protocol", "skipping WhatsApp group message");
                 return None;
             }
-            // Something a person sent that cannot be relayed yet: say so in Matrix.
-            kind => (String::new(), Some(kind.to_owned())),
-        },
+        }
+    } else if let Some(reaction) = base.reaction_message.as_option() {
+        let id = reaction.key.as_option().and_then(|key| key.id.clone())?;
+        relation = Some(WhatsAppRelation::Reaction {
+            id,
+            emoji: reaction.text.clone().unwrap_or_default(),
+        });
+        (String::new(), None)
+    } else {
+        match base.text_content() {
+            Some(text) => (text.to_owned(), None),
+            None => match message_kind(base) {
+                // Protocol plumbing: no notice.
+                kind @ ("sender key distribution" | "other") => {
+                    tracing::debug!(kind, "skipping WhatsApp group message");
+                    return None;
+                }
+                // Something a person sent that cannot be relayed yet: say so in Matrix.
+                kind => (String::new(), Some(kind.to_owned())),
+            },
+        }
     };
+    let mut mentions = Vec::new();
+    if let Some(context) = context_info(base) {
+        if relation.is_none() {
+            if let Some(id) = context.stanza_id.clone().filter(|id| !id.is_empty()) {
+                let quoted = context
+                    .quoted_message
+                    .as_option()
+                    .and_then(|quoted| quoted.text_content().or_else(|| quoted.get_caption()))
+                    .filter(|text| !text.is_empty())
+                    .map(str::to_owned);
+                relation = Some(WhatsAppRelation::Reply { id, quoted });
+            }
+        }
+        for jid in &context.mentioned_jid {
+            if let Ok(jid) = jid.parse::<Jid>() {
+                mentions.push(Mention {
+                    phone: phone_of(client, &jid).await,
+                    name: None,
+                });
+            }
+        }
+    }
     let push_name = Some(info.push_name.as_str())
         .filter(|name| !name.is_empty())
         .map(str::to_owned);
@@ -405,7 +512,52 @@ async fn group_text(client: &Client, inbound: &InboundMessage) -> Option<WhatsAp
         text,
         from_me: info.source.is_from_me,
         unsupported,
+        relation,
+        mentions,
     })
+}
+
+/// The context (quote, mentions) of a text or media message.
+fn context_info(message: &wa::Message) -> Option<&wa::ContextInfo> {
+    let contexts = [
+        message
+            .extended_text_message
+            .as_option()
+            .and_then(|m| m.context_info.as_option()),
+        message
+            .image_message
+            .as_option()
+            .and_then(|m| m.context_info.as_option()),
+        message
+            .video_message
+            .as_option()
+            .and_then(|m| m.context_info.as_option()),
+        message
+            .audio_message
+            .as_option()
+            .and_then(|m| m.context_info.as_option()),
+        message
+            .document_message
+            .as_option()
+            .and_then(|m| m.context_info.as_option()),
+        message
+            .sticker_message
+            .as_option()
+            .and_then(|m| m.context_info.as_option()),
+    ];
+    contexts.into_iter().flatten().next()
+}
+
+/// The phone number (user part) of a person's JID; a LID is resolved when known.
+async fn phone_of(client: &Client, jid: &Jid) -> String {
+    if jid.server.is_lid_family() {
+        match client.get_lid_pn_entry(jid).await {
+            Ok(Some(entry)) => return entry.phone_number.to_string(),
+            Ok(None) => {}
+            Err(error) => tracing::debug!("LID to phone number lookup failed: {error}"),
+        }
+    }
+    jid.user_base().to_owned()
 }
 
 /// The sender's phone number (user part); for a LID sender whose number is unknown,

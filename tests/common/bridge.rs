@@ -151,3 +151,25 @@ level = "info"
         }
     }
 }
+
+/// A bridge on the fake network with one group approved by a file inviting a new
+/// user `alice`, started; returns (bridge, alice, jid, room).
+pub async fn bridged_group(
+    stem_prefix: &str,
+    extra: &str,
+) -> (TestBridge, super::matrix_user::MatrixUser, String, String) {
+    let synapse = Synapse::shared();
+    let alice = super::matrix_user::MatrixUser::new(synapse, &unique("alice"), Some("Alice")).await;
+    let mut bridge = TestBridge::new(synapse, &[]);
+    let jid = bridge.network.create_group("Famille Martin");
+    let stem = unique(stem_prefix);
+    bridge.write_group(
+        &stem,
+        &jid,
+        &format!("invite = [\"{}\"]\n{extra}", alice.user_id),
+    );
+    bridge.start().await;
+    let room = bridge.wait_room(&jid).await;
+    alice.wait_joined(&room).await;
+    (bridge, alice, jid, room)
+}

@@ -11,7 +11,7 @@ use matrix_sdk::ruma::api::client::filter::FilterDefinition;
 use matrix_sdk::ruma::api::client::sync::sync_events::v3::Filter;
 use matrix_sdk::ruma::events::room::member::{MembershipState, StrippedRoomMemberEvent};
 use matrix_sdk::ruma::events::room::message::{
-    MessageType, OriginalSyncRoomMessageEvent, RoomMessageEventContent,
+    MessageType, OriginalSyncRoomMessageEvent, Relation, RoomMessageEventContent,
 };
 use matrix_sdk::ruma::events::{AnySyncMessageLikeEvent, AnySyncTimelineEvent};
 use matrix_sdk::ruma::{OwnedRoomId, RoomId, UserId};
@@ -28,6 +28,9 @@ pub struct Seen {
     pub msgtype: String,
     pub body: String,
     pub html: Option<String>,
+    /// `("reply", event)` or `("replace", event)` when the event relates to another;
+    /// for an edit, `body` and `html` are those of the new content.
+    pub relation: Option<(String, String)>,
 }
 
 pub struct MatrixUser {
@@ -82,7 +85,18 @@ impl MatrixUser {
         client.add_event_handler(move |event: OriginalSyncRoomMessageEvent, room: Room| {
             let recorder = recorder.clone();
             async move {
-                let (body, html) = match &event.content.msgtype {
+                let (msgtype, relation) = match &event.content.relates_to {
+                    Some(Relation::Replacement(replacement)) => (
+                        &replacement.new_content.msgtype,
+                        Some(("replace".to_string(), replacement.event_id.to_string())),
+                    ),
+                    Some(Relation::Reply(reply)) => (
+                        &event.content.msgtype,
+                        Some(("reply".to_string(), reply.in_reply_to.event_id.to_string())),
+                    ),
+                    _ => (&event.content.msgtype, None),
+                };
+                let (body, html) = match msgtype {
                     MessageType::Text(text) => (
                         text.body.clone(),
                         text.formatted.as_ref().map(|f| f.body.clone()),
@@ -101,6 +115,7 @@ impl MatrixUser {
                     msgtype: event.content.msgtype().to_string(),
                     body,
                     html,
+                    relation,
                 });
             }
         });
@@ -151,6 +166,44 @@ impl MatrixUser {
             .filter(|seen| seen.room_id == room_id)
             .cloned()
             .collect()
+    }
+
+    /// An event as the server has it now (e.g. to see that it was redacted).
+    pub async fn raw_event(
+        &self,
+        synapse: &Synapse,
+        room_id: &str,
+        event_id: &str,
+    ) -> serde_json::Value {
+        let token = self.client.access_token().expect("logged in");
+        let url = synapse.api(&format!(
+            "/_matrix/client/v3/rooms/{}/event/{}",
+            urlencode(room_id),
+            urlencode(event_id)
+        ));
+        let (status, body) = tokio::task::spawn_blocking(move || {
+            super::synapse::http_json("GET", &url, Some(&token), None)
+        })
+        .await
+        .unwrap();
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    /// Waits until the server shows `event_id` as redacted.
+    pub async fn wait_redacted(&self, synapse: &Synapse, room_id: &str, event_id: &str) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let event = self.raw_event(synapse, room_id, event_id).await;
+            if event["unsigned"]["redacted_because"].is_object() {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{event_id} never redacted: {event}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     /// Waits until a message matching `predicate` is seen in any room.
@@ -261,4 +314,15 @@ impl MatrixUser {
             .event_id
             .to_string()
     }
+}
+
+fn urlencode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }

@@ -1,0 +1,237 @@
+//! Replies, edits, deletions, reactions and mentions through a real Synapse and the
+//! in-process fake WhatsApp network, both ways; and who may edit or delete what.
+#![recursion_limit = "256"]
+
+mod common;
+
+use common::bridge::{bridged_group, unique};
+use common::matrix_user::MatrixUser;
+use common::synapse::Synapse;
+use matrix_sdk::ruma::events::relation::Reply;
+use matrix_sdk::ruma::events::room::message::{
+    Relation, ReplacementMetadata, RoomMessageEventContent,
+};
+use matrix_sdk::ruma::EventId;
+use passerelle::relay::WhatsAppRelation;
+
+const BOB: &str = "33611111111";
+const CAROL: &str = "33622222222";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whatsapp_replies_edits_deletions_reactions_and_mentions_reach_matrix() {
+    let synapse = Synapse::shared();
+    let (mut bridge, alice, jid, room) = bridged_group("relations", "").await;
+    let net = bridge.network.clone();
+    let hello = net.post(&jid, BOB, Some("Bob"), "hello");
+    let mirrored = alice
+        .wait_for(&room, "Bob's message", |s| s.body == "Bob: hello")
+        .await;
+
+    // A reply points at the mirrored event.
+    let reply = Some(WhatsAppRelation::Reply {
+        id: hello.clone(),
+        quoted: Some("hello".into()),
+    });
+    net.post_related(&jid, CAROL, Some("Carol"), "hi Bob", reply, &[]);
+    let seen = alice
+        .wait_for(&room, "Carol's reply", |s| s.body == "Carol: hi Bob")
+        .await;
+    assert_eq!(
+        seen.relation,
+        Some(("reply".to_string(), mirrored.event_id.clone()))
+    );
+
+    // A reply to a message the bridge never saw quotes what WhatsApp quoted.
+    let unseen = Some(WhatsAppRelation::Reply {
+        id: "NEVERSEEN".into(),
+        quoted: Some("an old message\nwith two lines".into()),
+    });
+    net.post_related(&jid, CAROL, Some("Carol"), "indeed", unseen, &[]);
+    let seen = alice
+        .wait_for(&room, "the reply to an unseen message", |s| {
+            s.body.ends_with("Carol: indeed")
+        })
+        .await;
+    assert_eq!(seen.body, "> an old message…\n\nCarol: indeed");
+    assert_eq!(seen.relation, None);
+
+    // An edit replaces the mirrored event's text.
+    let edit = Some(WhatsAppRelation::Edit { id: hello.clone() });
+    net.post_related(&jid, BOB, Some("Bob"), "hello everyone", edit, &[]);
+    let seen = alice
+        .wait_for(&room, "Bob's edit", |s| s.body == "Bob: hello everyone")
+        .await;
+    assert_eq!(
+        seen.relation,
+        Some(("replace".to_string(), mirrored.event_id.clone()))
+    );
+
+    // A reaction is a line replying to the message; changed, it is edited; removed,
+    // it is redacted.
+    let react = |emoji: &str| {
+        Some(WhatsAppRelation::Reaction {
+            id: hello.clone(),
+            emoji: emoji.into(),
+        })
+    };
+    net.post_related(&jid, CAROL, Some("Carol"), "", react("👍"), &[]);
+    let line = alice
+        .wait_for(&room, "Carol's reaction", |s| s.body == "Carol reacted 👍")
+        .await;
+    assert_eq!(
+        line.relation,
+        Some(("reply".to_string(), mirrored.event_id.clone()))
+    );
+    net.post_related(&jid, CAROL, Some("Carol"), "", react("❤️"), &[]);
+    let changed = alice
+        .wait_for(&room, "the changed reaction", |s| {
+            s.body == "Carol reacted ❤️"
+        })
+        .await;
+    assert_eq!(
+        changed.relation,
+        Some(("replace".to_string(), line.event_id.clone()))
+    );
+    net.post_related(&jid, CAROL, Some("Carol"), "", react(""), &[]);
+    alice.wait_redacted(synapse, &room, &line.event_id).await;
+
+    // Mentions show the person's name, bold in HTML.
+    net.post_related(
+        &jid,
+        CAROL,
+        Some("Carol"),
+        &format!("@{BOB} tu viens ?"),
+        None,
+        &[BOB],
+    );
+    let seen = alice
+        .wait_for(&room, "the mention", |s| s.body.contains("tu viens"))
+        .await;
+    assert_eq!(seen.body, "Carol: @Bob tu viens ?");
+    assert_eq!(
+        seen.html.as_deref(),
+        Some("<strong>Carol</strong>: <strong>@Bob</strong> tu viens ?")
+    );
+
+    // Deleted for everyone in WhatsApp: redacted in Matrix.
+    let revoke = Some(WhatsAppRelation::Revoke { id: hello.clone() });
+    net.post_related(&jid, BOB, Some("Bob"), "", revoke, &[]);
+    alice
+        .wait_redacted(synapse, &room, &mirrored.event_id)
+        .await;
+    bridge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn matrix_replies_edits_and_redactions_reach_whatsapp_for_their_authors_only() {
+    let synapse = Synapse::shared();
+    let (mut bridge, alice, jid, room) = bridged_group("relations-mx", "").await;
+    let net = bridge.network.clone();
+    let bob_id = net.post(&jid, BOB, Some("Bob"), "qui vient ?");
+    let mirrored = alice
+        .wait_for(&room, "Bob's message", |s| s.body == "Bob: qui vient ?")
+        .await;
+
+    // A Matrix reply quotes the WhatsApp message it answers.
+    let mut content = RoomMessageEventContent::text_plain("moi");
+    content.relates_to = Some(Relation::Reply(Reply::with_event_id(
+        EventId::parse(&mirrored.event_id).unwrap(),
+    )));
+    let moi = alice.send(&room, content).await;
+    bridge.wait_whatsapp_text(&jid, "*Alice*: moi").await;
+    let sent = net.messages(&jid);
+    let relayed = sent.iter().find(|m| m.text == "*Alice*: moi").unwrap();
+    assert_eq!(
+        relayed.relation,
+        Some(WhatsAppRelation::Reply {
+            id: bob_id.clone(),
+            quoted: None
+        })
+    );
+    let relayed_id = relayed.id.clone();
+
+    // Alice edits her message: the bridge's WhatsApp message is edited, prefix kept.
+    let edit = RoomMessageEventContent::text_plain("moi aussi").make_replacement(
+        ReplacementMetadata::new(EventId::parse(&moi).unwrap(), None),
+    );
+    alice.send(&room, edit).await;
+    let edited = wait_fake(&net, &jid, |m| {
+        m.relation
+            == Some(WhatsAppRelation::Edit {
+                id: relayed_id.clone(),
+            })
+    })
+    .await;
+    assert_eq!(edited.text, "*Alice*: moi aussi");
+
+    // Someone else's edit of Alice's message is refused, with a notice.
+    let mallory = MatrixUser::new(synapse, &unique("mallory"), Some("Mallory")).await;
+    let matrix_room = alice.wait_joined(&room).await;
+    matrix_room
+        .invite_user_by_id(&matrix_sdk::ruma::UserId::parse(&mallory.user_id).unwrap())
+        .await
+        .unwrap();
+    mallory.wait_joined(&room).await;
+    let forged = RoomMessageEventContent::text_plain("forged").make_replacement(
+        ReplacementMetadata::new(EventId::parse(&moi).unwrap(), None),
+    );
+    mallory.send(&room, forged).await;
+    alice
+        .wait_for(&room, "the refusal notice", |s| {
+            s.msgtype == "m.notice" && s.body.contains("only the author of a message can edit it")
+        })
+        .await;
+
+    // Alice deletes her message: it is deleted for everyone in WhatsApp.
+    matrix_room
+        .redact(&EventId::parse(&moi).unwrap(), None, None)
+        .await
+        .unwrap();
+    wait_fake(&net, &jid, |m| {
+        m.relation
+            == Some(WhatsAppRelation::Revoke {
+                id: relayed_id.clone(),
+            })
+    })
+    .await;
+
+    // Deleting the bot's copy of a WhatsApp message deletes nothing in WhatsApp.
+    matrix_room
+        .redact(&EventId::parse(&mirrored.event_id).unwrap(), None, None)
+        .await
+        .unwrap_err(); // Alice is no moderator here: Synapse refuses anyway
+    alice.send_text(&room, "barrier").await;
+    bridge.wait_whatsapp_text(&jid, "*Alice*: barrier").await;
+    let changes: Vec<_> = net
+        .messages(&jid)
+        .into_iter()
+        .filter(|m| {
+            matches!(
+                m.relation,
+                Some(WhatsAppRelation::Edit { .. } | WhatsAppRelation::Revoke { .. })
+            )
+        })
+        .collect();
+    assert_eq!(changes.len(), 2, "one edit and one deletion: {changes:?}");
+    bridge.stop().await;
+}
+
+/// Waits until the fake group holds a message matching `found`.
+async fn wait_fake(
+    net: &passerelle::whatsapp::fake::FakeNetwork,
+    jid: &str,
+    found: impl Fn(&passerelle::whatsapp::fake::FakeMessage) -> bool,
+) -> passerelle::whatsapp::fake::FakeMessage {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        if let Some(message) = net.messages(jid).into_iter().find(|m| found(m)) {
+            return message;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never found; group: {:#?}",
+            net.messages(jid)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
