@@ -68,10 +68,11 @@ pub struct Target {
     pub sender: Option<String>,
 }
 
+/// The kind of message, with what it needs.
 #[derive(Clone, Debug)]
 pub enum Body {
     Text(String),
-    Media(Media),
+    Media(MediaFile),
     Location {
         lat: f64,
         lon: f64,
@@ -90,6 +91,7 @@ pub enum Body {
     },
 }
 
+/// Which media message (and media type for the upload).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MediaKind {
     Image,
@@ -111,8 +113,9 @@ impl MediaKind {
     }
 }
 
+/// A file to upload and send; `caption` only for image, video and document.
 #[derive(Clone, Debug)]
-pub struct Media {
+pub struct MediaFile {
     pub kind: MediaKind,
     pub data: Vec<u8>,
     pub mime: Option<String>,
@@ -234,7 +237,7 @@ impl Outgoing {
             {
                 return Err(format!("mime {m:?} is not a MIME type"));
             }
-            Body::Media(Media {
+            Body::Media(MediaFile {
                 kind,
                 data,
                 mime: f.mime,

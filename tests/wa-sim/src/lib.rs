@@ -28,7 +28,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-pub use compose::Outgoing;
+pub use compose::{Body, MediaFile, MediaKind, Outgoing, Target};
 pub use control::valid_phone;
 pub use media::SimHttpClient;
 pub use members::{Member, MemberError, MemberEvent, Received, SendFailure};

@@ -22,7 +22,7 @@ use whatsapp_rust::upload::UploadOptions;
 use whatsapp_rust::wacore::store::InMemoryBackend;
 use whatsapp_rust::{Client, Jid};
 
-use crate::compose::{self, Body, MediaKind, Outgoing, Target};
+use crate::compose::{Body, MediaFile, MediaKind, Outgoing, Target};
 use crate::pairing::{Linked, ScanError};
 use crate::readback::{self, Described};
 use crate::state::World;
@@ -244,7 +244,7 @@ impl Member {
         caption: Option<String>,
     ) -> Result<String> {
         let out = Outgoing {
-            body: Body::Media(compose::Media {
+            body: Body::Media(MediaFile {
                 kind: MediaKind::Image,
                 data,
                 mime,
@@ -471,7 +471,7 @@ impl Member {
     /// the message with whatsapp-rust's media builders (sticker by hand).
     async fn media_message(
         &self,
-        m: compose::Media,
+        m: MediaFile,
         context: Option<wa::ContextInfo>,
     ) -> Result<wa::Message, SendFailure> {
         let media_type = match m.kind {

@@ -53,7 +53,20 @@ async fn post(addr: SocketAddr, group: &str, from: &str, mut body: Value) -> Str
     answer["id"].as_str().expect("id").to_string()
 }
 
-/// The same, expecting a 400 whose error mentions `why`.
+/// `POST /members/{from}/messages`; returns the new message's id.
+async fn send_direct(addr: SocketAddr, from: &str, body: Value) -> String {
+    let (status, answer) = http(
+        addr,
+        "POST",
+        &format!("/members/{from}/messages"),
+        Some(body.clone()),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}: {answer}");
+    answer["id"].as_str().expect("id").to_string()
+}
+
+/// `POST /groups/{jid}/messages`, expecting a 400 whose error mentions `why`.
 async fn refused(addr: SocketAddr, group: &str, body: Value, why: &str) {
     let (status, answer) = http(
         addr,
@@ -319,6 +332,64 @@ async fn members_send_every_kind_and_read_each_other() {
     assert_eq!(
         (m.reaction_to.as_deref(), m.emoji.as_deref()),
         (Some(hello.as_str()), Some(""))
+    );
+
+    // Direct chat, through `POST /members/{phone}/messages`: no participant in keys.
+    let dm = send_direct(addr, ALICE, json!({"to": BOB, "text": "en privé"})).await;
+    wait_log(&bob, ALICE, 20, "the direct text", |l| {
+        l.iter().any(|m| m.id == dm)
+    })
+    .await;
+    let dm_like = send_direct(
+        addr,
+        BOB,
+        json!({"to": ALICE, "reaction": {"to": dm, "emoji": "🙂"}}),
+    )
+    .await;
+    let dm_reply = send_direct(
+        addr,
+        BOB,
+        json!({"to": ALICE, "text": "ok", "reply_to": dm}),
+    )
+    .await;
+    let (status, answer) = http(
+        addr,
+        "POST",
+        &format!("/members/{BOB}/messages"),
+        Some(json!({"to": ALICE, "revoke": dm})),
+    )
+    .await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap().contains("no admin"),
+        "{answer}"
+    );
+    let log = wait_log(&alice, BOB, 20, "Bob's direct answers", |l| {
+        all_in(l, &[&dm_like, &dm_reply])
+    })
+    .await;
+    let m = find(&log, &dm_like);
+    assert_eq!(
+        (
+            m.kind.as_str(),
+            m.reaction_to.as_deref(),
+            m.emoji.as_deref()
+        ),
+        ("reaction", Some(dm.as_str()), Some("🙂"))
+    );
+    let m = find(&log, &dm_reply);
+    assert_eq!(
+        (m.quoted_id.as_deref(), m.quoted_sender.as_deref()),
+        (Some(dm.as_str()), Some(jid(ALICE).as_str()))
+    );
+    let dm_revoke = send_direct(addr, ALICE, json!({"to": BOB, "revoke": dm})).await;
+    let log = wait_log(&bob, ALICE, 20, "the direct revoke", |l| {
+        all_in(l, &[&dm_revoke])
+    })
+    .await;
+    assert_eq!(
+        find(&log, &dm_revoke).revoke_of.as_deref(),
+        Some(dm.as_str())
     );
 
     // Malformed or contradictory bodies.
@@ -598,6 +669,35 @@ async fn messages_built_by_another_client_are_read_back() {
         (m.kind.as_str(), m.revoke_of.as_deref()),
         ("revoke", Some(photo.as_str()))
     );
+
+    // The same through the control API's JSON.
+    let (status, body) = http(
+        sim.addr(),
+        "GET",
+        &format!("/members/{BOB}/messages?chat={}", group.replace('@', "%40")),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let messages = body["messages"].as_array().expect("messages");
+    let m = messages
+        .iter()
+        .find(|m| m["id"] == reply.as_str())
+        .expect("reply in JSON");
+    assert_eq!(m["quoted_id"], bob_text.as_str(), "{m}");
+    assert_eq!(m["quoted_sender"], jid(BOB).as_str(), "{m}");
+    assert_eq!(m["mentions"], json!([BOB]), "{m}");
+    assert_eq!(m["edit_of"], Value::Null, "{m}");
+    let m = messages
+        .iter()
+        .find(|m| m["id"] == note.as_str())
+        .expect("voice note in JSON");
+    assert_eq!(
+        (&m["kind"], &m["ptt"], &m["seconds"]),
+        (&json!("ptt"), &json!(true), &json!(2)),
+        "{m}"
+    );
+    assert_eq!(m["media_sha256"], sha256_hex(&voice).as_str(), "{m}");
 
     // Bob answers the bridge by id only: the sender comes from his log.
     let answer = post(
