@@ -20,6 +20,7 @@ use whatsapp_rust::transport::TokioWebSocketTransportFactory;
 use whatsapp_rust::types::events::Event;
 use whatsapp_rust::upload::UploadOptions;
 use whatsapp_rust::wacore::store::InMemoryBackend;
+use whatsapp_rust::wacore::types::message::EditAttribute;
 use whatsapp_rust::{Client, Jid};
 
 use crate::compose::{Body, MediaFile, MediaKind, Outgoing, Target};
@@ -59,6 +60,9 @@ pub struct Received {
     pub mentions: Vec<String>,
     /// Edit: id of the edited message (`text` is the new text).
     pub edit_of: Option<String>,
+    /// The stanza's `edit` attribute when set: `1` edit, `7` sender revoke
+    /// (or reaction removal), `8` admin revoke.
+    pub edit_attr: Option<String>,
     /// Revoke (delete for everyone): id of the deleted message.
     pub revoke_of: Option<String>,
     /// Reaction: id of the message reacted to, and the emoji (`""` = removed).
@@ -99,6 +103,7 @@ impl Received {
             quoted_sender: d.quoted_sender.clone(),
             mentions: d.mentions.clone(),
             edit_of: d.edit_of.clone(),
+            edit_attr: None,
             revoke_of: d.revoke_of.clone(),
             reaction_to: d.reaction_to.clone(),
             emoji: d.emoji.clone(),
@@ -141,11 +146,13 @@ fn record(
     from_me: bool,
     timestamp: i64,
     message: Arc<wa::Message>,
+    edit_attr: &EditAttribute,
     media_sha256: Option<String>,
 ) {
     let d = readback::describe(&message);
     let mut entry = Received::new(id.clone(), chat, sender, from_me, timestamp, &d);
     entry.media_sha256 = media_sha256.clone();
+    entry.edit_attr = Some(edit_attr.to_string_val().to_string()).filter(|a| !a.is_empty());
     {
         let mut l = lock(log);
         l.entries.push(entry);
@@ -372,6 +379,8 @@ impl Member {
             .await
             .map_err(|e| SendFailure::Failed(format!("send failed: {e}")))?;
         let id = sent.message_id.to_string();
+        // What whatsapp-rust's send path put on the stanza.
+        let edit_attr = EditAttribute::infer_from_message(&message).unwrap_or_default();
         record(
             &self.log,
             &self.client,
@@ -381,6 +390,7 @@ impl Member {
             true,
             now_ms() / 1000,
             Arc::new(message),
+            &edit_attr,
             media_sha256,
         );
         Ok(id)
@@ -703,6 +713,7 @@ async fn start_member(
                             m.info.source.is_from_me,
                             m.info.timestamp.timestamp(),
                             m.message.clone(),
+                            &m.info.edit,
                             None,
                         );
                     }

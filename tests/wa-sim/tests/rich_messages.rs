@@ -291,6 +291,7 @@ async fn members_send_every_kind_and_read_each_other() {
         ("location", Some(48.85), Some(2.35), Some("Paris"))
     );
     let m = find(&log, &edit);
+    assert_eq!(m.edit_attr.as_deref(), Some("1"));
     assert_eq!(
         (m.kind.as_str(), m.edit_of.as_deref(), m.text.as_deref()),
         ("edit", Some(hello.as_str()), Some("Bonjour à tous"))
@@ -305,11 +306,13 @@ async fn members_send_every_kind_and_read_each_other() {
         ("reaction", Some(photo.as_str()), Some("❤️"))
     );
     let m = find(&log, &revoke);
+    assert_eq!(m.edit_attr.as_deref(), Some("7"));
     assert_eq!(
         (m.kind.as_str(), m.revoke_of.as_deref()),
         ("revoke", Some(place.as_str()))
     );
     let m = find(&log, &admin_revoke);
+    assert_eq!(m.edit_attr.as_deref(), Some("8"));
     assert_eq!(
         (m.kind.as_str(), m.revoke_of.as_deref(), m.sender.as_str()),
         ("revoke", Some(reply.as_str()), jid(ALICE).as_str())
@@ -329,6 +332,7 @@ async fn members_send_every_kind_and_read_each_other() {
         ("reaction", Some(hello.as_str()), Some("👍"))
     );
     let m = find(&log, &unlike);
+    assert_eq!(m.edit_attr.as_deref(), Some("7"));
     assert_eq!(
         (m.reaction_to.as_deref(), m.emoji.as_deref()),
         (Some(hello.as_str()), Some(""))
@@ -639,6 +643,10 @@ async fn messages_built_by_another_client_are_read_back() {
             .iter()
             .any(|m| m.text.as_deref() == Some("*Matrix*: moi, sûr"))
     );
+    assert!(
+        edits.iter().all(|m| m.edit_attr.as_deref() == Some("1")),
+        "{edits:#?}"
+    );
     let m = find(&log, &reaction);
     assert_eq!(
         (
@@ -665,6 +673,7 @@ async fn messages_built_by_another_client_are_read_back() {
     );
     assert_eq!(m.media_sha256, Some(sha256_hex(&file)));
     let m = find(&log, &revoke);
+    assert_eq!(m.edit_attr.as_deref(), Some("7"));
     assert_eq!(
         (m.kind.as_str(), m.revoke_of.as_deref()),
         ("revoke", Some(photo.as_str()))
