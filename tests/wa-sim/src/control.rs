@@ -5,8 +5,9 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::Core;
+use crate::Outgoing;
 use crate::http::{self, Request, Response};
-use crate::members::MemberError;
+use crate::members::{MemberError, SendFailure};
 use crate::pairing::ScanError;
 
 #[derive(Deserialize)]
@@ -42,44 +43,35 @@ struct GroupInfoBody {
     description: Option<String>,
 }
 
-#[derive(Deserialize)]
-struct GroupSendBody {
-    from: String,
-    #[serde(flatten)]
-    content: Content,
-}
-
-#[derive(Deserialize)]
-struct SendBody {
-    to: String,
-    #[serde(flatten)]
-    content: Content,
-}
-
-/// What a member sends: a text, or an image (base64) with `text` as caption.
-#[derive(Deserialize)]
-struct Content {
-    text: Option<String>,
-    image: Option<String>,
-    mime: Option<String>,
-}
-
-async fn send_content(member: &crate::Member, to: &str, content: Content) -> Response {
-    let sent = match (content.image, content.text) {
-        (Some(b64), caption) => {
-            use base64::Engine as _;
-            let data = match base64::prelude::BASE64_STANDARD.decode(b64.trim()) {
-                Ok(d) => d,
-                Err(e) => return Response::error(400, format!("image is not base64: {e}")),
-            };
-            member.send_image(to, data, content.mime, caption).await
-        }
-        (None, Some(text)) => member.send_text(to, &text).await,
-        (None, None) => return Response::error(400, "need \"text\" or \"image\""),
+/// A send body: the address field (`from` or `to`) and the message fields
+/// (checked by [`Outgoing::from_json`]).
+fn split_send_body(body: &[u8], address: &str) -> Result<(String, Outgoing), Response> {
+    let shape = format!(r#"{{"{address}": "...", "text": "..."}}"#);
+    let mut fields = match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(serde_json::Value::Object(o)) => o,
+        Ok(_) => return Err(Response::error(400, format!("expected {shape}"))),
+        Err(e) => return Err(Response::error(400, format!("expected {shape}: {e}"))),
     };
-    match sent {
+    let to = match fields.remove(address) {
+        Some(serde_json::Value::String(s)) => s,
+        _ => {
+            return Err(Response::error(
+                400,
+                format!("expected {shape}: missing \"{address}\""),
+            ));
+        }
+    };
+    match Outgoing::from_json(serde_json::Value::Object(fields)) {
+        Ok(out) => Ok((to, out)),
+        Err(e) => Err(Response::error(400, e)),
+    }
+}
+
+async fn send_content(member: &crate::Member, to: &str, out: Outgoing) -> Response {
+    match member.send(to, out).await {
         Ok(id) => Response::json(200, json!({ "id": id })),
-        Err(e) => Response::error(502, format!("{e:#}")),
+        Err(e @ SendFailure::BadRequest(_)) => Response::error(400, e),
+        Err(e @ SendFailure::Failed(_)) => Response::error(502, e),
     }
 }
 
@@ -176,11 +168,11 @@ async fn send(sim: &Core, phone: &str, body: &[u8]) -> Response {
     let Some(member) = sim.members.get(phone) else {
         return Response::error(404, format!("no member {phone}"));
     };
-    let body: SendBody = match parse(body, r#"{"to": "...", "text": "..."}"#) {
+    let (to, out) = match split_send_body(body, "to") {
         Ok(b) => b,
         Err(r) => return r,
     };
-    send_content(&member, &body.to, body.content).await
+    send_content(&member, &to, out).await
 }
 
 fn create_group(sim: &Core, body: &[u8]) -> Response {
@@ -207,15 +199,15 @@ fn create_group(sim: &Core, body: &[u8]) -> Response {
 }
 
 async fn group_send(sim: &Core, jid: &str, body: &[u8]) -> Response {
-    let body: GroupSendBody = match parse(body, r#"{"from": "...", "text": "..."}"#) {
+    let (from, out) = match split_send_body(body, "from") {
         Ok(b) => b,
         Err(r) => return r,
     };
-    let Some(member) = sim.members.get(&body.from) else {
-        return Response::error(404, format!("no member {}", body.from));
+    let Some(member) = sim.members.get(&from) else {
+        return Response::error(404, format!("no member {from}"));
     };
     let jid = format!("{}@g.us", group_id(jid));
-    send_content(&member, &jid, body.content).await
+    send_content(&member, &jid, out).await
 }
 
 /// `ID` from `ID@g.us`, `ID%40g.us` or `ID`.

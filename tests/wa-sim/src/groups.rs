@@ -443,6 +443,7 @@ pub fn fan_out(
         })
         .unwrap_or_default();
     let ty = attr(node, "type").unwrap_or_else(|| "text".into());
+    let edit = attr(node, "edit");
     let t = now();
     let participant = format!("{}:{}@{SERVER}", sender.0, sender.1);
     let targets: Vec<DeviceKey> = inner
@@ -473,6 +474,10 @@ pub fn fan_out(
             .attr("type", ty.clone());
         if !push_name.is_empty() {
             b = b.attr("notify", push_name.to_string());
+        }
+        if let Some(edit) = &edit {
+            // Edits, revokes and reaction removals keep their marker.
+            b = b.attr("edit", edit.clone());
         }
         crate::messages::deliver(inner, &target, b.children(content).build());
     }

@@ -3,6 +3,7 @@
 //! without WhatsApp. One port serves both the WhatsApp endpoint
 //! (`ws://ADDR/ws/chat`) and the JSON control API (`http://ADDR/`); see README.md.
 
+mod compose;
 mod conn;
 mod control;
 mod groups;
@@ -14,6 +15,7 @@ mod members;
 mod messages;
 mod noise;
 mod pairing;
+mod readback;
 mod stanza;
 mod state;
 mod usync;
@@ -26,9 +28,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+pub use compose::{Body, MediaFile, MediaKind, Outgoing, Target};
 pub use control::valid_phone;
 pub use media::SimHttpClient;
-pub use members::{Member, MemberError, MemberEvent, Received};
+pub use members::{Member, MemberError, MemberEvent, Received, SendFailure};
 pub use pairing::{Linked, ScanError};
 
 use state::World;

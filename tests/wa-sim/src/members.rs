@@ -9,16 +9,23 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow};
 use sha2::Digest as _;
 use tokio::sync::mpsc;
+use waproto::buffa::MessageField;
+use waproto::whatsapp as wa;
+use waproto::whatsapp::message::protocol_message::Type as ProtocolType;
 use whatsapp_rust::bot::{Bot, BotHandle};
 use whatsapp_rust::download::MediaType;
-use whatsapp_rust::prelude::MessageExt;
+use whatsapp_rust::media;
+use whatsapp_rust::prelude::{MessageBuilderExt, MessageExt};
 use whatsapp_rust::transport::TokioWebSocketTransportFactory;
 use whatsapp_rust::types::events::Event;
 use whatsapp_rust::upload::UploadOptions;
 use whatsapp_rust::wacore::store::InMemoryBackend;
+use whatsapp_rust::wacore::types::message::EditAttribute;
 use whatsapp_rust::{Client, Jid};
 
+use crate::compose::{Body, MediaFile, MediaKind, Outgoing, Target};
 use crate::pairing::{Linked, ScanError};
+use crate::readback::{self, Described};
 use crate::state::World;
 
 /// Version the member clients announce (fixed: nothing is fetched from WhatsApp).
@@ -26,25 +33,168 @@ pub const CLIENT_VERSION: (u32, u32, u32) = (2, 3000, 1_000_000_000);
 const QR_TIMEOUT: Duration = Duration::from_secs(20);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(45);
 
-/// One message a member's client received and decrypted.
+/// One message a member's client received and decrypted (or sent through the
+/// control API: `from_me`). Fields that do not apply are `None` (JSON `null`).
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Received {
     pub id: String,
     /// Chat JID: the other user (direct) or the group.
     pub chat: String,
-    /// Sender JID (user part is the phone number, or a LID).
+    /// Sender JID without device (user part is the phone number, or a LID).
     pub sender: String,
     pub from_me: bool,
-    /// `text`, `image`, or `other`.
+    /// `text`, `image`, `video`, `audio`, `ptt`, `document`, `sticker`,
+    /// `location`, `reaction`, `edit`, `revoke` or `other`.
     pub kind: String,
-    /// Text, or the caption of a media message.
+    /// Text, caption of a media message, or the new text of an edit.
     pub text: Option<String>,
     pub timestamp: i64,
     /// Media: MIME type, and hex SHA-256 of the file the member downloaded and
     /// decrypted (`None` until the download finished, or if it failed).
     pub mime: Option<String>,
     pub media_sha256: Option<String>,
+    /// Reply: id and sender JID (without device) of the quoted message.
+    pub quoted_id: Option<String>,
+    pub quoted_sender: Option<String>,
+    /// Mentioned users (phone numbers in PN chats).
+    pub mentions: Vec<String>,
+    /// Edit: id of the edited message (`text` is the new text).
+    pub edit_of: Option<String>,
+    /// The stanza's `edit` attribute when set: `1` edit, `7` sender revoke
+    /// (or reaction removal), `8` admin revoke.
+    pub edit_attr: Option<String>,
+    /// Revoke (delete for everyone): id of the deleted message.
+    pub revoke_of: Option<String>,
+    /// Reaction: id of the message reacted to, and the emoji (`""` = removed).
+    pub reaction_to: Option<String>,
+    pub emoji: Option<String>,
+    /// Document file name.
+    pub file_name: Option<String>,
+    /// Audio: voice note or not.
+    pub ptt: Option<bool>,
+    /// Audio or video duration.
+    pub seconds: Option<u32>,
+    /// Location.
+    pub lat: Option<f64>,
+    pub lon: Option<f64>,
+    pub name: Option<String>,
 }
+
+impl Received {
+    fn new(
+        id: String,
+        chat: String,
+        sender: String,
+        from_me: bool,
+        timestamp: i64,
+        d: &Described,
+    ) -> Self {
+        Received {
+            id,
+            chat,
+            sender,
+            from_me,
+            kind: d.kind.to_string(),
+            text: d.text.clone(),
+            timestamp,
+            mime: d.mime.clone(),
+            media_sha256: None,
+            quoted_id: d.quoted_id.clone(),
+            quoted_sender: d.quoted_sender.clone(),
+            mentions: d.mentions.clone(),
+            edit_of: d.edit_of.clone(),
+            edit_attr: None,
+            revoke_of: d.revoke_of.clone(),
+            reaction_to: d.reaction_to.clone(),
+            emoji: d.emoji.clone(),
+            file_name: d.file_name.clone(),
+            ptt: d.ptt,
+            seconds: d.seconds,
+            lat: d.lat,
+            lon: d.lon,
+            name: d.name.clone(),
+        }
+    }
+}
+
+/// A member's log: entries in order, and the decrypted messages by id (to
+/// quote them in replies).
+#[derive(Default)]
+struct Log {
+    entries: Vec<Received>,
+    messages: HashMap<String, Arc<wa::Message>>,
+}
+
+type SharedLog = Arc<Mutex<Log>>;
+
+/// A log entry and the message it was read from.
+type Logged = (Received, Option<Arc<wa::Message>>);
+
+fn lock(log: &SharedLog) -> std::sync::MutexGuard<'_, Log> {
+    log.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Adds a message to the log; media is downloaded and hashed in the background
+/// unless its hash is already known (messages the member sent itself).
+#[allow(clippy::too_many_arguments)]
+fn record(
+    log: &SharedLog,
+    client: &Arc<Client>,
+    id: String,
+    chat: String,
+    sender: String,
+    from_me: bool,
+    timestamp: i64,
+    message: Arc<wa::Message>,
+    edit_attr: &EditAttribute,
+    media_sha256: Option<String>,
+) {
+    let d = readback::describe(&message);
+    let mut entry = Received::new(id.clone(), chat, sender, from_me, timestamp, &d);
+    entry.media_sha256 = media_sha256.clone();
+    entry.edit_attr = Some(edit_attr.to_string_val().to_string()).filter(|a| !a.is_empty());
+    {
+        let mut l = lock(log);
+        l.entries.push(entry);
+        l.messages.insert(id.clone(), message);
+    }
+    let Some(media) = d.media.filter(|_| media_sha256.is_none()) else {
+        return;
+    };
+    let client = client.clone();
+    let log = log.clone();
+    tokio::spawn(async move {
+        match client.download(media.downloadable()).await {
+            Ok(bytes) => {
+                let digest = hex(&sha2::Sha256::digest(&bytes));
+                let mut l = lock(&log);
+                if let Some(e) = l.entries.iter_mut().rev().find(|e| e.id == id) {
+                    e.media_sha256 = Some(digest);
+                }
+            }
+            Err(e) => log::warn!("member could not download media {id}: {e:#}"),
+        }
+    });
+}
+
+/// Why a member did not send.
+#[derive(Debug)]
+pub enum SendFailure {
+    /// The request does not fit what the member knows (400).
+    BadRequest(String),
+    /// The client failed (502).
+    Failed(String),
+}
+
+impl std::fmt::Display for SendFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SendFailure::BadRequest(e) | SendFailure::Failed(e) => f.write_str(e),
+        }
+    }
+}
+
+impl std::error::Error for SendFailure {}
 
 /// A notable non-message event a member's client reported (group changes).
 #[derive(Clone, Debug, serde::Serialize)]
@@ -67,7 +217,7 @@ pub struct Member {
     pub linked: Linked,
     client: Arc<Client>,
     handle: BotHandle,
-    received: Arc<Mutex<Vec<Received>>>,
+    log: SharedLog,
     events: Arc<Mutex<Vec<MemberEvent>>>,
 }
 
@@ -80,11 +230,13 @@ impl Member {
             .clone()
     }
 
-    /// What the member received, optionally only in `chat` (compared on the user
-    /// part too, so `336...@s.whatsapp.net` matches either addressing).
+    /// What the member received (and sent through the control API), optionally
+    /// only in `chat` (compared on the user part too, so `336...@s.whatsapp.net`
+    /// matches either addressing).
     pub fn received(&self, chat: Option<&str>) -> Vec<Received> {
-        let log = self.received.lock().unwrap_or_else(|p| p.into_inner());
-        log.iter()
+        lock(&self.log)
+            .entries
+            .iter()
             .filter(|r| chat.is_none_or(|c| same_chat(&r.chat, c)))
             .cloned()
             .collect()
@@ -98,38 +250,327 @@ impl Member {
         mime: Option<String>,
         caption: Option<String>,
     ) -> Result<String> {
-        let jid = to_jid(to)?;
-        let upload = self
-            .client
-            .upload(data, MediaType::Image, UploadOptions::default())
-            .await
-            .context("uploading the image")?;
-        let message = whatsapp_rust::media::image_message(
-            upload,
-            whatsapp_rust::media::ImageOptions {
+        let out = Outgoing {
+            body: Body::Media(MediaFile {
+                kind: MediaKind::Image,
+                data,
+                mime,
                 caption,
-                mimetype: mime,
-                ..Default::default()
-            },
-        );
-        let sent = self
-            .client
-            .send_message(jid, message)
-            .await
-            .map_err(|e| anyhow!("send failed: {e}"))?;
-        Ok(sent.message_id.to_string())
+                ptt: false,
+                seconds: None,
+                file_name: None,
+            }),
+            reply_to: None,
+            mentions: Vec::new(),
+        };
+        Ok(self.send(to, out).await?)
     }
 
     /// Sends a text from this member's client to `to` (phone number or JID).
     pub async fn send_text(&self, to: &str, text: &str) -> Result<String> {
-        let jid = to_jid(to)?;
+        Ok(self.send(to, Outgoing::text(text)).await?)
+    }
+
+    /// Builds the waproto message for `out` (uploading media first), sends it
+    /// to `to` (phone number or JID) and logs it as `from_me`; returns its id.
+    pub async fn send(&self, to: &str, out: Outgoing) -> Result<String, SendFailure> {
+        let chat = to_jid(to).map_err(|e| SendFailure::BadRequest(format!("{e:#}")))?;
+        let chat_str = chat.to_string();
+        let group = chat_str.ends_with("@g.us");
+        let me = self.own_jid();
+        let context = self.context(&chat_str, out.reply_to.as_ref(), &out.mentions)?;
+        let mut media_sha256 = None;
+        let message = match out.body {
+            Body::Text(text) => text_message(text, context),
+            Body::Media(m) => {
+                media_sha256 = Some(hex(&sha2::Sha256::digest(&m.data)));
+                self.media_message(m, context).await?
+            }
+            Body::Location { lat, lon, name } => wa::Message {
+                location_message: MessageField::some(wa::message::LocationMessage {
+                    degrees_latitude: Some(lat),
+                    degrees_longitude: Some(lon),
+                    name,
+                    context_info: context.map(MessageField::some).unwrap_or_default(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            Body::Edit { of, text } => {
+                if let Some(t) = self.lookup(&of, &chat_str)?
+                    && !t.0.from_me
+                {
+                    return Err(SendFailure::BadRequest(format!(
+                        "edit_of: message {of} was sent by {}, not by this member",
+                        t.0.sender
+                    )));
+                }
+                // whatsapp-rust's `Client::edit_message` shape (WA Web's): a
+                // top-level protocolMessage MESSAGE_EDIT keyed on the original,
+                // `participant` = the editor in groups; the send path sets the
+                // stanza's `edit="1"` from it.
+                wa::Message {
+                    protocol_message: MessageField::some(wa::message::ProtocolMessage {
+                        key: MessageField::some(wa::MessageKey {
+                            remote_jid: Some(chat_str.clone()),
+                            from_me: Some(true),
+                            id: Some(of),
+                            participant: group.then(|| me.clone()),
+                        }),
+                        r#type: Some(ProtocolType::MESSAGE_EDIT),
+                        edited_message: MessageField::some(text_message(text, context)),
+                        timestamp_ms: Some(now_ms()),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }
+            }
+            Body::Revoke { of } => {
+                // whatsapp-rust's `Client::revoke_message` shapes: the sender's
+                // own (from_me, no participant) or, in groups, an admin's
+                // (from_me false, participant = the author).
+                let key = match self.lookup(&of, &chat_str)? {
+                    Some((t, _)) if !t.from_me => {
+                        if !group {
+                            return Err(SendFailure::BadRequest(format!(
+                                "revoke: message {of} is not this member's and a \
+                                 direct chat has no admin"
+                            )));
+                        }
+                        wa::MessageKey {
+                            remote_jid: Some(chat_str.clone()),
+                            from_me: Some(false),
+                            id: Some(of),
+                            participant: Some(t.sender),
+                        }
+                    }
+                    _ => wa::MessageKey {
+                        remote_jid: Some(chat_str.clone()),
+                        from_me: Some(true),
+                        id: Some(of),
+                        participant: None,
+                    },
+                };
+                wa::Message {
+                    protocol_message: MessageField::some(wa::message::ProtocolMessage {
+                        key: MessageField::some(key),
+                        r#type: Some(ProtocolType::REVOKE),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }
+            }
+            Body::Reaction { to, emoji } => {
+                let (sender, from_me, _) = self.resolve(&to, &chat_str, "reaction")?;
+                // `MessageContext::message_key`'s shape: participant = the
+                // target's author in groups.
+                let key = wa::MessageKey {
+                    remote_jid: Some(chat_str.clone()),
+                    from_me: Some(from_me),
+                    id: Some(to.id.clone()),
+                    participant: group.then_some(sender),
+                };
+                whatsapp_rust::wacore::proto_helpers::build_reaction_message(key, emoji, now_ms())
+            }
+        };
         let sent = self
             .client
-            .send_text(jid, text.to_string())
+            .send_message(chat, message.clone())
             .await
-            .map_err(|e| anyhow!("send failed: {e}"))?;
-        Ok(sent.message_id.to_string())
+            .map_err(|e| SendFailure::Failed(format!("send failed: {e}")))?;
+        let id = sent.message_id.to_string();
+        // What whatsapp-rust's send path put on the stanza.
+        let edit_attr = EditAttribute::infer_from_message(&message).unwrap_or_default();
+        record(
+            &self.log,
+            &self.client,
+            id.clone(),
+            chat_str,
+            me,
+            true,
+            now_ms() / 1000,
+            Arc::new(message),
+            &edit_attr,
+            media_sha256,
+        );
+        Ok(id)
     }
+
+    fn own_jid(&self) -> String {
+        format!("{}@s.whatsapp.net", self.phone)
+    }
+
+    /// The logged message `id` (and its content), checked to be in `chat`.
+    fn lookup(&self, id: &str, chat: &str) -> Result<Option<Logged>, SendFailure> {
+        let l = lock(&self.log);
+        let Some(entry) = l.entries.iter().rev().find(|e| e.id == id) else {
+            return Ok(None);
+        };
+        if !same_chat(&entry.chat, chat) {
+            return Err(SendFailure::BadRequest(format!(
+                "message {id} is in chat {}, not {chat}",
+                entry.chat
+            )));
+        }
+        Ok(Some((entry.clone(), l.messages.get(id).cloned())))
+    }
+
+    /// Sender JID, from-me flag and content of a target message: from the log,
+    /// or from the request's `sender` for a message the member never saw.
+    fn resolve(
+        &self,
+        target: &Target,
+        chat: &str,
+        field: &str,
+    ) -> Result<(String, bool, Option<Arc<wa::Message>>), SendFailure> {
+        let given = match &target.sender {
+            Some(s) if crate::control::valid_phone(s) => Some(format!("{s}@s.whatsapp.net")),
+            Some(s) if s.contains('@') => Some(readback::without_device(s)),
+            Some(s) => {
+                return Err(SendFailure::BadRequest(format!(
+                    "{field}: sender {s:?} is neither a phone number nor a JID"
+                )));
+            }
+            None => None,
+        };
+        match (self.lookup(&target.id, chat)?, given) {
+            (Some((entry, message)), given) => {
+                let sender = given.unwrap_or(entry.sender);
+                Ok((sender, entry.from_me, message))
+            }
+            (None, Some(sender)) => {
+                let from_me = sender == self.own_jid();
+                Ok((sender, from_me, None))
+            }
+            (None, None) => Err(SendFailure::BadRequest(format!(
+                "{field}: this member has no message {}; give its sender",
+                target.id
+            ))),
+        }
+    }
+
+    /// `contextInfo` for a reply and/or mentions.
+    fn context(
+        &self,
+        chat: &str,
+        reply_to: Option<&Target>,
+        mentions: &[String],
+    ) -> Result<Option<wa::ContextInfo>, SendFailure> {
+        if reply_to.is_none() && mentions.is_empty() {
+            return Ok(None);
+        }
+        let mut ctx = wa::ContextInfo {
+            mentioned_jid: mentions
+                .iter()
+                .map(|p| format!("{p}@s.whatsapp.net"))
+                .collect(),
+            ..Default::default()
+        };
+        if let Some(target) = reply_to {
+            let (sender, _, quoted) = self.resolve(target, chat, "reply_to")?;
+            ctx.stanza_id = Some(target.id.clone());
+            ctx.participant = Some(sender);
+            if let Some(q) = quoted {
+                ctx.quoted_message = MessageField::some(*readback::unwrap(&q).prepare_for_quote());
+            }
+        }
+        Ok(Some(ctx))
+    }
+
+    /// Uploads the file (encrypted, to the simulator's media store) and builds
+    /// the message with whatsapp-rust's media builders (sticker by hand).
+    async fn media_message(
+        &self,
+        m: MediaFile,
+        context: Option<wa::ContextInfo>,
+    ) -> Result<wa::Message, SendFailure> {
+        let media_type = match m.kind {
+            MediaKind::Image => MediaType::Image,
+            MediaKind::Video => MediaType::Video,
+            MediaKind::Audio => MediaType::Audio,
+            MediaKind::Document => MediaType::Document,
+            MediaKind::Sticker => MediaType::Sticker,
+        };
+        let upload = self
+            .client
+            .upload(m.data, media_type, UploadOptions::default())
+            .await
+            .map_err(|e| SendFailure::Failed(format!("uploading the {}: {e:#}", m.kind.name())))?;
+        let context_info = context.map(Box::new);
+        Ok(match m.kind {
+            MediaKind::Image => media::image_message(
+                upload,
+                media::ImageOptions {
+                    caption: m.caption,
+                    mimetype: m.mime,
+                    context_info,
+                    ..Default::default()
+                },
+            ),
+            MediaKind::Video => media::video_message(
+                upload,
+                media::VideoOptions {
+                    caption: m.caption,
+                    mimetype: m.mime,
+                    duration_seconds: m.seconds,
+                    context_info,
+                    ..Default::default()
+                },
+            ),
+            MediaKind::Audio => media::audio_message(
+                upload,
+                media::AudioOptions {
+                    mimetype: m.mime,
+                    duration_seconds: m.seconds,
+                    ptt: Some(m.ptt),
+                    context_info,
+                    ..Default::default()
+                },
+            ),
+            MediaKind::Document => media::document_message(
+                upload,
+                media::DocumentOptions {
+                    mimetype: m.mime,
+                    file_name: m.file_name,
+                    caption: m.caption,
+                    context_info,
+                    ..Default::default()
+                },
+            ),
+            MediaKind::Sticker => wa::Message {
+                sticker_message: MessageField::some(wa::message::StickerMessage {
+                    url: Some(upload.url),
+                    direct_path: Some(upload.direct_path),
+                    media_key: Some(upload.media_key.to_vec()),
+                    file_sha256: Some(upload.file_sha256.to_vec()),
+                    file_enc_sha256: Some(upload.file_enc_sha256.to_vec()),
+                    file_length: Some(upload.file_length),
+                    media_key_timestamp: Some(upload.media_key_timestamp),
+                    mimetype: Some(m.mime.unwrap_or_else(|| "image/webp".into())),
+                    context_info: context_info
+                        .map(|c| MessageField::some(*c))
+                        .unwrap_or_default(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        })
+    }
+}
+
+/// `conversation`, or `extendedTextMessage` when there is a `contextInfo`.
+fn text_message(text: String, context: Option<wa::ContextInfo>) -> wa::Message {
+    match context {
+        None => wa::Message::text(text),
+        Some(c) => wa::Message::text_with_context(text, c),
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -241,9 +682,9 @@ async fn start_member(
     phone: &str,
     name: &str,
 ) -> Result<Member> {
-    let received: Arc<Mutex<Vec<Received>>> = Arc::default();
+    let shared_log: SharedLog = Arc::default();
     let (tx, mut rx) = mpsc::unbounded_channel::<Lifecycle>();
-    let log = received.clone();
+    let log = shared_log.clone();
     let events: Arc<Mutex<Vec<MemberEvent>>> = Arc::default();
     let event_log = events.clone();
     let bot = Bot::builder()
@@ -262,57 +703,19 @@ async fn start_member(
                     let _ = tx.send(Lifecycle::Connected);
                 }
                 Event::Messages(batch) => {
-                    let mut entries = log.lock().unwrap_or_else(|p| p.into_inner());
                     for m in batch.messages.iter() {
-                        let image = m
-                            .message
-                            .get_base_message()
-                            .image_message
-                            .as_option()
-                            .cloned();
-                        let text = m
-                            .message
-                            .text_content()
-                            .or_else(|| m.message.get_caption())
-                            .map(str::to_string);
-                        let kind = if image.is_some() {
-                            "image"
-                        } else if text.is_some() {
-                            "text"
-                        } else {
-                            "other"
-                        };
-                        let id = m.info.id.to_string();
-                        entries.push(Received {
-                            id: id.clone(),
-                            chat: m.info.source.chat.to_string(),
-                            sender: m.info.source.sender.to_non_ad().to_string(),
-                            from_me: m.info.source.is_from_me,
-                            kind: kind.to_string(),
-                            text,
-                            timestamp: m.info.timestamp.timestamp(),
-                            mime: image.as_ref().and_then(|i| i.mimetype.clone()),
-                            media_sha256: None,
-                        });
-                        if let Some(image) = image {
-                            let client = client.clone();
-                            let log = log.clone();
-                            tokio::spawn(async move {
-                                match client.download(&image).await {
-                                    Ok(bytes) => {
-                                        let digest = hex(&sha2::Sha256::digest(&bytes));
-                                        let mut entries =
-                                            log.lock().unwrap_or_else(|p| p.into_inner());
-                                        if let Some(e) = entries.iter_mut().find(|e| e.id == id) {
-                                            e.media_sha256 = Some(digest);
-                                        }
-                                    }
-                                    Err(e) => {
-                                        log::warn!("member could not download media {id}: {e:#}")
-                                    }
-                                }
-                            });
-                        }
+                        record(
+                            &log,
+                            &client,
+                            m.info.id.to_string(),
+                            m.info.source.chat.to_string(),
+                            m.info.source.sender.to_non_ad().to_string(),
+                            m.info.source.is_from_me,
+                            m.info.timestamp.timestamp(),
+                            m.message.clone(),
+                            &m.info.edit,
+                            None,
+                        );
                     }
                 }
                 Event::GroupUpdate(u) => {
@@ -377,7 +780,7 @@ async fn start_member(
         linked,
         client,
         handle,
-        received,
+        log: shared_log,
         events,
     })
 }

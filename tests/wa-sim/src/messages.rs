@@ -85,6 +85,7 @@ pub fn on_message(conn: &mut Conn, node: &Node) {
         return;
     }
     let ty = attr(node, "type").unwrap_or_else(|| "text".into());
+    let edit = attr(node, "edit");
     let children = node.children().unwrap_or_default();
     let device_identity = children
         .iter()
@@ -132,6 +133,10 @@ pub fn on_message(conn: &mut Conn, node: &Node) {
         }
         if !push_name.is_empty() {
             b = b.attr("notify", push_name.clone());
+        }
+        if let Some(edit) = &edit {
+            // Edits, revokes and reaction removals keep their marker.
+            b = b.attr("edit", edit.clone());
         }
         let mut content = encs;
         content.extend(device_identity.clone());

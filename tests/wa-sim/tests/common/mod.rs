@@ -59,13 +59,32 @@ pub async fn spawn_client(sim: &Simulator) -> TestClient {
     spawn_client_with(sim, Arc::new(InMemoryBackend::new())).await
 }
 
+/// HTTP client of a test client that may use media: through the simulator
+/// (`wa_sim::SimHttpClient`), or nowhere ([`NoNetwork`]).
+struct TestHttp(Option<wa_sim::SimHttpClient>);
+
+#[whatsapp_rust::async_trait]
+impl HttpClient for TestHttp {
+    async fn execute(&self, request: HttpRequest) -> anyhow::Result<HttpResponse> {
+        match &self.0 {
+            Some(sim) => sim.execute(request).await,
+            None => NoNetwork.execute(request).await,
+        }
+    }
+}
+
 /// Builds and starts a client on an existing store (a restart of the same device).
 pub async fn spawn_client_with(sim: &Simulator, backend: Arc<dyn Backend>) -> TestClient {
+    spawn_client_full(sim, backend, false).await
+}
+
+async fn spawn_client_full(sim: &Simulator, backend: Arc<dyn Backend>, media: bool) -> TestClient {
     let (tx, events) = mpsc::unbounded_channel();
+    let http = TestHttp(media.then(|| wa_sim::SimHttpClient { addr: sim.addr() }));
     let bot = Bot::builder()
         .with_backend_arc(backend.clone())
         .with_transport_factory(TokioWebSocketTransportFactory::new().with_url(sim.ws_url()))
-        .with_http_client(NoNetwork)
+        .with_http_client(http)
         // A fixed version: otherwise the client fetches it from web.whatsapp.com.
         .with_version((2, 3000, 1_000_000_000))
         .skip_history_sync()
@@ -87,7 +106,17 @@ pub async fn spawn_client_with(sim: &Simulator, backend: Arc<dyn Backend>) -> Te
 
 /// A client linked to `phone` (through the library API) and `Connected`.
 pub async fn paired_client(sim: &Simulator, phone: &str) -> TestClient {
-    let mut client = spawn_client(sim).await;
+    pair(sim, phone, spawn_client(sim).await).await
+}
+
+/// Like [`paired_client`], with media up- and downloads through the simulator
+/// (as passerelle's client would be built against it).
+pub async fn paired_client_with_media(sim: &Simulator, phone: &str) -> TestClient {
+    let client = spawn_client_full(sim, Arc::new(InMemoryBackend::new()), true).await;
+    pair(sim, phone, client).await
+}
+
+async fn pair(sim: &Simulator, phone: &str, mut client: TestClient) -> TestClient {
     let qr = client
         .wait_for(20, "PairingQrCode", |e| match e {
             Event::PairingQrCode(q) => Some(q.code.clone()),
@@ -147,6 +176,37 @@ fn event_name(event: &Event) -> String {
         .next()
         .unwrap_or_default()
         .to_string()
+}
+
+/// Polls `member`'s log of `chat` until `done` accepts it (at most `secs`
+/// seconds; panics with the log otherwise).
+pub async fn wait_log(
+    member: &wa_sim::Member,
+    chat: &str,
+    secs: u64,
+    what: &str,
+    done: impl Fn(&[wa_sim::Received]) -> bool,
+) -> Vec<wa_sim::Received> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        let log = member.received(Some(chat));
+        if done(&log) {
+            return log;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("{} never got {what} within {secs}s: {log:#?}", member.phone);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Hex SHA-256, as the members' logs give it.
+pub fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Minimal HTTP/1.1 request to the control API: returns (status, JSON body).
