@@ -60,7 +60,7 @@ pub async fn on_iq(conn: &mut Conn, node: &Node) {
             if let (Session::LoggedIn { phone, device }, "active") = (&conn.session, child) {
                 // Active: deliver what was queued while offline, then the end marker.
                 let key = (phone.clone(), *device);
-                let queued = messages::take_offline(&mut conn.world.lock(), &key);
+                let queued = messages::take_offline(&mut conn.world.lock(), &key, conn.handle.id);
                 let count = queued.len();
                 for n in queued {
                     conn.send(n);

@@ -5,6 +5,7 @@
 
 mod conn;
 mod control;
+mod devices;
 mod groups;
 mod http;
 mod iq;
@@ -76,7 +77,7 @@ impl Core {
                 serde_json::json!({
                     "jid": format!("{phone}:{d}@s.whatsapp.net"),
                     "online": inner.online.contains_key(&key),
-                    "queued": inner.offline.get(&key).map_or(0, Vec::len),
+                    "queued": inner.outbox.get(&key).map_or(0, Vec::len),
                     "push_name": inner.devices.get(&key).map(|r| r.push_name.clone()),
                 })
             })
