@@ -105,6 +105,7 @@ pub async fn handle(sim: &Core, req: Request) -> Response {
             }),
         ),
         ("POST", ["phones", phone, "scan"]) => scan(sim, phone, &req.body).await,
+        ("POST", ["phones", phone, "pair-code"]) => pair_code(sim, phone, &req.body).await,
         ("GET", ["phones", phone]) => match sim.phone_info(phone) {
             Some(info) => Response::json(200, info),
             None => Response::error(404, format!("unknown phone {phone}")),
@@ -250,6 +251,30 @@ async fn scan(sim: &Core, phone: &str, body: &[u8]) -> Response {
         Ok(linked) => Response::json(200, json!({ "jid": linked.jid, "lid": linked.lid })),
         Err(e @ ScanError::InvalidQr(_)) => Response::error(400, e),
         Err(e @ ScanError::UnknownRef) => Response::error(404, e),
+        Err(e @ ScanError::Failed(_)) => Response::error(504, e),
+    }
+}
+
+#[derive(Deserialize)]
+struct PairCodeBody {
+    code: String,
+}
+
+async fn pair_code(sim: &Core, phone: &str, body: &[u8]) -> Response {
+    if !valid_phone(phone) {
+        return Response::error(400, "phone must be 5 to 15 digits, without '+'");
+    }
+    let body: PairCodeBody = match parse(body, r#"{"code": "ABCD1234"}"#) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    match sim.enter_code(phone, &body.code).await {
+        Ok(linked) => Response::json(200, json!({ "jid": linked.jid, "lid": linked.lid })),
+        Err(ScanError::InvalidQr(e)) => Response::error(400, e),
+        Err(ScanError::UnknownRef) => Response::error(
+            404,
+            format!("no device is waiting to link with {phone} by code"),
+        ),
         Err(e @ ScanError::Failed(_)) => Response::error(504, e),
     }
 }

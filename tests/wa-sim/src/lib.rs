@@ -14,6 +14,7 @@ mod media;
 mod members;
 mod messages;
 mod noise;
+mod pair_code;
 mod pairing;
 mod stanza;
 mod state;
@@ -52,6 +53,10 @@ impl Core {
 
     async fn scan(&self, phone: &str, qr: &str) -> Result<Linked, ScanError> {
         pairing::scan(&self.world, phone, qr).await
+    }
+
+    async fn enter_code(&self, phone: &str, code: &str) -> Result<Linked, ScanError> {
+        pair_code::enter_code(&self.world, phone, code).await
     }
 
     async fn create_member(&self, phone: &str, name: &str) -> Result<Arc<Member>, MemberError> {
@@ -143,6 +148,15 @@ impl Simulator {
             return Err(ScanError::InvalidQr(format!("invalid phone {phone:?}")));
         }
         self.core.scan(phone, qr).await
+    }
+
+    /// Same as `POST /phones/{phone}/pair-code`: the phone enters the pair code
+    /// shown by the device that asked to link with this number.
+    pub async fn enter_pair_code(&self, phone: &str, code: &str) -> Result<Linked, ScanError> {
+        if !valid_phone(phone) {
+            return Err(ScanError::InvalidQr(format!("invalid phone {phone:?}")));
+        }
+        self.core.enter_code(phone, code).await
     }
 
     /// Same as `POST /members`: a number whose linked device is a whatsapp-rust

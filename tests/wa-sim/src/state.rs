@@ -145,6 +145,10 @@ pub struct Inner {
     /// QR ref -> registering connection id.
     pub refs: HashMap<String, u64>,
     pub registering: HashMap<u64, Registering>,
+    /// Pair-code linking: phone number -> the device that asked to link with it.
+    pub code_requests: HashMap<String, crate::pair_code::CodeRequest>,
+    /// Pair-code linking: pairing ref -> code entered, waiting for `companion_finish`.
+    pub codes_entered: HashMap<String, crate::pair_code::CodeEntered>,
     /// `<pair-success>` iq id -> pending signature.
     pub pending_signs: HashMap<String, PendingSign>,
     /// Stanzas routed to each device and not acknowledged yet, in routing order:
@@ -234,6 +238,8 @@ impl World {
         inner.online.retain(|_, c| c.id != conn_id);
         if inner.registering.remove(&conn_id).is_some() {
             inner.refs.retain(|_, c| *c != conn_id);
+            inner.code_requests.retain(|_, r| r.conn_id != conn_id);
+            inner.codes_entered.retain(|_, c| c.conn_id != conn_id);
         }
         let stale: Vec<String> = inner
             .pending_signs
