@@ -253,6 +253,16 @@ async fn group_burst_survives_connection_drops_and_malformed_stanzas() {
         assert_eq!(count.get(id.as_str()), Some(&1), "id {id}: got {got:?}");
     }
     assert_eq!(got.len(), 30, "{got:?}");
+    // Everything routed to Bob was acknowledged in the end: nothing left queued.
+    let mut queued = serde_json::Value::Null;
+    for _ in 0..100 {
+        queued = sim.phone_info("33622222222").unwrap()["devices"][0]["queued"].clone();
+        if queued == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(queued, 0, "Bob's outbox");
 
     let (status, faults) = http(
         sim.addr(),
