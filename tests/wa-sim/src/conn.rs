@@ -9,7 +9,7 @@ use bytes::BytesMut;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio_websockets::{Message, WebSocketStream};
 use wacore::framing::{FrameDecoder, encode_frame};
 use wacore::handshake::NoiseCipher;
@@ -120,8 +120,16 @@ where
     log::debug!("conn {conn_id}: noise handshake done");
 
     let (tx, rx) = mpsc::unbounded_channel();
+    // The writer wakes the reader when the simulator aborts the connection.
+    let kill = Arc::new(Notify::new());
     let handle = ConnHandle::new(conn_id, tx);
-    let writer = tokio::spawn(write_loop(conn_id, sink, established.write, rx));
+    let writer = tokio::spawn(write_loop(
+        conn_id,
+        sink,
+        established.write,
+        rx,
+        kill.clone(),
+    ));
 
     let mut conn = Conn::new(world.clone(), handle.clone(), established.client_static);
     let result = async {
@@ -132,6 +140,10 @@ where
             let frame = tokio::select! {
                 f = reader.next() => f?,
                 _ = shutdown.changed() => None,
+                _ = kill.notified() => {
+                    log::info!("conn {conn_id}: aborted by the simulator");
+                    None
+                }
             };
             let Some(mut frame) = frame else {
                 return Ok(());
@@ -161,6 +173,7 @@ async fn write_loop<S>(
     mut sink: Sink<S>,
     cipher: NoiseCipher,
     mut rx: mpsc::UnboundedReceiver<Outgoing>,
+    kill: Arc<Notify>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -174,6 +187,11 @@ async fn write_loop<S>(
                 }
             }
             Outgoing::Close => break,
+            Outgoing::Abort => {
+                // No close frame: dropping both halves closes the TCP socket.
+                kill.notify_one();
+                return;
+            }
         }
     }
     let _ = sink.send(Message::close(None, "")).await;

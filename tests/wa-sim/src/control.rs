@@ -97,10 +97,17 @@ pub async fn handle(sim: &Core, req: Request) -> Response {
             }),
         ),
         ("POST", ["phones", phone, "scan"]) => scan(sim, phone, &req.body).await,
+        ("POST", ["phones", phone, "pair-code"]) => pair_code(sim, phone, &req.body).await,
         ("GET", ["phones", phone]) => match sim.phone_info(phone) {
             Some(info) => Response::json(200, info),
             None => Response::error(404, format!("unknown phone {phone}")),
         },
+        ("POST", ["phones", phone, "devices", n, action]) => {
+            device_action(sim, phone, n, action, &req.body)
+        }
+        ("PUT" | "GET", ["phones", phone, "devices", n, "faults"]) => {
+            device_faults(sim, &req.method, phone, n, &req.body)
+        }
         ("POST", ["members"]) => create_member(sim, &req.body).await,
         ("POST", ["mms", ..]) => crate::media::upload(&sim.world, req.query.as_deref(), req.body),
         ("GET", ["v", ..]) => crate::media::download(&sim.world, &req.path),
@@ -130,6 +137,100 @@ pub async fn handle(sim: &Core, req: Request) -> Response {
     }
 }
 
+#[derive(Deserialize, Default)]
+struct BanBody {
+    code: Option<u32>,
+    expire: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct FaultsBody {
+    drop_every: Option<u64>,
+    malformed_every: Option<u64>,
+}
+
+/// `phone:n` from the path, or the 400/404 to answer.
+fn device_key(sim: &Core, phone: &str, n: &str) -> Result<crate::state::DeviceKey, Response> {
+    if !valid_phone(phone) {
+        return Err(Response::error(
+            400,
+            "phone must be 5 to 15 digits, without '+'",
+        ));
+    }
+    let Ok(device) = n.parse::<u16>() else {
+        return Err(Response::error(400, format!("bad device number {n:?}")));
+    };
+    let key = (phone.to_string(), device);
+    if !sim.world.lock().devices.contains_key(&key) {
+        return Err(Response::error(
+            404,
+            format!("no linked device {phone}:{device}"),
+        ));
+    }
+    Ok(key)
+}
+
+/// `POST /phones/{phone}/devices/{n}/{logout|disconnect|ban|outdated}`.
+fn device_action(sim: &Core, phone: &str, n: &str, action: &str, body: &[u8]) -> Response {
+    let key = match device_key(sim, phone, n) {
+        Ok(k) => k,
+        Err(r) => return r,
+    };
+    let world = &sim.world;
+    let was_online = match action {
+        "logout" => crate::devices::logout(world, &key),
+        "disconnect" => crate::devices::disconnect(world, &key),
+        "ban" => {
+            let body: BanBody = if body.iter().all(u8::is_ascii_whitespace) {
+                BanBody::default()
+            } else {
+                match parse(body, r#"{"code": 101, "expire": 3600}"#) {
+                    Ok(b) => b,
+                    Err(r) => return r,
+                }
+            };
+            crate::devices::ban(
+                world,
+                &key,
+                body.code.unwrap_or(101),
+                body.expire.unwrap_or(3600),
+            )
+        }
+        "outdated" => {
+            crate::devices::refuse_logins(world, &key, crate::state::LoginFault::Outdated)
+        }
+        _ => return Response::error(404, format!("no device action {action:?}")),
+    };
+    match was_online {
+        Some(online) => Response::json(
+            200,
+            json!({ "jid": format!("{}:{}@s.whatsapp.net", key.0, key.1), "was_online": online }),
+        ),
+        None => Response::error(404, format!("no linked device {}:{}", key.0, key.1)),
+    }
+}
+
+/// `PUT|GET /phones/{phone}/devices/{n}/faults`.
+fn device_faults(sim: &Core, method: &str, phone: &str, n: &str, body: &[u8]) -> Response {
+    let key = match device_key(sim, phone, n) {
+        Ok(k) => k,
+        Err(r) => return r,
+    };
+    let faults = if method == "PUT" {
+        let body: FaultsBody = match parse(body, r#"{"drop_every": N, "malformed_every": N}"#) {
+            Ok(b) => b,
+            Err(r) => return r,
+        };
+        crate::devices::set_faults(&sim.world, &key, body.drop_every, body.malformed_every)
+    } else {
+        crate::devices::faults(&sim.world, &key)
+    };
+    match faults {
+        Some(f) => Response::json(200, json!(f)),
+        None => Response::error(404, format!("no linked device {}:{}", key.0, key.1)),
+    }
+}
+
 async fn scan(sim: &Core, phone: &str, body: &[u8]) -> Response {
     if !valid_phone(phone) {
         return Response::error(400, "phone must be 5 to 15 digits, without '+'");
@@ -142,6 +243,30 @@ async fn scan(sim: &Core, phone: &str, body: &[u8]) -> Response {
         Ok(linked) => Response::json(200, json!({ "jid": linked.jid, "lid": linked.lid })),
         Err(e @ ScanError::InvalidQr(_)) => Response::error(400, e),
         Err(e @ ScanError::UnknownRef) => Response::error(404, e),
+        Err(e @ ScanError::Failed(_)) => Response::error(504, e),
+    }
+}
+
+#[derive(Deserialize)]
+struct PairCodeBody {
+    code: String,
+}
+
+async fn pair_code(sim: &Core, phone: &str, body: &[u8]) -> Response {
+    if !valid_phone(phone) {
+        return Response::error(400, "phone must be 5 to 15 digits, without '+'");
+    }
+    let body: PairCodeBody = match parse(body, r#"{"code": "ABCD1234"}"#) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    match sim.enter_code(phone, &body.code).await {
+        Ok(linked) => Response::json(200, json!({ "jid": linked.jid, "lid": linked.lid })),
+        Err(ScanError::InvalidQr(e)) => Response::error(400, e),
+        Err(ScanError::UnknownRef) => Response::error(
+            404,
+            format!("no device is waiting to link with {phone} by code"),
+        ),
         Err(e @ ScanError::Failed(_)) => Response::error(504, e),
     }
 }

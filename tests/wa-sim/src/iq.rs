@@ -6,7 +6,7 @@ use wacore_binary::Node;
 use wacore_binary::builder::NodeBuilder;
 
 use crate::stanza::{Conn, SERVER, Session, attr};
-use crate::{groups, keys, media, messages, pairing, usync};
+use crate::{groups, keys, media, messages, pair_code, pairing, usync};
 
 pub fn result(id: &str, children: Vec<Node>) -> Node {
     let b = NodeBuilder::new("iq")
@@ -60,7 +60,7 @@ pub async fn on_iq(conn: &mut Conn, node: &Node) {
             if let (Session::LoggedIn { phone, device }, "active") = (&conn.session, child) {
                 // Active: deliver what was queued while offline, then the end marker.
                 let key = (phone.clone(), *device);
-                let queued = messages::take_offline(&mut conn.world.lock(), &key);
+                let queued = messages::take_offline(&mut conn.world.lock(), &key, conn.handle.id);
                 let count = queued.len();
                 for n in queued {
                     conn.send(n);
@@ -92,6 +92,10 @@ pub async fn on_iq(conn: &mut Conn, node: &Node) {
         }
         ("privacy", _) | ("disappearing_mode", _) => result(&id, vec![]),
         ("w:sync:app:state", _) => app_state_sync(&id, node),
+        ("md", "link_code_companion_reg") => match pair_code::on_iq(conn, &id, node) {
+            Some(reply) => reply,
+            None => error(&id, 400, "bad-request"),
+        },
         ("encrypt", _) if logged_in => keys::on_encrypt(conn, &id, node),
         ("usync", _) if logged_in => usync::on_usync(conn, &id, node),
         ("w:g2", _) if logged_in => groups::on_iq(conn, &id, node),

@@ -6,6 +6,7 @@
 mod compose;
 mod conn;
 mod control;
+mod devices;
 mod groups;
 mod http;
 mod iq;
@@ -14,6 +15,7 @@ mod media;
 mod members;
 mod messages;
 mod noise;
+mod pair_code;
 mod pairing;
 mod readback;
 mod stanza;
@@ -56,6 +58,10 @@ impl Core {
         pairing::scan(&self.world, phone, qr).await
     }
 
+    async fn enter_code(&self, phone: &str, code: &str) -> Result<Linked, ScanError> {
+        pair_code::enter_code(&self.world, phone, code).await
+    }
+
     async fn create_member(&self, phone: &str, name: &str) -> Result<Arc<Member>, MemberError> {
         self.members
             .create(&self.world, &self.ws_url(), self.addr, phone, name)
@@ -79,7 +85,7 @@ impl Core {
                 serde_json::json!({
                     "jid": format!("{phone}:{d}@s.whatsapp.net"),
                     "online": inner.online.contains_key(&key),
-                    "queued": inner.offline.get(&key).map_or(0, Vec::len),
+                    "queued": inner.outbox.get(&key).map_or(0, Vec::len),
                     "push_name": inner.devices.get(&key).map(|r| r.push_name.clone()),
                 })
             })
@@ -145,6 +151,15 @@ impl Simulator {
             return Err(ScanError::InvalidQr(format!("invalid phone {phone:?}")));
         }
         self.core.scan(phone, qr).await
+    }
+
+    /// Same as `POST /phones/{phone}/pair-code`: the phone enters the pair code
+    /// shown by the device that asked to link with this number.
+    pub async fn enter_pair_code(&self, phone: &str, code: &str) -> Result<Linked, ScanError> {
+        if !valid_phone(phone) {
+            return Err(ScanError::InvalidQr(format!("invalid phone {phone:?}")));
+        }
+        self.core.enter_code(phone, code).await
     }
 
     /// Same as `POST /members`: a number whose linked device is a whatsapp-rust

@@ -9,7 +9,7 @@ use wacore_binary::builder::NodeBuilder;
 use wacore_binary::node::Attrs;
 
 use crate::stanza::{Conn, SERVER, Session, attr, now};
-use crate::state::{DeviceKey, Inner};
+use crate::state::{DeviceKey, Inner, Pending};
 
 fn ack(class: &str, id: &str, from: &str) -> Node {
     NodeBuilder::new("ack")
@@ -36,21 +36,81 @@ fn device_jid(inner: &Inner, phone: &str, device: u16, like: &str) -> String {
     }
 }
 
-/// Sends `node` to the device now, or keeps it for its next login.
+/// Sends `node` to the device now (applying its chaos faults), or keeps it for
+/// its next login. Either way it stays in the device's outbox until acknowledged.
 pub fn deliver(inner: &mut Inner, to: &DeviceKey, node: Node) {
-    match inner.online.get(to) {
-        Some(conn) => conn.send(node),
-        None => inner.offline.entry(to.clone()).or_default().push(node),
+    let Some(conn) = inner.online.get(to).cloned() else {
+        inner.outbox.entry(to.clone()).or_default().push(Pending {
+            node,
+            sent_on: None,
+        });
+        return;
+    };
+    let mut abort = false;
+    if let Some(f) = inner.faults.get_mut(to) {
+        f.routed += 1;
+        if node.tag == "message" {
+            f.messages += 1;
+            if f.malformed_every > 0 && f.messages % f.malformed_every == 0 {
+                f.malformed_sent += 1;
+                conn.send(crate::devices::malformed(f.malformed_sent));
+            }
+        }
+        if f.drop_every > 0 && f.routed % f.drop_every == 0 {
+            f.drops += 1;
+            abort = true;
+        }
+    }
+    conn.send(node.clone());
+    inner.outbox.entry(to.clone()).or_default().push(Pending {
+        node,
+        sent_on: Some(conn.id),
+    });
+    if abort {
+        log::info!("{}:{}: dropping its connection (faults)", to.0, to.1);
+        conn.abort();
+        inner.online.remove(to);
     }
 }
 
-/// Everything queued for a device that just became active, marked `offline`.
-pub fn take_offline(inner: &mut Inner, device: &DeviceKey) -> Vec<Node> {
-    let mut queued = inner.offline.remove(device).unwrap_or_default();
-    for n in &mut queued {
-        n.attrs.insert("offline", "1");
+/// What a device that just became active on connection `conn_id` must get:
+/// every unacknowledged stanza not already sent on that connection, marked
+/// `offline`, in routing order.
+pub fn take_offline(inner: &mut Inner, device: &DeviceKey, conn_id: u64) -> Vec<Node> {
+    let Some(pending) = inner.outbox.get_mut(device) else {
+        return Vec::new();
+    };
+    pending
+        .iter_mut()
+        .filter(|p| p.sent_on != Some(conn_id))
+        .map(|p| {
+            p.sent_on = Some(conn_id);
+            let mut n = p.node.clone();
+            n.attrs.insert("offline", "1");
+            n
+        })
+        .collect()
+}
+
+/// The device acknowledged the stanzas `ids` of kind `tag`: forget them.
+fn acknowledged(inner: &mut Inner, device: &DeviceKey, tag: &str, ids: &[String]) {
+    if let Some(pending) = inner.outbox.get_mut(device) {
+        pending.retain(|p| {
+            p.node.tag != tag || !attr(&p.node, "id").is_some_and(|id| ids.contains(&id))
+        });
+        if pending.is_empty() {
+            inner.outbox.remove(device);
+        }
     }
-    queued
+}
+
+/// An `<ack class="..." id="...">` from a device: it got that stanza.
+pub fn on_ack(conn: &mut Conn, node: &Node) {
+    if let (Some(device), Some(class), Some(id)) =
+        (sender(conn), attr(node, "class"), attr(node, "id"))
+    {
+        acknowledged(&mut conn.world.lock(), &device, &class, &[id]);
+    }
 }
 
 fn sender(conn: &Conn) -> Option<DeviceKey> {
@@ -154,6 +214,16 @@ pub fn on_receipt(conn: &mut Conn, node: &Node) {
     else {
         return;
     };
+    // A receipt (delivery, read, retry...) from a device acknowledges the
+    // messages it names: `id` and any `<list><item id>`.
+    let mut ids = vec![id.clone()];
+    if let Some(list) = node.get_optional_child("list") {
+        ids.extend(
+            list.get_children_by_tag("item")
+                .filter_map(|i| attr(i, "id")),
+        );
+    }
+    acknowledged(&mut conn.world.lock(), &from_key, "message", &ids);
     let ty = attr(node, "type");
     let mut ack_node = ack("receipt", &id, &to);
     if let Some(ty) = &ty {

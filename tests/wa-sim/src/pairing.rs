@@ -139,9 +139,8 @@ fn parse_qr(qr: &str) -> Result<Qr> {
 /// the device has signed its identity (the device then gets stream error 515).
 pub async fn scan(world: &World, phone: &str, qr: &str) -> Result<Linked, ScanError> {
     let qr = parse_qr(qr).map_err(|e| ScanError::InvalidQr(format!("{e:#}")))?;
-    let (done_tx, done_rx) = oneshot::channel();
-    let (linked, conn, iq) = {
-        let mut inner = world.lock();
+    let conn_id = {
+        let inner = world.lock();
         let conn_id = *inner
             .refs
             .get(&qr.pairing_ref)
@@ -160,11 +159,36 @@ pub async fn scan(world: &World, phone: &str, qr: &str) -> Result<Linked, ScanEr
                 "identity key does not match the device showing this ref".into(),
             ));
         }
+        conn_id
+    };
+    link(world, phone, conn_id, qr.identity_pub, qr.adv_secret).await
+}
+
+/// Links the registering device on connection `conn_id` to `phone` as its next
+/// device: `<pair-success>` with its identity signed by the phone's account key
+/// and HMACed with `adv_secret` (from the QR code or the pair-code exchange),
+/// then waits for the device's own signature.
+pub async fn link(
+    world: &World,
+    phone: &str,
+    conn_id: u64,
+    identity_pub: [u8; 32],
+    adv_secret: Vec<u8>,
+) -> Result<Linked, ScanError> {
+    let (done_tx, done_rx) = oneshot::channel();
+    let (linked, conn, iq) = {
+        let mut inner = world.lock();
+        let reg = inner
+            .registering
+            .get(&conn_id)
+            .ok_or(ScanError::UnknownRef)?;
         let conn = reg.conn.clone();
+        let noise_pub = reg.noise_pub;
         let registration = reg.registration.clone();
         let push_name = reg.push_name.clone();
         // One pairing per registering connection.
         inner.refs.retain(|_, c| *c != conn_id);
+        inner.code_requests.retain(|_, r| r.conn_id != conn_id);
 
         let p = inner.phone_mut(phone);
         let device = p.next_device;
@@ -172,7 +196,7 @@ pub async fn scan(world: &World, phone: &str, qr: &str) -> Result<Linked, ScanEr
         let key_index = p.next_key_index;
         p.next_key_index += 1;
         let lid_user = p.lid_user.clone();
-        let container = device_identity_container(p, &qr, key_index)
+        let container = device_identity_container(p, &identity_pub, &adv_secret, key_index)
             .map_err(|e| ScanError::Failed(format!("{e:#}")))?;
 
         let linked = Linked {
@@ -187,7 +211,7 @@ pub async fn scan(world: &World, phone: &str, qr: &str) -> Result<Linked, ScanEr
                 phone: phone.to_string(),
                 device,
                 key_index,
-                noise_pub: qr.noise_pub,
+                noise_pub,
                 registration,
                 push_name,
                 done: done_tx,
@@ -223,10 +247,12 @@ pub async fn scan(world: &World, phone: &str, qr: &str) -> Result<Linked, ScanEr
     }
 }
 
-/// `ADVSignedDeviceIdentityHMAC` for the device in `qr`, signed by the phone's account key.
+/// `ADVSignedDeviceIdentityHMAC` for the device with `identity_pub`, signed by
+/// the phone's account key.
 fn device_identity_container(
     phone: &crate::state::Phone,
-    qr: &Qr,
+    identity_pub: &[u8; 32],
+    adv_secret: &[u8],
     key_index: u32,
 ) -> Result<Vec<u8>> {
     let details = wa::ADVDeviceIdentity {
@@ -239,7 +265,7 @@ fn device_identity_container(
     let mut msg = Vec::with_capacity(2 + details.len() + 32);
     msg.extend_from_slice(ADV_PREFIX_ACCOUNT_SIGNATURE);
     msg.extend_from_slice(&details);
-    msg.extend_from_slice(&qr.identity_pub);
+    msg.extend_from_slice(identity_pub);
     let account_signature =
         wacore::crypto::calculate_curve_signature(&phone.account_key.private_key, &msg)
             .map_err(|e| anyhow!("account signature: {e}"))?;
@@ -250,7 +276,7 @@ fn device_identity_container(
         device_signature: None,
     }
     .encode_to_vec();
-    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&qr.adv_secret)
+    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(adv_secret)
         .map_err(|e| anyhow!("adv secret: {e}"))?;
     mac.update(&signed);
     let hmac = mac.finalize().into_bytes().to_vec();

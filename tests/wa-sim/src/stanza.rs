@@ -95,6 +95,14 @@ pub fn on_established(conn: &mut Conn, payload: &wa::ClientPayload) {
     };
     let phone = user.to_string();
     let device = device as u16;
+    // A banned or outdated device (control API) is refused before it is online.
+    if let Some(failure) = crate::devices::login_failure(&conn.world, &(phone.clone(), device)) {
+        log::warn!("refusing login of {phone}:{device}: {failure:?}");
+        conn.session = Session::Refused;
+        conn.send(failure);
+        conn.handle.close();
+        return;
+    }
     let lid = {
         let mut inner = conn.world.lock();
         let known = inner
@@ -125,6 +133,7 @@ pub fn on_established(conn: &mut Conn, payload: &wa::ClientPayload) {
         refuse(conn, &format!("unknown device {phone}:{device}"));
         return;
     };
+
     log::info!("{phone}:{device} logged in");
     conn.session = Session::LoggedIn {
         phone: phone.clone(),
@@ -160,8 +169,9 @@ pub async fn on_stanza(conn: &mut Conn, node: Node) {
         "message" => messages::on_message(conn, &node),
         "receipt" => messages::on_receipt(conn, &node),
         "presence" => on_presence(conn, &node),
-        // Acks of what we sent, unified-session markers, chat states: nothing to do.
-        "ack" | "ib" | "chatstate" => {}
+        "ack" => messages::on_ack(conn, &node),
+        // Unified-session markers, chat states: nothing to do.
+        "ib" | "chatstate" => {}
         other => log::warn!("unhandled <{other}> stanza"),
     }
 }

@@ -16,6 +16,9 @@ pub enum Outgoing {
     Node(Node),
     /// Flush what is queued, then close the WebSocket.
     Close,
+    /// Flush what is queued, then drop the connection without a WebSocket
+    /// close frame or stream error (the client sees the stream end).
+    Abort,
 }
 
 /// Cheap handle to send stanzas to one connected client.
@@ -38,6 +41,44 @@ impl ConnHandle {
     pub fn close(&self) {
         let _ = self.tx.send(Outgoing::Close);
     }
+
+    /// Sends what is queued, then closes the TCP connection abruptly.
+    pub fn abort(&self) {
+        let _ = self.tx.send(Outgoing::Abort);
+    }
+}
+
+/// A stanza routed to a device, kept until the device acknowledges it
+/// (`<receipt>` or `<ack class="message">` for messages, `<ack class=TAG>` for
+/// the rest) and sent again at each login until then.
+pub struct Pending {
+    pub node: Node,
+    /// Connection it was last sent on (`None`: never sent).
+    pub sent_on: Option<u64>,
+}
+
+/// Chaos switches of one device (`PUT /phones/{phone}/devices/{n}/faults`).
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Faults {
+    /// Close the connection abruptly after every N stanzas routed to it live (0 = off).
+    pub drop_every: u64,
+    /// Put a malformed stanza before every N-th message stanza routed live (0 = off).
+    pub malformed_every: u64,
+    /// Counters, for tests: stanzas routed live, message stanzas among them,
+    /// connections dropped, malformed stanzas sent.
+    pub routed: u64,
+    pub messages: u64,
+    pub drops: u64,
+    pub malformed_sent: u64,
+}
+
+/// How the next logins of a device are refused (`<failure reason=...>`).
+#[derive(Clone, Debug)]
+pub enum LoginFault {
+    /// `402` with a ban `code` until `until` (unix seconds); `expire` is the rest.
+    TempBan { code: u32, until: i64 },
+    /// `405`: client version too old.
+    Outdated,
 }
 
 /// Signal identity and signed pre-key a device announced in its registration payload.
@@ -104,10 +145,17 @@ pub struct Inner {
     /// QR ref -> registering connection id.
     pub refs: HashMap<String, u64>,
     pub registering: HashMap<u64, Registering>,
+    /// Pair-code linking: phone number -> the device that asked to link with it.
+    pub code_requests: HashMap<String, crate::pair_code::CodeRequest>,
+    /// Pair-code linking: pairing ref -> code entered, waiting for `companion_finish`.
+    pub codes_entered: HashMap<String, crate::pair_code::CodeEntered>,
     /// `<pair-success>` iq id -> pending signature.
     pub pending_signs: HashMap<String, PendingSign>,
-    /// Stanzas for devices that were offline, delivered at their next `<active/>`.
-    pub offline: HashMap<DeviceKey, Vec<Node>>,
+    /// Stanzas routed to each device and not acknowledged yet, in routing order:
+    /// (re)sent at the device's next `<active/>` unless sent on that connection.
+    pub outbox: HashMap<DeviceKey, Vec<Pending>>,
+    pub faults: HashMap<DeviceKey, Faults>,
+    pub login_faults: HashMap<DeviceKey, LoginFault>,
     /// Groups by id (`ID` of `ID@g.us`).
     pub groups: HashMap<String, crate::groups::Group>,
     pub next_group: u64,
@@ -190,6 +238,8 @@ impl World {
         inner.online.retain(|_, c| c.id != conn_id);
         if inner.registering.remove(&conn_id).is_some() {
             inner.refs.retain(|_, c| *c != conn_id);
+            inner.code_requests.retain(|_, r| r.conn_id != conn_id);
+            inner.codes_entered.retain(|_, c| c.conn_id != conn_id);
         }
         let stale: Vec<String> = inner
             .pending_signs
