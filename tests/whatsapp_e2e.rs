@@ -384,3 +384,147 @@ async fn a_message_received_before_a_kill_9_is_relayed_once_after_restart() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// Bob's client sends `body` (the control API's send fields) to the group; returns
+/// the WhatsApp message id.
+async fn bob_sends(sim: &wa_sim::Simulator, jid: &str, mut body: serde_json::Value) -> String {
+    body["from"] = json!(BOB);
+    let (status, answer) = control(
+        "POST",
+        format!("{}groups/{jid}/messages", sim.http_url()),
+        body,
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    answer["id"].as_str().unwrap().to_string()
+}
+
+/// Waits until Bob's client received a message matching `found` in `chat`.
+async fn wait_member_message(
+    sim: &wa_sim::Simulator,
+    chat: &str,
+    what: &str,
+    found: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let url = format!(
+        "{}members/{BOB}/messages?chat={}",
+        sim.http_url(),
+        chat.replace('@', "%40")
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let url2 = url.clone();
+        let (status, body) =
+            tokio::task::spawn_blocking(move || http_json("GET", &url2, None, None))
+                .await
+                .unwrap();
+        assert_eq!(status, 200, "{body}");
+        if let Some(message) = body["messages"]
+            .as_array()
+            .and_then(|m| m.iter().find(|m| found(m)))
+        {
+            return message.clone();
+        }
+        assert!(Instant::now() < deadline, "Bob never received {what}: {body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replies_edits_deletions_reactions_and_mentions_cross_through_whatsapp_rust() {
+    use matrix_sdk::ruma::events::relation::Reply;
+    use matrix_sdk::ruma::events::room::message::{
+        Relation, ReplacementMetadata, RoomMessageEventContent,
+    };
+    use matrix_sdk::ruma::EventId;
+
+    let synapse = Synapse::shared();
+    let sim = wa_sim::Simulator::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let alice = MatrixUser::new(synapse, &unique("alice"), Some("Alice")).await;
+    let mut bridge = TestBridge::new(synapse, &[]);
+    bridge.append_config(&format!("[whatsapp]\nurl = \"{}\"", sim.ws_url()));
+    login_by_qr(&sim, &bridge.config_path, BRIDGE_PHONE).await;
+    let jid = bob_and_group(&sim, "Relations").await;
+    bridge.write_group(
+        &unique("relations"),
+        &jid,
+        &format!("invite = [\"{}\"]", alice.user_id),
+    );
+    bridge.start_real().await;
+    let room = bridge.wait_room(&jid).await;
+    alice.wait_joined(&room).await;
+
+    // WhatsApp -> Matrix.
+    let hello = bob_sends(&sim, &jid, json!({"text": "hello"})).await;
+    let mirrored = alice
+        .wait_for(&room, "Bob's message", |s| s.body == "Bob: hello")
+        .await;
+    bob_sends(&sim, &jid, json!({"edit_of": hello, "text": "hello all"})).await;
+    let edit = alice
+        .wait_for(&room, "Bob's edit", |s| s.body == "Bob: hello all")
+        .await;
+    assert_eq!(edit.relation, Some(("replace".into(), mirrored.event_id.clone())));
+    bob_sends(&sim, &jid, json!({"reaction": {"to": hello, "emoji": "🎉"}})).await;
+    let line = alice
+        .wait_for(&room, "Bob's reaction", |s| s.body == "Bob reacted 🎉")
+        .await;
+    assert_eq!(line.relation, Some(("reply".into(), mirrored.event_id.clone())));
+    bob_sends(
+        &sim,
+        &jid,
+        json!({"text": format!("@{BOB} parle de lui"), "mentions": [BOB]}),
+    )
+    .await;
+    alice
+        .wait_for(&room, "the mention by name", |s| {
+            s.body == "Bob: @Bob parle de lui"
+        })
+        .await;
+
+    // Matrix -> WhatsApp: a reply quoting Bob's message, edited, then deleted.
+    let mut content = RoomMessageEventContent::text_plain("bien reçu");
+    content.relates_to = Some(Relation::Reply(Reply::with_event_id(
+        EventId::parse(&mirrored.event_id).unwrap(),
+    )));
+    let answer = alice.send(&room, content).await;
+    let relayed = wait_member_text(&sim, BOB, &jid, "*Alice*: bien reçu").await;
+    assert_eq!(relayed["quoted_id"], json!(hello), "{relayed}");
+    let relayed_id = relayed["id"].as_str().unwrap().to_string();
+    let edit = RoomMessageEventContent::text_plain("bien reçu, merci")
+        .make_replacement(ReplacementMetadata::new(EventId::parse(&answer).unwrap(), None));
+    alice.send(&room, edit).await;
+    let edited = wait_member_message(&sim, &jid, "the edit", |m| {
+        m["kind"] == "edit" && m["from_me"] == false
+    })
+    .await;
+    assert_eq!(edited["edit_of"], json!(relayed_id), "{edited}");
+    assert_eq!(edited["text"], "*Alice*: bien reçu, merci", "{edited}");
+    alice
+        .wait_joined(&room)
+        .await
+        .redact(&EventId::parse(&answer).unwrap(), None, None)
+        .await
+        .unwrap();
+    let revoked = wait_member_message(&sim, &jid, "the deletion", |m| {
+        m["kind"] == "revoke" && m["from_me"] == false
+    })
+    .await;
+    assert_eq!(revoked["revoke_of"], json!(relayed_id), "{revoked}");
+
+    // Bob answers the bridge's message, then deletes his first one.
+    bob_sends(
+        &sim,
+        &jid,
+        json!({"text": "de rien", "reply_to": {"id": relayed_id, "sender": BRIDGE_PHONE}}),
+    )
+    .await;
+    let reply = alice
+        .wait_for(&room, "Bob's reply", |s| s.body == "Bob: de rien")
+        .await;
+    assert_eq!(reply.relation, Some(("reply".into(), answer.clone())));
+    bob_sends(&sim, &jid, json!({"revoke": hello})).await;
+    alice.wait_redacted(synapse, &room, &mirrored.event_id).await;
+    bridge.stop().await;
+}
