@@ -425,7 +425,10 @@ async fn wait_member_message(
         {
             return message.clone();
         }
-        assert!(Instant::now() < deadline, "Bob never received {what}: {body}");
+        assert!(
+            Instant::now() < deadline,
+            "Bob never received {what}: {body}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -443,7 +446,7 @@ async fn replies_edits_deletions_reactions_and_mentions_cross_through_whatsapp_r
         .await
         .unwrap();
     let alice = MatrixUser::new(synapse, &unique("alice"), Some("Alice")).await;
-    let mut bridge = TestBridge::new(synapse, &[]);
+    let mut bridge = TestBridge::new(synapse, &[&alice.user_id]);
     bridge.append_config(&format!("[whatsapp]\nurl = \"{}\"", sim.ws_url()));
     login_by_qr(&sim, &bridge.config_path, BRIDGE_PHONE).await;
     let jid = bob_and_group(&sim, "Relations").await;
@@ -465,12 +468,23 @@ async fn replies_edits_deletions_reactions_and_mentions_cross_through_whatsapp_r
     let edit = alice
         .wait_for(&room, "Bob's edit", |s| s.body == "Bob: hello all")
         .await;
-    assert_eq!(edit.relation, Some(("replace".into(), mirrored.event_id.clone())));
-    bob_sends(&sim, &jid, json!({"reaction": {"to": hello, "emoji": "🎉"}})).await;
+    assert_eq!(
+        edit.relation,
+        Some(("replace".into(), mirrored.event_id.clone()))
+    );
+    bob_sends(
+        &sim,
+        &jid,
+        json!({"reaction": {"to": hello, "emoji": "🎉"}}),
+    )
+    .await;
     let line = alice
         .wait_for(&room, "Bob's reaction", |s| s.body == "Bob reacted 🎉")
         .await;
-    assert_eq!(line.relation, Some(("reply".into(), mirrored.event_id.clone())));
+    assert_eq!(
+        line.relation,
+        Some(("reply".into(), mirrored.event_id.clone()))
+    );
     bob_sends(
         &sim,
         &jid,
@@ -492,8 +506,9 @@ async fn replies_edits_deletions_reactions_and_mentions_cross_through_whatsapp_r
     let relayed = wait_member_text(&sim, BOB, &jid, "*Alice*: bien reçu").await;
     assert_eq!(relayed["quoted_id"], json!(hello), "{relayed}");
     let relayed_id = relayed["id"].as_str().unwrap().to_string();
-    let edit = RoomMessageEventContent::text_plain("bien reçu, merci")
-        .make_replacement(ReplacementMetadata::new(EventId::parse(&answer).unwrap(), None));
+    let edit = RoomMessageEventContent::text_plain("bien reçu, merci").make_replacement(
+        ReplacementMetadata::new(EventId::parse(&answer).unwrap(), None),
+    );
     alice.send(&room, edit).await;
     let edited = wait_member_message(&sim, &jid, "the edit", |m| {
         m["kind"] == "edit" && m["from_me"] == false
@@ -525,6 +540,135 @@ async fn replies_edits_deletions_reactions_and_mentions_cross_through_whatsapp_r
         .await;
     assert_eq!(reply.relation, Some(("reply".into(), answer.clone())));
     bob_sends(&sim, &jid, json!({"revoke": hello})).await;
-    alice.wait_redacted(synapse, &room, &mirrored.event_id).await;
+    alice
+        .wait_redacted(synapse, &room, &mirrored.event_id)
+        .await;
+
+    // The phone unlinks the bridge: Alice, an admin, hears it in a direct room, and
+    // status says so.
+    let (status, body) = control(
+        "POST",
+        format!("{}phones/{BRIDGE_PHONE}/devices/1/logout", sim.http_url()),
+        json!({}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let notice = alice
+        .wait_anywhere("the logged-out notice", |s| {
+            s.body
+                .starts_with("WhatsApp needs an administrator: logged out")
+        })
+        .await;
+    assert_ne!(notice.room_id, room, "told in a direct room");
+    assert_eq!(notice.msgtype, "m.notice");
+    wait_status(&bridge.config_path, "logged out", |r| {
+        r["whatsapp"]
+            .as_str()
+            .is_some_and(|state| state.starts_with("logged out"))
+    })
+    .await;
+    bridge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bursts_both_ways_survive_repeated_connection_drops_and_malformed_stanzas() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(
+            std::env::var("TEST_LOG").unwrap_or_else(|_| "off".into()),
+        ))
+        .with_test_writer()
+        .try_init();
+    let synapse = Synapse::shared();
+    let sim = wa_sim::Simulator::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let alice = MatrixUser::new(synapse, &unique("alice"), Some("Alice")).await;
+    let mut bridge = TestBridge::new(synapse, &[]);
+    bridge.append_config(&format!(
+        "[whatsapp]\nurl = \"{}\"\nmessages_per_minute = 600\nburst = 50",
+        sim.ws_url()
+    ));
+    login_by_qr(&sim, &bridge.config_path, BRIDGE_PHONE).await;
+    let jid = bob_and_group(&sim, "Chaos").await;
+    bridge.write_group(
+        &unique("chaos"),
+        &jid,
+        &format!("invite = [\"{}\"]", alice.user_id),
+    );
+    bridge.start_real().await;
+    let room = bridge.wait_room(&jid).await;
+    alice.wait_joined(&room).await;
+
+    // wa-sim cuts the bridge's connection every 6 stanzas routed to it and slips a
+    // malformed stanza before every 4th message.
+    let (status, body) = control(
+        "PUT",
+        format!("{}phones/{BRIDGE_PHONE}/devices/1/faults", sim.http_url()),
+        json!({"drop_every": 6, "malformed_every": 4}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    const BURST: usize = 30;
+    let from_bob: Vec<String> = (1..=BURST).map(|n| format!("bob {n:02}")).collect();
+    let from_alice: Vec<String> = (1..=BURST).map(|n| format!("alice {n:02}")).collect();
+    for (bob, alice_text) in from_bob.iter().zip(&from_alice) {
+        bob_says(&sim, &jid, bob).await;
+        alice.send_text(&room, alice_text).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let expected_in_matrix: Vec<String> = from_bob.iter().map(|t| format!("Bob: {t}")).collect();
+    loop {
+        let seen: Vec<String> = alice.history_from(&room, &bridge.bot_user).await;
+        if seen.len() >= BURST || Instant::now() > deadline {
+            assert_eq!(
+                seen, expected_in_matrix,
+                "WhatsApp -> Matrix: all, once, in order"
+            );
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let expected_in_whatsapp: Vec<String> =
+        from_alice.iter().map(|t| format!("*Alice*: {t}")).collect();
+    let last = expected_in_whatsapp.last().unwrap().clone();
+    wait_member_text(&sim, BOB, &jid, &last).await;
+    let url = format!(
+        "{}members/{BOB}/messages?chat={}",
+        sim.http_url(),
+        jid.replace('@', "%40")
+    );
+    let (_, body) = tokio::task::spawn_blocking(move || http_json("GET", &url, None, None))
+        .await
+        .unwrap();
+    // Each exactly once. Arrival order at a member's phone is not the bridge's to
+    // keep: a message whose first delivery failed comes again after later ones (as on
+    // WhatsApp), and phones sort by the sender's timestamp, which follows the order in
+    // which passerelle sent them.
+    let received: Vec<(String, u64)> = body["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["from_me"] == false)
+        .filter_map(|m| Some((m["text"].as_str()?.to_string(), m["timestamp"].as_u64()?)))
+        .collect();
+    let mut texts: Vec<String> = received.iter().map(|(text, _)| text.clone()).collect();
+    texts.sort();
+    assert_eq!(texts, expected_in_whatsapp, "Matrix -> WhatsApp: all, once");
+    let sent_at: Vec<u64> = expected_in_whatsapp
+        .iter()
+        .map(|text| received.iter().find(|(t, _)| t == text).unwrap().1)
+        .collect();
+    assert!(
+        sent_at.windows(2).all(|pair| pair[0] <= pair[1]),
+        "sent in order: {sent_at:?}"
+    );
+    let (_, faults) = control(
+        "GET",
+        format!("{}phones/{BRIDGE_PHONE}/devices/1/faults", sim.http_url()),
+        json!({}),
+    )
+    .await;
+    assert!(faults["drops"].as_u64().unwrap() >= 1, "{faults}");
+    assert!(faults["malformed_sent"].as_u64().unwrap() >= 1, "{faults}");
     bridge.stop().await;
 }

@@ -39,7 +39,21 @@ fn device_jid(inner: &Inner, phone: &str, device: u16, like: &str) -> String {
 /// Sends `node` to the device now (applying its chaos faults), or keeps it for
 /// its next login. Either way it stays in the device's outbox until acknowledged.
 pub fn deliver(inner: &mut Inner, to: &DeviceKey, node: Node) {
-    let Some(conn) = inner.online.get(to).cloned() else {
+    // Like WhatsApp, never let a live stanza overtake older ones still waiting to be
+    // (re)sent on this connection (a device that reconnected gets its backlog when
+    // it goes `active`): it joins the queue behind them.
+    let overtakes = |conn_id: u64| {
+        inner
+            .outbox
+            .get(to)
+            .is_some_and(|pending| pending.iter().any(|p| p.sent_on != Some(conn_id)))
+    };
+    let conn = inner
+        .online
+        .get(to)
+        .filter(|conn| !overtakes(conn.id))
+        .cloned();
+    let Some(conn) = conn else {
         inner.outbox.entry(to.clone()).or_default().push(Pending {
             node,
             sent_on: None,
