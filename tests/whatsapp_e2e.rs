@@ -65,8 +65,26 @@ async fn bob_says(sim: &wa_sim::Simulator, jid: &str, text: &str) {
 /// Runs `passerelle login --raw` and scans its first QR code with the phone of
 /// `phone` in the simulator; returns the command's stdout.
 async fn login_by_qr(sim: &wa_sim::Simulator, config: &std::path::Path, phone: &str) -> String {
+    run_login(config, &["--raw"], |qr| async move {
+        sim.scan(phone, &qr)
+            .await
+            .expect("the phone links the device");
+    })
+    .await
+}
+
+/// Runs `passerelle login` with `args`, hands its first line of output (the QR
+/// payload or the pair code) to `respond`, and waits for it to succeed; returns
+/// its stdout.
+async fn run_login<F, Fut>(config: &std::path::Path, args: &[&str], respond: F) -> String
+where
+    F: FnOnce(String) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
     let mut child = passerelle()
-        .args(["login", "--raw", "-c"])
+        .arg("login")
+        .args(args)
+        .arg("-c")
         .arg(config)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -79,14 +97,12 @@ async fn login_by_qr(sim: &wa_sim::Simulator, config: &std::path::Path, phone: &
             let _ = lines_tx.send(line);
         }
     });
-    let qr = tokio::time::timeout(Duration::from_secs(60), lines_rx.recv())
+    let first = tokio::time::timeout(Duration::from_secs(60), lines_rx.recv())
         .await
-        .expect("a QR code within a minute")
-        .expect("login printed a QR code");
-    sim.scan(phone, &qr)
-        .await
-        .expect("the phone links the device");
-    let mut output = vec![qr];
+        .expect("a prompt within a minute")
+        .expect("login printed a prompt");
+    respond(first.clone()).await;
+    let mut output = vec![first];
     let deadline = Instant::now() + Duration::from_secs(90);
     let status = loop {
         while let Ok(line) = lines_rx.try_recv() {
@@ -107,6 +123,37 @@ async fn login_by_qr(sim: &wa_sim::Simulator, config: &std::path::Path, phone: &
     }
     assert!(status.success(), "login failed: {output:?}");
     output.join("\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn login_with_a_pair_code_typed_on_the_phone() {
+    let synapse = Synapse::shared();
+    let sim = wa_sim::Simulator::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let bridge = TestBridge::new(synapse, &[]);
+    bridge.append_config(&format!("[whatsapp]\nurl = \"{}\"", sim.ws_url()));
+    let phone = "33700000002";
+    let output = run_login(
+        &bridge.config_path,
+        &["--phone", &format!("+{phone}")],
+        |prompt| {
+            let sim = &sim;
+            async move {
+                let code = prompt
+                    .strip_prefix("Pair code: ")
+                    .unwrap_or_else(|| panic!("not a pair code prompt: {prompt}"))
+                    .to_string();
+                sim.enter_pair_code(phone, &code)
+                    .await
+                    .expect("the phone accepts the code");
+            }
+        },
+    )
+    .await;
+    assert!(output.contains(&format!("linked to +{phone}")), "{output}");
+    let status = admin_command(&bridge.config_path, &["status"]).await;
+    assert!(status.contains(&format!("whatsapp:   +{phone}")), "{status}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
