@@ -33,6 +33,10 @@ const WHATSAPP_EDIT_WINDOW_SECS: i64 = 15 * 60;
 /// How long WhatsApp lets a sender delete a message for everyone (about 2.5 days).
 const WHATSAPP_REVOKE_WINDOW_SECS: i64 = 60 * 3600;
 
+/// Prefix of the link of a Matrix reaction relayed as the number's reaction:
+/// `mx-reaction:<target WhatsApp id>:<reaction id>`.
+const MATRIX_REACTION_LINK: &str = "mx-reaction:";
+
 /// Longest wait between two retries of one outbox item.
 const MAX_RETRY_DELAY_MS: i64 = 60_000;
 /// How often groups whose room could not be set up are tried again.
@@ -76,7 +80,11 @@ struct Active {
 
 impl Active {
     fn new(config: Config, groups: Vec<GroupFile>) -> Self {
-        let relay = Relay::new(config.matrix.user.clone(), config.templates.clone());
+        let relay = Relay::new(
+            config.matrix.user.clone(),
+            config.templates.clone(),
+            config.relay,
+        );
         let groups = groups
             .into_iter()
             .map(|group| (group.whatsapp.clone(), group))
@@ -779,9 +787,16 @@ impl Bridge {
             .await
         {
             Ok(()) => {
+                // A reaction is found again by its target when it is removed.
+                let wa_id = match &outgoing {
+                    Outgoing::React { target, .. } => {
+                        format!("{MATRIX_REACTION_LINK}{}:{}", target.id, item.target_id)
+                    }
+                    _ => item.target_id.clone(),
+                };
                 let link = MessageLink {
                     group_jid: item.group_jid.clone(),
-                    wa_id: item.target_id.clone(),
+                    wa_id,
                     room_id: item.room_id.clone(),
                     event_id: item.source_id.clone(),
                     origin: Direction::ToWhatsApp,
@@ -839,16 +854,15 @@ impl Bridge {
             }
         };
         let age_secs = |link: &MessageLink| now_ms() / 1000 - link.created_at;
+        // A WhatsApp message as a quote or reaction target: its id and author (the
+        // WhatsApp person, or the bridge's own number for what came from Matrix).
+        let quoted = |link: MessageLink| Quoted {
+            sender_phone: (link.origin == Direction::ToMatrix).then_some(link.sender),
+            id: link.wa_id,
+        };
         match &post.change {
             None => {
-                let reply_to = post
-                    .reply_to
-                    .as_deref()
-                    .and_then(link_of)
-                    .map(|link| Quoted {
-                        sender_phone: (link.origin == Direction::ToMatrix).then_some(link.sender),
-                        id: link.wa_id,
-                    });
+                let reply_to = post.reply_to.as_deref().and_then(link_of).map(quoted);
                 Ok(Outgoing::Text {
                     text: post.text.clone(),
                     reply_to,
@@ -876,12 +890,34 @@ impl Bridge {
                     text: post.text.clone(),
                 })
             }
+            Some(WhatsAppChange::React { to, emoji }) => {
+                let target = link_of(to).ok_or(None)?;
+                Ok(Outgoing::React {
+                    target: quoted(target),
+                    emoji: emoji.clone(),
+                })
+            }
             Some(WhatsAppChange::Revoke { of }) => {
                 // Only messages that came from Matrix: the bot's mirrors of WhatsApp
                 // messages are Matrix-side copies, deleting them deletes nothing there.
                 let link = link_of(of)
                     .filter(|link| link.origin == Direction::ToWhatsApp)
                     .ok_or(None)?;
+                // A removed Matrix reaction: the number's reaction goes away.
+                if let Some((target, _)) = link
+                    .wa_id
+                    .strip_prefix(MATRIX_REACTION_LINK)
+                    .and_then(|rest| rest.rsplit_once(':'))
+                {
+                    let target = match self.store.link_for_wa(&item.group_jid, target) {
+                        Ok(Some(target)) => target,
+                        _ => return Err(None),
+                    };
+                    return Ok(Outgoing::React {
+                        target: quoted(target),
+                        emoji: String::new(),
+                    });
+                }
                 let allowed = link.sender == post.sender
                     || self
                         .matrix

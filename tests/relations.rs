@@ -7,7 +7,8 @@ mod common;
 use common::bridge::{bridged_group, unique};
 use common::matrix_user::MatrixUser;
 use common::synapse::Synapse;
-use matrix_sdk::ruma::events::relation::Reply;
+use matrix_sdk::ruma::events::reaction::ReactionEventContent;
+use matrix_sdk::ruma::events::relation::{Annotation, Reply};
 use matrix_sdk::ruma::events::room::message::{
     Relation, ReplacementMetadata, RoomMessageEventContent,
 };
@@ -195,6 +196,34 @@ async fn matrix_replies_edits_and_redactions_reach_whatsapp_for_their_authors_on
     })
     .await;
 
+    // Alice's reaction becomes the number's reaction; removing it removes that.
+    let reaction = matrix_room
+        .send(ReactionEventContent::new(Annotation::new(
+            EventId::parse(&mirrored.event_id).unwrap(),
+            "👍".into(),
+        )))
+        .await
+        .unwrap()
+        .response
+        .event_id;
+    wait_fake(&net, &jid, |m| {
+        m.relation
+            == Some(WhatsAppRelation::Reaction {
+                id: bob_id.clone(),
+                emoji: "👍".into(),
+            })
+    })
+    .await;
+    matrix_room.redact(&reaction, None, None).await.unwrap();
+    wait_fake(&net, &jid, |m| {
+        m.relation
+            == Some(WhatsAppRelation::Reaction {
+                id: bob_id.clone(),
+                emoji: String::new(),
+            })
+    })
+    .await;
+
     // Deleting the bot's copy of a WhatsApp message deletes nothing in WhatsApp.
     matrix_room
         .redact(&EventId::parse(&mirrored.event_id).unwrap(), None, None)
@@ -234,4 +263,55 @@ async fn wait_fake(
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reactions_can_be_switched_off_each_way() {
+    let synapse = Synapse::shared();
+    let (mut bridge, alice, jid, room) = bridged_group("no-reactions", "").await;
+    bridge.append_config(
+        "[relay]\nreactions_to_whatsapp = \"ignore\"\nreactions_to_matrix = \"ignore\"\n",
+    );
+    bridge.service().reload().await.unwrap();
+    let _ = synapse;
+    let net = bridge.network.clone();
+    let bob_id = net.post(&jid, BOB, Some("Bob"), "réagissez");
+    let mirrored = alice
+        .wait_for(&room, "Bob's message", |s| s.body == "Bob: réagissez")
+        .await;
+    let reaction = Some(WhatsAppRelation::Reaction {
+        id: bob_id.clone(),
+        emoji: "👍".into(),
+    });
+    net.post_related(&jid, CAROL, Some("Carol"), "", reaction, &[]);
+    alice
+        .wait_joined(&room)
+        .await
+        .send(ReactionEventContent::new(Annotation::new(
+            EventId::parse(&mirrored.event_id).unwrap(),
+            "👍".into(),
+        )))
+        .await
+        .unwrap();
+    // Barriers both ways, then nothing of either reaction on the other side.
+    net.post(&jid, BOB, Some("Bob"), "barrière");
+    alice
+        .wait_for(&room, "the barrier", |s| s.body == "Bob: barrière")
+        .await;
+    alice.send_text(&room, "barrier").await;
+    bridge.wait_whatsapp_text(&jid, "*Alice*: barrier").await;
+    assert!(
+        !alice
+            .seen_in(&room)
+            .iter()
+            .any(|s| s.body.contains("reacted")),
+        "no reaction line in Matrix"
+    );
+    assert!(
+        !net.messages(&jid).iter().any(|m| m.sender_phone
+            == passerelle::whatsapp::fake::BRIDGE_PHONE
+            && matches!(m.relation, Some(WhatsAppRelation::Reaction { .. }))),
+        "no reaction from the number"
+    );
+    bridge.stop().await;
 }

@@ -153,7 +153,10 @@ async fn login_with_a_pair_code_typed_on_the_phone() {
     .await;
     assert!(output.contains(&format!("linked to +{phone}")), "{output}");
     let status = admin_command(&bridge.config_path, &["status"]).await;
-    assert!(status.contains(&format!("whatsapp:   +{phone}")), "{status}");
+    assert!(
+        status.contains(&format!("whatsapp:   +{phone}")),
+        "{status}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -590,6 +593,30 @@ async fn replies_edits_deletions_reactions_and_mentions_cross_through_whatsapp_r
     alice
         .wait_redacted(synapse, &room, &mirrored.event_id)
         .await;
+
+    // Alice's reaction to Bob's reply is the number's reaction in WhatsApp.
+    alice
+        .wait_joined(&room)
+        .await
+        .send(
+            matrix_sdk::ruma::events::reaction::ReactionEventContent::new(
+                matrix_sdk::ruma::events::relation::Annotation::new(
+                    EventId::parse(&reply.event_id).unwrap(),
+                    "❤️".into(),
+                ),
+            ),
+        )
+        .await
+        .unwrap();
+    let reaction = wait_member_message(&sim, &jid, "the reaction", |m| {
+        m["kind"] == "reaction" && m["from_me"] == false
+    })
+    .await;
+    assert_eq!(reaction["emoji"], "❤️", "{reaction}");
+    assert_eq!(
+        reaction["sender"].as_str().unwrap().split('@').next(),
+        Some(BRIDGE_PHONE)
+    );
 
     // The phone unlinks the bridge: Alice, an admin, hears it in a direct room, and
     // status says so.

@@ -85,6 +85,36 @@ pub struct Config {
     pub whatsapp: WhatsAppConfig,
     pub templates: Templates,
     pub logging: LoggingConfig,
+    pub relay: RelayConfig,
+}
+
+/// How Matrix reactions reach WhatsApp.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ReactionsToWhatsApp {
+    /// As the shared number's own reaction (WhatsApp keeps one per number and
+    /// message: the latest Matrix reaction wins).
+    #[default]
+    Reaction,
+    /// Not relayed.
+    Ignore,
+}
+
+/// How WhatsApp reactions reach Matrix.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ReactionsToMatrix {
+    /// A short line `Name reacted 👍` replying to the message (edited when the emoji
+    /// changes, removed with the reaction): who reacted stays visible.
+    #[default]
+    Line,
+    /// Not relayed.
+    Ignore,
+}
+
+/// `[relay]`: what crosses besides words.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RelayConfig {
+    pub reactions_to_whatsapp: ReactionsToWhatsApp,
+    pub reactions_to_matrix: ReactionsToMatrix,
 }
 
 /// `[matrix]`: the bot account.
@@ -227,6 +257,14 @@ struct RawConfig {
     whatsapp: Option<RawWhatsApp>,
     templates: Option<RawTemplates>,
     logging: Option<RawLogging>,
+    relay: Option<RawRelay>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRelay {
+    reactions_to_whatsapp: Option<S<String>>,
+    reactions_to_matrix: Option<S<String>>,
 }
 
 #[derive(Deserialize)]
@@ -329,17 +367,24 @@ fn parse_partial(path: &Path, text: &str) -> Partial {
     let whatsapp = check_whatsapp(&mut src, raw.whatsapp);
     let templates = check_templates(&mut src, raw.templates);
     let logging = check_logging(&mut src, raw.logging);
+    let relay = check_relay(&mut src, raw.relay);
 
-    let config = match (matrix, paths, whatsapp, templates, logging) {
-        (Some(matrix), Some(paths), Some(whatsapp), Some(templates), Some(logging)) => {
-            Some(Config {
-                matrix,
-                paths,
-                whatsapp,
-                templates,
-                logging,
-            })
-        }
+    let config = match (matrix, paths, whatsapp, templates, logging, relay) {
+        (
+            Some(matrix),
+            Some(paths),
+            Some(whatsapp),
+            Some(templates),
+            Some(logging),
+            Some(relay),
+        ) => Some(Config {
+            matrix,
+            paths,
+            whatsapp,
+            templates,
+            logging,
+            relay,
+        }),
         _ => None,
     };
     Partial {
@@ -668,6 +713,52 @@ fn check_logging(src: &mut Source, raw: Option<RawLogging>) -> Option<LoggingCon
     }
 }
 
+fn check_relay(src: &mut Source, raw: Option<RawRelay>) -> Option<RelayConfig> {
+    let Some(raw) = raw else {
+        return Some(RelayConfig::default());
+    };
+    let mut ok = true;
+    let mut choose = |key: &str, value: Option<S<String>>, choices: &[&str]| -> usize {
+        let Some(value) = value else { return 0 };
+        match choices.iter().position(|choice| choice == value.get_ref()) {
+            Some(index) => index,
+            None => {
+                let expected: Vec<String> = choices.iter().map(|c| format!("\"{c}\"")).collect();
+                src.at(
+                    &value,
+                    format!(
+                        "`{key}` must be one of {}, not \"{}\"",
+                        expected.join(", "),
+                        value.get_ref()
+                    ),
+                );
+                ok = false;
+                0
+            }
+        }
+    };
+    let to_whatsapp = match choose(
+        "reactions_to_whatsapp",
+        raw.reactions_to_whatsapp,
+        &["reaction", "ignore"],
+    ) {
+        0 => ReactionsToWhatsApp::Reaction,
+        _ => ReactionsToWhatsApp::Ignore,
+    };
+    let to_matrix = match choose(
+        "reactions_to_matrix",
+        raw.reactions_to_matrix,
+        &["line", "ignore"],
+    ) {
+        0 => ReactionsToMatrix::Line,
+        _ => ReactionsToMatrix::Ignore,
+    };
+    ok.then_some(RelayConfig {
+        reactions_to_whatsapp: to_whatsapp,
+        reactions_to_matrix: to_matrix,
+    })
+}
+
 /// Reads `config.toml`, then every group file in its `groups_dir`. Collects all problems
 /// (config problems plus group problems) rather than stopping at the first file.
 pub fn load_all(config_path: &Path) -> Result<(Config, Vec<GroupFile>), Problems> {
@@ -922,6 +1013,29 @@ level = "info,passerelle=debug,matrix_sdk=warn"
         let (line, message) = problem(&format!("{MINIMAL}password = \"\"\n"));
         assert_eq!(line, Some(4));
         assert!(message.starts_with("`password` is empty"));
+    }
+
+    #[test]
+    fn reaction_settings() {
+        let config = parse(MINIMAL).unwrap();
+        assert_eq!(config.relay, RelayConfig::default());
+        let config = parse(&format!(
+            "{MINIMAL}[relay]\nreactions_to_whatsapp = \"ignore\"\nreactions_to_matrix = \"ignore\"\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            config.relay.reactions_to_whatsapp,
+            ReactionsToWhatsApp::Ignore
+        );
+        assert_eq!(config.relay.reactions_to_matrix, ReactionsToMatrix::Ignore);
+        let (line, message) = problem(&format!(
+            "{MINIMAL}[relay]\nreactions_to_matrix = \"emoji\"\n"
+        ));
+        assert_eq!(line, Some(5));
+        assert_eq!(
+            message,
+            "`reactions_to_matrix` must be one of \"line\", \"ignore\", not \"emoji\""
+        );
     }
 
     #[test]

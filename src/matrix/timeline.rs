@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use matrix_sdk::deserialized_responses::TimelineEvent;
 use matrix_sdk::room::{MessagesOptions, Room};
+use matrix_sdk::ruma::events::reaction::SyncReactionEvent;
 use matrix_sdk::ruma::events::room::message::{
     FormattedBody, MessageFormat, MessageType, Relation, SyncRoomMessageEvent,
 };
@@ -171,6 +172,27 @@ async fn to_matrix_text(room: &Room, event: &TimelineEvent, bot: &UserId) -> Opt
                 html: None,
                 is_reply: false,
                 relation: MatrixRelation::Redaction { of: of.to_string() },
+            });
+        }
+        AnySyncTimelineEvent::MessageLike(AnySyncMessageLikeEvent::Reaction(
+            SyncReactionEvent::Original(reaction),
+        )) => {
+            if reaction.sender == bot {
+                return None;
+            }
+            return Some(MatrixText {
+                room_id: room.room_id().to_string(),
+                event_id: reaction.event_id.to_string(),
+                sender: reaction.sender.to_string(),
+                sender_display_name: None,
+                kind: MatrixKind::Text,
+                body: String::new(),
+                html: None,
+                is_reply: false,
+                relation: MatrixRelation::Reaction {
+                    to: reaction.content.relates_to.event_id.to_string(),
+                    key: reaction.content.relates_to.key.clone(),
+                },
             });
         }
         _ => return None,

@@ -8,7 +8,7 @@ pub mod template;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::config::{GroupFile, Templates};
+use crate::config::{GroupFile, ReactionsToMatrix, ReactionsToWhatsApp, RelayConfig, Templates};
 use format::escape_html;
 
 /// How a WhatsApp message refers to an earlier one (by WhatsApp message id).
@@ -75,6 +75,8 @@ pub enum MatrixRelation {
     Replace { of: String },
     /// A redaction of `of`.
     Redaction { of: String },
+    /// A reaction (`m.annotation`) with `key` to `to`.
+    Reaction { to: String, key: String },
 }
 
 /// A text message event received in a bridged Matrix room.
@@ -142,6 +144,8 @@ pub enum WhatsAppChange {
     Edit { of: String },
     /// Delete for everyone the bridge's WhatsApp message mirroring `of`.
     Revoke { of: String },
+    /// React with `emoji` to the WhatsApp message mirrored by `to`.
+    React { to: String, emoji: String },
 }
 
 /// What the shared number posts in a WhatsApp group (stored in the outbox as JSON;
@@ -179,6 +183,8 @@ pub enum Skip {
     TooLong,
     /// A message type the bridge does not relay (yet): the sender is told.
     Unsupported,
+    /// A reaction, with `[relay]` set to ignore reactions this way.
+    ReactionIgnored,
 }
 
 /// The longest text WhatsApp accepts in one message (characters).
@@ -189,13 +195,15 @@ pub const WHATSAPP_MAX_TEXT_CHARS: usize = 65_536;
 pub struct Relay {
     bot_user: String,
     templates: Templates,
+    settings: RelayConfig,
 }
 
 impl Relay {
-    pub fn new(bot_user: impl Into<String>, templates: Templates) -> Self {
+    pub fn new(bot_user: impl Into<String>, templates: Templates, settings: RelayConfig) -> Self {
         Relay {
             bot_user: bot_user.into(),
             templates,
+            settings,
         }
     }
 
@@ -229,6 +237,11 @@ impl Relay {
                     sender: message.sender_phone.clone(),
                     ..MatrixPost::default()
                 });
+            }
+            Some(WhatsAppRelation::Reaction { .. })
+                if self.settings.reactions_to_matrix == ReactionsToMatrix::Ignore =>
+            {
+                return Err(Skip::ReactionIgnored);
             }
             Some(WhatsAppRelation::Reaction { id, emoji }) => {
                 let emoji = single_line(emoji);
@@ -328,6 +341,19 @@ impl Relay {
                 return Err(Skip::NotAllowed);
             }
         }
+        if let MatrixRelation::Reaction { to, key } = &message.relation {
+            if self.settings.reactions_to_whatsapp == ReactionsToWhatsApp::Ignore {
+                return Err(Skip::ReactionIgnored);
+            }
+            return Ok(WhatsAppPost {
+                change: Some(WhatsAppChange::React {
+                    to: to.clone(),
+                    emoji: key.clone(),
+                }),
+                sender: message.sender.clone(),
+                ..WhatsAppPost::default()
+            });
+        }
         if let MatrixRelation::Redaction { of } = &message.relation {
             return Ok(WhatsAppPost {
                 change: Some(WhatsAppChange::Revoke { of: of.clone() }),
@@ -364,7 +390,9 @@ impl Relay {
             MatrixRelation::Replace { of } => {
                 post.change = Some(WhatsAppChange::Edit { of: of.clone() })
             }
-            MatrixRelation::None | MatrixRelation::Redaction { .. } => {}
+            MatrixRelation::None
+            | MatrixRelation::Redaction { .. }
+            | MatrixRelation::Reaction { .. } => {}
         }
         Ok(post)
     }
@@ -536,7 +564,7 @@ mod tests {
     }
 
     fn relay() -> Relay {
-        Relay::new("@bot:example.org", templates())
+        Relay::new("@bot:example.org", templates(), RelayConfig::default())
     }
 
     #[test]

@@ -288,6 +288,13 @@ impl WhatsAppClient for FakeClient {
                 String::new(),
                 Some(WhatsAppRelation::Revoke { id: target.clone() }),
             ),
+            Outgoing::React { target, emoji } => (
+                String::new(),
+                Some(WhatsAppRelation::Reaction {
+                    id: target.id.clone(),
+                    emoji: emoji.clone(),
+                }),
+            ),
         };
         let echo = {
             let mut state = self.network.lock();

@@ -98,6 +98,8 @@ pub enum Outgoing {
     Edit { target: String, text: String },
     /// Deletes the number's own message `target` for everyone.
     Revoke { target: String },
+    /// The number's reaction to `target`; an empty `emoji` removes it.
+    React { target: Quoted, emoji: String },
 }
 
 /// Sending side of the boundary.

@@ -235,6 +235,20 @@ impl WhatsAppClient for RealWhatsApp {
                     .await
                     .map_err(|error| send_error(&error))?;
             }
+            // One reaction per number and message: a repeat replaces it with itself.
+            Outgoing::React { target, emoji } => {
+                let key = wa::MessageKey {
+                    remote_jid: Some(group.to_string()),
+                    from_me: Some(target.sender_phone.is_none()),
+                    id: Some(target.id.clone()),
+                    participant: Some(participant_of(client, target)?),
+                    ..Default::default()
+                };
+                client
+                    .send_reaction(group, key, emoji)
+                    .await
+                    .map_err(|error| send_error(&error))?;
+            }
         }
         self.remember_sent(message_id);
         Ok(())
@@ -315,13 +329,7 @@ fn reply_message(
     text: &str,
     quoted: &Quoted,
 ) -> Result<wa::Message, WhatsAppError> {
-    let participant = match &quoted.sender_phone {
-        Some(phone) => Jid::pn(phone.as_str()).to_string(),
-        None => client
-            .pn()
-            .map(|own| own.to_non_ad().to_string())
-            .ok_or(WhatsAppError::NotLinked)?,
-    };
+    let participant = participant_of(client, quoted)?;
     Ok(wa::Message {
         extended_text_message: wa::message::ExtendedTextMessage {
             text: Some(text.to_string()),
@@ -337,6 +345,17 @@ fn reply_message(
         .into(),
         ..Default::default()
     })
+}
+
+/// The author of a quoted message as WhatsApp addresses it in a group.
+fn participant_of(client: &Client, quoted: &Quoted) -> Result<String, WhatsAppError> {
+    match &quoted.sender_phone {
+        Some(phone) => Ok(Jid::pn(phone.as_str()).to_string()),
+        None => client
+            .pn()
+            .map(|own| own.to_non_ad().to_string())
+            .ok_or(WhatsAppError::NotLinked),
+    }
 }
 
 /// The store holding the device identity and Signal keys.
