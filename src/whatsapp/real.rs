@@ -242,7 +242,6 @@ impl WhatsAppClient for RealWhatsApp {
                     from_me: Some(target.sender_phone.is_none()),
                     id: Some(target.id.clone()),
                     participant: Some(participant_of(client, target)?),
-                    ..Default::default()
                 };
                 client
                     .send_reaction(group, key, emoji)
