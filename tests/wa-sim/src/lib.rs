@@ -17,6 +17,7 @@ mod messages;
 mod noise;
 mod pair_code;
 mod pairing;
+mod phone;
 mod readback;
 mod stanza;
 mod state;

@@ -357,6 +357,12 @@ pub fn on_iq_response(conn: &mut Conn, node: &Node) -> bool {
                 );
             }
             log::info!("{}:{} linked", pending.phone, pending.device);
+            // Like a real primary: share the app-state sync key with the new device
+            // (it gets it at its first login, before it would start waiting for it).
+            crate::phone::share_app_state_key(
+                conn.world.clone(),
+                (pending.phone.clone(), pending.device),
+            );
             let _ = pending.done.send(Ok(()));
             // Like WhatsApp: restart the stream; the device logs in on reconnect.
             conn.send(NodeBuilder::new("stream:error").attr("code", "515").build());

@@ -91,8 +91,9 @@ pub struct RegistrationData {
     pub signed_prekey_sig: Vec<u8>,
 }
 
-/// A phone number: its primary phone (device 0, simulated, never connects) and
-/// the account key that signs the identities of linked devices.
+/// A phone number: its primary phone (device 0, simulated, never connects), the
+/// account key that signs the identities of linked devices (and is the phone's
+/// Signal identity), and the app-state sync key it shares with them.
 pub struct Phone {
     pub lid_user: String,
     /// `raw_id` of the account's ADV identities and key-index lists.
@@ -100,6 +101,10 @@ pub struct Phone {
     pub account_key: KeyPair,
     pub next_device: u16,
     pub next_key_index: u32,
+    /// The app-state sync key the phone shares with its linked devices.
+    pub sync_key: crate::phone::SyncKey,
+    /// The phone's Signal sessions with its linked devices.
+    pub sessions: crate::phone::Sessions,
 }
 
 /// A linked (companion) device that completed pairing.
@@ -179,6 +184,8 @@ impl Inner {
                     account_key: wacore::crypto::generate_curve_key_pair(),
                     next_device: 1,
                     next_key_index: 1,
+                    sync_key: crate::phone::SyncKey::generate(),
+                    sessions: Default::default(),
                 },
             );
         }

@@ -186,8 +186,6 @@ async fn disconnected_device_reconnects_and_gets_messages_sent_meanwhile_once() 
         .send_text(to_b.clone(), "meanwhile")
         .await
         .unwrap();
-    // (Its `Connected` comes later: a client without a push name waits 10 s
-    // for app-state keys at each login.)
     let texts = collect(&mut b, 8).await;
     let meanwhile: Vec<_> = texts.iter().filter(|(_, t)| t == "meanwhile").collect();
     assert_eq!(meanwhile.len(), 1, "{texts:?}");

@@ -43,9 +43,8 @@ async fn qr_scan_links_device_which_reconnects_and_connects() {
         .await;
     assert_eq!(paired, "33611111111:1@s.whatsapp.net");
 
-    // After 515 the client reconnects with a login payload. The first login after
-    // pairing waits up to 10 s for an app-state key share the simulated phone does
-    // not send yet, hence the margin.
+    // After 515 the client reconnects with a login payload and gets the phone's
+    // app-state key share, so it does not wait for it (see tests/key_share.rs).
     client
         .wait_for(45, "Connected", |e| {
             matches!(e, Event::Connected(_)).then_some(())
