@@ -746,3 +746,111 @@ async fn bursts_both_ways_survive_repeated_connection_drops_and_malformed_stanza
     assert!(faults["malformed_sent"].as_u64().unwrap() >= 1, "{faults}");
     bridge.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_in_the_middle_of_bursts_both_ways_loses_and_doubles_nothing() {
+    const BURST: usize = 200;
+    let synapse = Synapse::shared();
+    let sim = wa_sim::Simulator::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let alice = MatrixUser::new(synapse, &unique("alice"), Some("Alice")).await;
+    let bridge = TestBridge::new(synapse, &[]);
+    bridge.append_config(&format!(
+        "[whatsapp]\nurl = \"{}\"\nmessages_per_minute = 10000\nburst = 1000",
+        sim.ws_url()
+    ));
+    login_by_qr(&sim, &bridge.config_path, BRIDGE_PHONE).await;
+    let jid = bob_and_group(&sim, "Kill").await;
+    bridge.write_group(
+        &unique("kill"),
+        &jid,
+        &format!("invite = [\"{}\"]", alice.user_id),
+    );
+    let run = || {
+        passerelle()
+            .args(["run", "-c"])
+            .arg(&bridge.config_path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap()
+    };
+    let mut child = run();
+    wait_status(&bridge.config_path, "bridged and connected", |r| {
+        r["groups_bridged"] == 1 && r["whatsapp"] == "connected"
+    })
+    .await;
+    let room = loop {
+        if let Some(room) = alice.client.joined_rooms().first() {
+            break room.room_id().to_string();
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+
+    let from_bob: Vec<String> = (1..=BURST).map(|n| format!("bob {n:03}")).collect();
+    let from_alice: Vec<String> = (1..=BURST).map(|n| format!("alice {n:03}")).collect();
+    // Half of each burst while passerelle runs, SIGKILL, the other half while it is
+    // down, then a restart.
+    let half = BURST / 2;
+    for (bob, alice_text) in from_bob[..half].iter().zip(&from_alice[..half]) {
+        bob_says(&sim, &jid, bob).await;
+        alice.send_text(&room, alice_text).await;
+    }
+    child.kill().unwrap(); // SIGKILL, mid-flight
+    child.wait().unwrap();
+    for (bob, alice_text) in from_bob[half..].iter().zip(&from_alice[half..]) {
+        bob_says(&sim, &jid, bob).await;
+        alice.send_text(&room, alice_text).await;
+    }
+    let mut child = run();
+
+    let expected_in_matrix: Vec<String> = from_bob.iter().map(|t| format!("Bob: {t}")).collect();
+    let deadline = Instant::now() + Duration::from_secs(240);
+    loop {
+        let seen: Vec<String> = alice.history_from(&room, &bridge.bot_user).await;
+        if seen.len() >= BURST || Instant::now() > deadline {
+            // A duplicate would show up right behind: give it the chance.
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let seen: Vec<String> = alice.history_from(&room, &bridge.bot_user).await;
+            assert_eq!(
+                seen, expected_in_matrix,
+                "WhatsApp -> Matrix: all, once, in order"
+            );
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let expected_in_whatsapp: Vec<String> =
+        from_alice.iter().map(|t| format!("*Alice*: {t}")).collect();
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let received = loop {
+        let url = format!(
+            "{}members/{BOB}/messages?chat={}",
+            sim.http_url(),
+            jid.replace('@', "%40")
+        );
+        let (_, body) = tokio::task::spawn_blocking(move || http_json("GET", &url, None, None))
+            .await
+            .unwrap();
+        let received: Vec<String> = body["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["from_me"] == false)
+            .filter_map(|m| m["text"].as_str().map(str::to_string))
+            .collect();
+        if received.len() >= BURST || Instant::now() > deadline {
+            break received;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    let mut sorted = received.clone();
+    sorted.sort();
+    assert_eq!(
+        sorted, expected_in_whatsapp,
+        "Matrix -> WhatsApp: all, once"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
