@@ -25,7 +25,8 @@ use crate::store::{Direction, MessageLink, NewOutboxItem, OutboxItem, Store};
 use crate::whatsapp::fake::FakeNetwork;
 use crate::whatsapp::real::{RealOptions, RealWhatsApp};
 use crate::whatsapp::{
-    ConnectionState, InboundSink, Outgoing, Quoted, SinkError, WhatsAppClient, WhatsAppError,
+    ConnectionState, GroupChange, InboundSink, Outgoing, Quoted, SinkError, WhatsAppClient,
+    WhatsAppError,
 };
 
 /// How long WhatsApp lets a sender edit a message.
@@ -1119,6 +1120,42 @@ impl InboundSink for Bridge {
             tracing::debug!("WhatsApp message delivered again: already relayed");
         }
         Ok(())
+    }
+
+    fn group_changed(&self, group_jid: &str, change: GroupChange) {
+        // Only rooms the bridge created follow the group: a room named in a group
+        // file belongs to its owners.
+        let Some(group) = self.active().groups.get(group_jid).cloned() else {
+            return;
+        };
+        if group.room.is_some() {
+            return;
+        }
+        let Ok(Some(room_id)) = self.store.room_for_group(group_jid) else {
+            return;
+        };
+        let (Some(bridge), Ok(runtime)) = (
+            self.me.get().and_then(std::sync::Weak::upgrade),
+            tokio::runtime::Handle::try_current(),
+        ) else {
+            return;
+        };
+        runtime.spawn(async move {
+            let result = match &change {
+                GroupChange::Subject(subject) => {
+                    bridge.matrix.set_room_name(&room_id, subject).await
+                }
+                GroupChange::Description(description) => {
+                    bridge
+                        .matrix
+                        .set_room_topic(&room_id, description.as_deref().unwrap_or_default())
+                        .await
+                }
+            };
+            if let Err(error) = result {
+                tracing::warn!(group = %group.name, "could not mirror a group change: {error}");
+            }
+        });
     }
 
     fn connection(&self, state: ConnectionState) {

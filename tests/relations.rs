@@ -14,6 +14,7 @@ use matrix_sdk::ruma::events::room::message::{
 };
 use matrix_sdk::ruma::EventId;
 use passerelle::relay::WhatsAppRelation;
+use passerelle::whatsapp::GroupChange;
 
 const BOB: &str = "33611111111";
 const CAROL: &str = "33622222222";
@@ -313,5 +314,30 @@ async fn reactions_can_be_switched_off_each_way() {
             && matches!(m.relation, Some(WhatsAppRelation::Reaction { .. }))),
         "no reaction from the number"
     );
+    bridge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_group_name_and_description_follow_whatsapp() {
+    let (mut bridge, alice, jid, room) = bridged_group("group-state", "").await;
+    let net = bridge.network.clone();
+    net.change_group(&jid, GroupChange::Subject("Famille Martin-Durand".into()));
+    net.change_group(
+        &jid,
+        GroupChange::Description(Some("Les nouvelles de la famille".into())),
+    );
+    let matrix_room = alice.wait_joined(&room).await;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    while matrix_room.name().as_deref() != Some("Famille Martin-Durand")
+        || matrix_room.topic().as_deref() != Some("Les nouvelles de la famille")
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "room is {:?} / {:?}",
+            matrix_room.name(),
+            matrix_room.topic()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     bridge.stop().await;
 }

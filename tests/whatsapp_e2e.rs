@@ -288,6 +288,90 @@ async fn login_by_qr_then_relay_both_ways_and_join_a_group_through_whatsapp_rust
     bridge.stop().await;
 }
 
+/// A simulator, Alice on Matrix, and a bridge (not started) whose number is linked
+/// by QR and is in a group `subject` with Bob, approved by a file inviting Alice.
+struct Scene {
+    sim: wa_sim::Simulator,
+    alice: MatrixUser,
+    bridge: TestBridge,
+    jid: String,
+}
+
+/// Sets up a [`Scene`]; `whatsapp_extra` is appended to `[whatsapp]` (after `url`).
+async fn linked_scene(
+    synapse: &Synapse,
+    subject: &str,
+    alice_is_admin: bool,
+    whatsapp_extra: &str,
+) -> Scene {
+    let sim = wa_sim::Simulator::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let alice = MatrixUser::new(synapse, &unique("alice"), Some("Alice")).await;
+    let admins: Vec<&str> = if alice_is_admin {
+        vec![alice.user_id.as_str()]
+    } else {
+        Vec::new()
+    };
+    let bridge = TestBridge::new(synapse, &admins);
+    bridge.append_config(&format!(
+        "[whatsapp]\nurl = \"{}\"\n{whatsapp_extra}",
+        sim.ws_url()
+    ));
+    login_by_qr(&sim, &bridge.config_path, BRIDGE_PHONE).await;
+    let jid = bob_and_group(&sim, subject).await;
+    bridge.write_group(
+        &unique("scene"),
+        &jid,
+        &format!("invite = [\"{}\"]", alice.user_id),
+    );
+    Scene {
+        sim,
+        alice,
+        bridge,
+        jid,
+    }
+}
+
+impl Scene {
+    /// Starts the bridge in process; returns the group's room once Alice is in it.
+    async fn start(&mut self) -> String {
+        self.bridge.start_real().await;
+        let room = self.bridge.wait_room(&self.jid).await;
+        self.alice.wait_joined(&room).await;
+        room
+    }
+
+    /// Runs the real binary (`passerelle run`).
+    fn spawn_run(&self) -> std::process::Child {
+        passerelle()
+            .args(["run", "-c"])
+            .arg(&self.bridge.config_path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap()
+    }
+
+    /// Runs the real binary until it is bridged and connected; returns it and the room.
+    async fn run_until_bridged(&self) -> (std::process::Child, String) {
+        let child = self.spawn_run();
+        wait_status(&self.bridge.config_path, "bridged and connected", |r| {
+            r["groups_bridged"] == 1
+                && r["whatsapp"] == "connected"
+                && r["whatsapp_number"] == BRIDGE_PHONE
+        })
+        .await;
+        let room = loop {
+            if let Some(room) = self.alice.client.joined_rooms().first() {
+                break room.room_id().to_string();
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        (child, room)
+    }
+}
+
 /// Runs an admin command (`groups`, `join ...`) that must succeed; returns stdout.
 async fn admin_command(config: &std::path::Path, args: &[&str]) -> String {
     let mut command = passerelle();
@@ -363,52 +447,19 @@ async fn wait_status(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_message_received_before_a_kill_9_is_relayed_once_after_restart() {
     let mut synapse = Synapse::start();
-    let sim = wa_sim::Simulator::start("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let alice = MatrixUser::new(&synapse, &unique("alice"), Some("Alice")).await;
-    let bridge = TestBridge::new(&synapse, &[]);
-    bridge.append_config(&format!("[whatsapp]\nurl = \"{}\"", sim.ws_url()));
-    login_by_qr(&sim, &bridge.config_path, BRIDGE_PHONE).await;
-    let jid = bob_and_group(&sim, "Crash").await;
-    bridge.write_group(
-        &unique("crash"),
-        &jid,
-        &format!("invite = [\"{}\"]", alice.user_id),
-    );
-
-    let run = || {
-        passerelle()
-            .args(["run", "-c"])
-            .arg(&bridge.config_path)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap()
-    };
-    let mut child = run();
-    wait_status(&bridge.config_path, "bridged and connected", |r| {
-        r["groups_bridged"] == 1
-            && r["whatsapp"] == "connected"
-            && r["whatsapp_number"] == BRIDGE_PHONE
-    })
-    .await;
+    let scene = linked_scene(&synapse, "Crash", false, "").await;
+    let (sim, alice, bridge, jid) = (&scene.sim, &scene.alice, &scene.bridge, &scene.jid);
+    let (mut child, room) = scene.run_until_bridged().await;
     let status = admin_command(&bridge.config_path, &["status"]).await;
     assert!(
         status.contains(&format!("whatsapp:   +{BRIDGE_PHONE}, connected")),
         "{status}"
     );
-    let room = loop {
-        if let Some(room) = alice.client.joined_rooms().first() {
-            break room.room_id().to_string();
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
 
     // The homeserver goes away: the message is received, stored and acknowledged to
     // WhatsApp, but cannot be relayed yet. Then passerelle is killed outright.
     tokio::task::block_in_place(|| synapse.stop());
-    bob_says(&sim, &jid, "avant le crash").await;
+    bob_says(sim, jid, "avant le crash").await;
     wait_status(&bridge.config_path, "queued the message", |r| {
         r["to_matrix"]["waiting"] == 1
     })
@@ -417,7 +468,7 @@ async fn a_message_received_before_a_kill_9_is_relayed_once_after_restart() {
     child.wait().unwrap();
 
     tokio::task::block_in_place(|| synapse.restart());
-    let mut child = run();
+    let mut child = scene.spawn_run();
     let deadline = Instant::now() + Duration::from_secs(90);
     let relayed = loop {
         let relayed: Vec<String> = alice.history_from(&room, &bridge.bot_user).await;
@@ -492,29 +543,16 @@ async fn replies_edits_deletions_reactions_and_mentions_cross_through_whatsapp_r
     use matrix_sdk::ruma::EventId;
 
     let synapse = Synapse::shared();
-    let sim = wa_sim::Simulator::start("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let alice = MatrixUser::new(synapse, &unique("alice"), Some("Alice")).await;
-    let mut bridge = TestBridge::new(synapse, &[&alice.user_id]);
-    bridge.append_config(&format!("[whatsapp]\nurl = \"{}\"", sim.ws_url()));
-    login_by_qr(&sim, &bridge.config_path, BRIDGE_PHONE).await;
-    let jid = bob_and_group(&sim, "Relations").await;
-    bridge.write_group(
-        &unique("relations"),
-        &jid,
-        &format!("invite = [\"{}\"]", alice.user_id),
-    );
-    bridge.start_real().await;
-    let room = bridge.wait_room(&jid).await;
-    alice.wait_joined(&room).await;
+    let mut scene = linked_scene(synapse, "Relations", true, "").await;
+    let room = scene.start().await;
+    let (sim, alice, bridge, jid) = (&scene.sim, &scene.alice, &mut scene.bridge, &scene.jid);
 
     // WhatsApp -> Matrix.
-    let hello = bob_sends(&sim, &jid, json!({"text": "hello"})).await;
+    let hello = bob_sends(sim, jid, json!({"text": "hello"})).await;
     let mirrored = alice
         .wait_for(&room, "Bob's message", |s| s.body == "Bob: hello")
         .await;
-    bob_sends(&sim, &jid, json!({"edit_of": hello, "text": "hello all"})).await;
+    bob_sends(sim, jid, json!({"edit_of": hello, "text": "hello all"})).await;
     let edit = alice
         .wait_for(&room, "Bob's edit", |s| s.body == "Bob: hello all")
         .await;
@@ -522,12 +560,7 @@ async fn replies_edits_deletions_reactions_and_mentions_cross_through_whatsapp_r
         edit.relation,
         Some(("replace".into(), mirrored.event_id.clone()))
     );
-    bob_sends(
-        &sim,
-        &jid,
-        json!({"reaction": {"to": hello, "emoji": "🎉"}}),
-    )
-    .await;
+    bob_sends(sim, jid, json!({"reaction": {"to": hello, "emoji": "🎉"}})).await;
     let line = alice
         .wait_for(&room, "Bob's reaction", |s| s.body == "Bob reacted 🎉")
         .await;
@@ -536,8 +569,8 @@ async fn replies_edits_deletions_reactions_and_mentions_cross_through_whatsapp_r
         Some(("reply".into(), mirrored.event_id.clone()))
     );
     bob_sends(
-        &sim,
-        &jid,
+        sim,
+        jid,
         json!({"text": format!("@{BOB} parle de lui"), "mentions": [BOB]}),
     )
     .await;
@@ -553,14 +586,14 @@ async fn replies_edits_deletions_reactions_and_mentions_cross_through_whatsapp_r
         EventId::parse(&mirrored.event_id).unwrap(),
     )));
     let answer = alice.send(&room, content).await;
-    let relayed = wait_member_text(&sim, BOB, &jid, "*Alice*: bien reçu").await;
+    let relayed = wait_member_text(sim, BOB, jid, "*Alice*: bien reçu").await;
     assert_eq!(relayed["quoted_id"], json!(hello), "{relayed}");
     let relayed_id = relayed["id"].as_str().unwrap().to_string();
     let edit = RoomMessageEventContent::text_plain("bien reçu, merci").make_replacement(
         ReplacementMetadata::new(EventId::parse(&answer).unwrap(), None),
     );
     alice.send(&room, edit).await;
-    let edited = wait_member_message(&sim, &jid, "the edit", |m| {
+    let edited = wait_member_message(sim, jid, "the edit", |m| {
         m["kind"] == "edit" && m["from_me"] == false
     })
     .await;
@@ -572,7 +605,7 @@ async fn replies_edits_deletions_reactions_and_mentions_cross_through_whatsapp_r
         .redact(&EventId::parse(&answer).unwrap(), None, None)
         .await
         .unwrap();
-    let revoked = wait_member_message(&sim, &jid, "the deletion", |m| {
+    let revoked = wait_member_message(sim, jid, "the deletion", |m| {
         m["kind"] == "revoke" && m["from_me"] == false
     })
     .await;
@@ -580,8 +613,8 @@ async fn replies_edits_deletions_reactions_and_mentions_cross_through_whatsapp_r
 
     // Bob answers the bridge's message, then deletes his first one.
     bob_sends(
-        &sim,
-        &jid,
+        sim,
+        jid,
         json!({"text": "de rien", "reply_to": {"id": relayed_id, "sender": BRIDGE_PHONE}}),
     )
     .await;
@@ -589,7 +622,7 @@ async fn replies_edits_deletions_reactions_and_mentions_cross_through_whatsapp_r
         .wait_for(&room, "Bob's reply", |s| s.body == "Bob: de rien")
         .await;
     assert_eq!(reply.relation, Some(("reply".into(), answer.clone())));
-    bob_sends(&sim, &jid, json!({"revoke": hello})).await;
+    bob_sends(sim, jid, json!({"revoke": hello})).await;
     alice
         .wait_redacted(synapse, &room, &mirrored.event_id)
         .await;
@@ -608,7 +641,7 @@ async fn replies_edits_deletions_reactions_and_mentions_cross_through_whatsapp_r
         )
         .await
         .unwrap();
-    let reaction = wait_member_message(&sim, &jid, "the reaction", |m| {
+    let reaction = wait_member_message(sim, jid, "the reaction", |m| {
         m["kind"] == "reaction" && m["from_me"] == false
     })
     .await;
@@ -617,6 +650,28 @@ async fn replies_edits_deletions_reactions_and_mentions_cross_through_whatsapp_r
         reaction["sender"].as_str().unwrap().split('@').next(),
         Some(BRIDGE_PHONE)
     );
+
+    // Bob renames the group and describes it: the room follows.
+    let (status, body) = control(
+        "PUT",
+        format!("{}groups/{jid}", sim.http_url()),
+        json!({"subject": "Relations (2)", "description": "Pour tout se dire"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let matrix_room = alice.wait_joined(&room).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while matrix_room.name().as_deref() != Some("Relations (2)")
+        || matrix_room.topic().as_deref() != Some("Pour tout se dire")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "room not renamed: {:?} {:?}",
+            matrix_room.name(),
+            matrix_room.topic()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // The phone unlinks the bridge: Alice, an admin, hears it in a direct room, and
     // status says so.
@@ -653,25 +708,15 @@ async fn bursts_both_ways_survive_repeated_connection_drops_and_malformed_stanza
         .with_test_writer()
         .try_init();
     let synapse = Synapse::shared();
-    let sim = wa_sim::Simulator::start("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let alice = MatrixUser::new(synapse, &unique("alice"), Some("Alice")).await;
-    let mut bridge = TestBridge::new(synapse, &[]);
-    bridge.append_config(&format!(
-        "[whatsapp]\nurl = \"{}\"\nmessages_per_minute = 600\nburst = 50",
-        sim.ws_url()
-    ));
-    login_by_qr(&sim, &bridge.config_path, BRIDGE_PHONE).await;
-    let jid = bob_and_group(&sim, "Chaos").await;
-    bridge.write_group(
-        &unique("chaos"),
-        &jid,
-        &format!("invite = [\"{}\"]", alice.user_id),
-    );
-    bridge.start_real().await;
-    let room = bridge.wait_room(&jid).await;
-    alice.wait_joined(&room).await;
+    let mut scene = linked_scene(
+        synapse,
+        "Chaos",
+        false,
+        "messages_per_minute = 600\nburst = 50",
+    )
+    .await;
+    let room = scene.start().await;
+    let (sim, alice, bridge, jid) = (&scene.sim, &scene.alice, &mut scene.bridge, &scene.jid);
 
     // wa-sim cuts the bridge's connection every 6 stanzas routed to it and slips a
     // malformed stanza before every 4th message.
@@ -686,7 +731,7 @@ async fn bursts_both_ways_survive_repeated_connection_drops_and_malformed_stanza
     let from_bob: Vec<String> = (1..=BURST).map(|n| format!("bob {n:02}")).collect();
     let from_alice: Vec<String> = (1..=BURST).map(|n| format!("alice {n:02}")).collect();
     for (bob, alice_text) in from_bob.iter().zip(&from_alice) {
-        bob_says(&sim, &jid, bob).await;
+        bob_says(sim, jid, bob).await;
         alice.send_text(&room, alice_text).await;
     }
     let deadline = Instant::now() + Duration::from_secs(180);
@@ -705,7 +750,7 @@ async fn bursts_both_ways_survive_repeated_connection_drops_and_malformed_stanza
     let expected_in_whatsapp: Vec<String> =
         from_alice.iter().map(|t| format!("*Alice*: {t}")).collect();
     let last = expected_in_whatsapp.last().unwrap().clone();
-    wait_member_text(&sim, BOB, &jid, &last).await;
+    wait_member_text(sim, BOB, jid, &last).await;
     let url = format!(
         "{}members/{BOB}/messages?chat={}",
         sim.http_url(),
@@ -751,42 +796,15 @@ async fn bursts_both_ways_survive_repeated_connection_drops_and_malformed_stanza
 async fn sigkill_in_the_middle_of_bursts_both_ways_loses_and_doubles_nothing() {
     const BURST: usize = 200;
     let synapse = Synapse::shared();
-    let sim = wa_sim::Simulator::start("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let alice = MatrixUser::new(synapse, &unique("alice"), Some("Alice")).await;
-    let bridge = TestBridge::new(synapse, &[]);
-    bridge.append_config(&format!(
-        "[whatsapp]\nurl = \"{}\"\nmessages_per_minute = 10000\nburst = 1000",
-        sim.ws_url()
-    ));
-    login_by_qr(&sim, &bridge.config_path, BRIDGE_PHONE).await;
-    let jid = bob_and_group(&sim, "Kill").await;
-    bridge.write_group(
-        &unique("kill"),
-        &jid,
-        &format!("invite = [\"{}\"]", alice.user_id),
-    );
-    let run = || {
-        passerelle()
-            .args(["run", "-c"])
-            .arg(&bridge.config_path)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap()
-    };
-    let mut child = run();
-    wait_status(&bridge.config_path, "bridged and connected", |r| {
-        r["groups_bridged"] == 1 && r["whatsapp"] == "connected"
-    })
+    let scene = linked_scene(
+        synapse,
+        "Kill",
+        false,
+        "messages_per_minute = 10000\nburst = 1000",
+    )
     .await;
-    let room = loop {
-        if let Some(room) = alice.client.joined_rooms().first() {
-            break room.room_id().to_string();
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let (mut child, room) = scene.run_until_bridged().await;
+    let (sim, alice, bridge, jid) = (&scene.sim, &scene.alice, &scene.bridge, &scene.jid);
 
     let from_bob: Vec<String> = (1..=BURST).map(|n| format!("bob {n:03}")).collect();
     let from_alice: Vec<String> = (1..=BURST).map(|n| format!("alice {n:03}")).collect();
@@ -794,16 +812,16 @@ async fn sigkill_in_the_middle_of_bursts_both_ways_loses_and_doubles_nothing() {
     // down, then a restart.
     let half = BURST / 2;
     for (bob, alice_text) in from_bob[..half].iter().zip(&from_alice[..half]) {
-        bob_says(&sim, &jid, bob).await;
+        bob_says(sim, jid, bob).await;
         alice.send_text(&room, alice_text).await;
     }
     child.kill().unwrap(); // SIGKILL, mid-flight
     child.wait().unwrap();
     for (bob, alice_text) in from_bob[half..].iter().zip(&from_alice[half..]) {
-        bob_says(&sim, &jid, bob).await;
+        bob_says(sim, jid, bob).await;
         alice.send_text(&room, alice_text).await;
     }
-    let mut child = run();
+    let mut child = scene.spawn_run();
 
     let expected_in_matrix: Vec<String> = from_bob.iter().map(|t| format!("Bob: {t}")).collect();
     let deadline = Instant::now() + Duration::from_secs(240);

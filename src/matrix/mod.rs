@@ -461,6 +461,16 @@ impl MatrixSide {
         Ok(())
     }
 
+    /// Sets the room topic (empty: none), unless it already is `topic`.
+    pub async fn set_room_topic(&self, room_id: &str, topic: &str) -> Result<(), MatrixError> {
+        let room = self.joined_room(room_id)?;
+        if room.topic().as_deref().unwrap_or_default() == topic {
+            return Ok(());
+        }
+        room.set_room_topic(topic).await?;
+        Ok(())
+    }
+
     /// Invites users into a room (used when a group file gains `invite` entries).
     pub async fn invite(&self, room_id: &str, users: &[String]) {
         let Some(room) = parse_room_id(room_id)

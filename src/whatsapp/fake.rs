@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use async_trait::async_trait;
 
 use super::{
-    ConnectionState, GroupSummary, InboundSink, JoinOutcome, Outgoing, WhatsAppClient,
+    ConnectionState, GroupChange, GroupSummary, InboundSink, JoinOutcome, Outgoing, WhatsAppClient,
     WhatsAppError,
 };
 use crate::relay::{Mention, WhatsAppRelation, WhatsAppText};
@@ -90,6 +90,22 @@ impl FakeNetwork {
             },
         );
         (jid, invite_code)
+    }
+
+    /// A member renames the group (`Subject`) or changes its description.
+    pub fn change_group(&self, group_jid: &str, change: GroupChange) {
+        let sink = {
+            let mut state = self.lock();
+            if let (Some(group), GroupChange::Subject(subject)) =
+                (state.groups.get_mut(group_jid), &change)
+            {
+                group.subject = subject.clone();
+            }
+            state.sink.clone().filter(|_| state.connected)
+        };
+        if let Some(sink) = sink {
+            sink.group_changed(group_jid, change);
+        }
     }
 
     /// WhatsApp logs the bridge's device out: it disconnects for good.

@@ -131,6 +131,15 @@ pub trait WhatsAppClient: Send + Sync {
 #[error("could not store incoming WhatsApp message: {0}")]
 pub struct SinkError(pub String);
 
+/// A change of a group's own state made in WhatsApp.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GroupChange {
+    /// The group's name.
+    Subject(String),
+    /// The group's description; `None` when it was removed.
+    Description(Option<String>),
+}
+
 /// Receiving side of the boundary: implemented by the bridge.
 pub trait InboundSink: Send + Sync {
     /// Called for each incoming group text; returns once the message is durably
@@ -138,4 +147,6 @@ pub trait InboundSink: Send + Sync {
     fn message(&self, message: WhatsAppText) -> Result<(), SinkError>;
     /// Called when the connection state changes.
     fn connection(&self, state: ConnectionState);
+    /// Called when a group's name or description changed in WhatsApp.
+    fn group_changed(&self, group_jid: &str, change: GroupChange);
 }

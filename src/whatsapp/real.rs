@@ -27,10 +27,11 @@ use whatsapp_rust::{InboundDurabilityHook, Jid, Server};
 
 use super::store::SqliteBackend;
 use super::{
-    ConnectionState, GroupSummary, InboundSink, JoinOutcome, Outgoing, Quoted, SinkError,
-    WhatsAppClient, WhatsAppError,
+    ConnectionState, GroupChange, GroupSummary, InboundSink, JoinOutcome, Outgoing, Quoted,
+    SinkError, WhatsAppClient, WhatsAppError,
 };
 use crate::relay::{Mention, WhatsAppRelation, WhatsAppText};
+use whatsapp_rust::wacore::stanza::groups::GroupNotificationAction;
 
 /// WhatsApp Web version announced to the server: the one whatsapp-rust 0.7.0 ships as
 /// its device default. Fixed so that the client never fetches it from WhatsApp Web.
@@ -676,6 +677,20 @@ impl EventHandler for Events {
                 }
                 return;
             }
+            Event::GroupUpdate(update) => {
+                let change = match &update.action {
+                    GroupNotificationAction::Subject { subject, .. } => {
+                        GroupChange::Subject(subject.clone())
+                    }
+                    GroupNotificationAction::Description { description, .. } => {
+                        GroupChange::Description(description.clone())
+                    }
+                    _ => return,
+                };
+                self.sink
+                    .group_changed(&update.group_jid.to_string(), change);
+                return;
+            }
             Event::Connected(_) => {
                 self.logged_out.store(false, Ordering::Release);
                 ConnectionState::Connected
@@ -729,6 +744,7 @@ impl EventHandler for Events {
             EventKind::TemporaryBan,
             EventKind::ClientOutdated,
             EventKind::ConnectFailure,
+            EventKind::GroupUpdate,
         ])
     }
 }
