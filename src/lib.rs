@@ -6,6 +6,7 @@ pub mod admin;
 pub mod config;
 pub mod control;
 pub mod matrix;
+pub mod metrics;
 pub mod relay;
 pub mod secret_file;
 pub mod service;

@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 use crate::config::{self, Config, GroupFile, Problems};
 use crate::control::{self, ControlError, ControlHandler};
 use crate::matrix::{MatrixEvents, MatrixSide, RoomSetup};
+use crate::metrics;
 use crate::relay::pacing::{Pacer, Wait};
 use crate::relay::{
     self, MatrixChange, MatrixPost, MatrixText, Relay, Skip, WhatsAppChange, WhatsAppPost,
@@ -61,6 +62,11 @@ pub enum ServiceError {
     WhatsApp(String),
     #[error(transparent)]
     Control(#[from] ControlError),
+    #[error("metrics endpoint {addr}: {source}")]
+    Metrics {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// Which WhatsApp network the service talks to.
@@ -154,6 +160,14 @@ impl Service {
         // Before anything connects: a second service on this state directory would
         // replace the first one's WhatsApp connection.
         let control_listener = control::bind(&state_dir)?;
+        let metrics_listener = match config.metrics.listen {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| ServiceError::Metrics { addr, source })?,
+            ),
+            None => None,
+        };
         let store = Arc::new(Store::open(&state_dir.join("passerelle.db"))?);
         store.delete_meta(status::keys::STOPPED)?;
         let pacer = Pacer::new(
@@ -215,6 +229,10 @@ impl Service {
         tasks.push(tokio::spawn(bridge.clone().heartbeat()));
         let handler: Arc<dyn ControlHandler> = bridge.clone();
         tasks.push(tokio::spawn(control::serve(control_listener, handler)));
+        if let Some(listener) = metrics_listener {
+            let source: Arc<dyn metrics::FigureSource> = bridge.clone();
+            tasks.push(tokio::spawn(metrics::serve(listener, source)));
+        }
         if let Some(network) = &fake_whatsapp {
             network.attach(sink);
         }
@@ -387,6 +405,7 @@ impl Bridge {
             };
             match client.group_subject(&group.whatsapp).await {
                 Ok(subject) => {
+                    tracing::debug!(group = %group.name, "naming the room after the group");
                     if let Err(error) = self.matrix.set_room_name(&room_id, &subject).await {
                         tracing::warn!(group = %group.name, "could not rename the room: {error}");
                     }
@@ -1140,6 +1159,7 @@ impl InboundSink for Bridge {
         ) else {
             return;
         };
+        tracing::debug!(group = %group.name, ?change, "group changed in WhatsApp");
         runtime.spawn(async move {
             let result = match &change {
                 GroupChange::Subject(subject) => {
@@ -1152,8 +1172,11 @@ impl InboundSink for Bridge {
                         .await
                 }
             };
-            if let Err(error) = result {
-                tracing::warn!(group = %group.name, "could not mirror a group change: {error}");
+            match result {
+                Ok(()) => tracing::debug!(group = %group.name, ?change, "group change mirrored"),
+                Err(error) => {
+                    tracing::warn!(group = %group.name, "could not mirror a group change: {error}")
+                }
             }
         });
     }
@@ -1188,6 +1211,50 @@ impl InboundSink for Bridge {
             if let Some(bridge) = self.me.get().and_then(std::sync::Weak::upgrade) {
                 tokio::spawn(async move { bridge.sync_room_names().await });
             }
+        }
+    }
+}
+
+impl metrics::FigureSource for Bridge {
+    fn figures(&self) -> metrics::Figures {
+        let queue = |direction: Direction| {
+            let (waiting, oldest) = self.store.queue_stats(direction).unwrap_or((0, None));
+            let oldest_age_secs = oldest
+                .map(|since| u64::try_from(now_ms() / 1000 - since).unwrap_or(0))
+                .unwrap_or(0);
+            let relayed_total = self
+                .store
+                .counters("0001-01-01", "9999-12-31")
+                .unwrap_or_default()
+                .iter()
+                .filter(|(_, _, d, _)| *d == direction)
+                .map(|(_, _, _, count)| count)
+                .sum();
+            metrics::QueueFigures {
+                waiting,
+                oldest_age_secs: if waiting == 0 { 0 } else { oldest_age_secs },
+                relayed_total,
+            }
+        };
+        let whatsapp_connected = matches!(
+            self.store.get_meta(status::keys::WHATSAPP_STATE),
+            Ok(Some(state)) if state == "connected"
+        );
+        metrics::Figures {
+            to_matrix: queue(Direction::ToMatrix),
+            to_whatsapp: queue(Direction::ToWhatsApp),
+            set_aside: self
+                .store
+                .recent_dead_letters(10_000)
+                .map(|letters| letters.len() as u64)
+                .unwrap_or(0),
+            whatsapp_connected,
+            groups_approved: self.active().groups.len() as u64,
+            groups_bridged: self
+                .rooms_ready
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .len() as u64,
         }
     }
 }

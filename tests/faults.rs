@@ -184,3 +184,68 @@ async fn malformed_matrix_events_do_not_stop_the_relay() {
     );
     bridge.stop().await;
 }
+
+/// `GET path` on a local HTTP server; returns (status line, body).
+fn http_get(addr: std::net::SocketAddr, path: &str) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    (head.lines().next().unwrap().to_string(), body.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_show_the_waiting_queue_while_whatsapp_is_away() {
+    let synapse = Synapse::shared();
+    let addr = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap()
+    };
+    let alice = MatrixUser::new(synapse, &unique("alice"), Some("Alice")).await;
+    let mut bridge = TestBridge::new(synapse, &[]);
+    bridge.append_config(&format!("[metrics]\nlisten = \"{addr}\""));
+    let jid = bridge.network.create_group("Famille");
+    bridge.write_group(
+        &unique("metrics"),
+        &jid,
+        &format!("invite = [\"{}\"]", alice.user_id),
+    );
+    bridge.start().await;
+    let room = bridge.wait_room(&jid).await;
+    alice.wait_joined(&room).await;
+    alice.send_text(&room, "un").await;
+    bridge.wait_whatsapp_text(&jid, "*Alice*: un").await;
+
+    bridge.network.log_out("test");
+    for text in ["deux", "trois", "quatre"] {
+        alice.send_text(&room, text).await;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let body = loop {
+        let (status, body) = tokio::task::spawn_blocking(move || http_get(addr, "/metrics"))
+            .await
+            .unwrap();
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        if body.contains("passerelle_queue_messages{direction=\"to_whatsapp\"} 3") {
+            break body;
+        }
+        assert!(std::time::Instant::now() < deadline, "{body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    for line in [
+        "passerelle_whatsapp_connected 0",
+        "passerelle_relayed_messages_total{direction=\"to_whatsapp\"} 1",
+        "passerelle_groups_approved 1",
+        "passerelle_groups_bridged 1",
+        "passerelle_queue_messages{direction=\"to_matrix\"} 0",
+    ] {
+        assert!(body.lines().any(|l| l == line), "{line} missing:\n{body}");
+    }
+    let (status, _) = tokio::task::spawn_blocking(move || http_get(addr, "/other"))
+        .await
+        .unwrap();
+    assert_eq!(status, "HTTP/1.1 404 Not Found");
+    bridge.stop().await;
+}

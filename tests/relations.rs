@@ -326,18 +326,24 @@ async fn the_group_name_and_description_follow_whatsapp() {
         &jid,
         GroupChange::Description(Some("Les nouvelles de la famille".into())),
     );
-    let matrix_room = alice.wait_joined(&room).await;
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
-    while matrix_room.name().as_deref() != Some("Famille Martin-Durand")
-        || matrix_room.topic().as_deref() != Some("Les nouvelles de la famille")
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "room is {:?} / {:?}",
-            matrix_room.name(),
-            matrix_room.topic()
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    let synapse = Synapse::shared();
+    alice
+        .wait_state(
+            synapse,
+            &room,
+            "m.room.name",
+            "name",
+            "Famille Martin-Durand",
+        )
+        .await;
+    alice
+        .wait_state(
+            synapse,
+            &room,
+            "m.room.topic",
+            "topic",
+            "Les nouvelles de la famille",
+        )
+        .await;
     bridge.stop().await;
 }

@@ -372,6 +372,18 @@ impl Scene {
     }
 }
 
+/// The service's logs in the test output, at the level `TEST_LOG` says (e.g.
+/// `TEST_LOG=passerelle=debug`; off by default). Not `RUST_LOG`: the `passerelle`
+/// commands the tests run would inherit it and print logs where output is parsed.
+fn init_test_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(
+            std::env::var("TEST_LOG").unwrap_or_else(|_| "off".into()),
+        ))
+        .with_test_writer()
+        .try_init();
+}
+
 /// Runs an admin command (`groups`, `join ...`) that must succeed; returns stdout.
 async fn admin_command(config: &std::path::Path, args: &[&str]) -> String {
     let mut command = passerelle();
@@ -536,6 +548,7 @@ async fn wait_member_message(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn replies_edits_deletions_reactions_and_mentions_cross_through_whatsapp_rust() {
+    init_test_logs();
     use matrix_sdk::ruma::events::relation::Reply;
     use matrix_sdk::ruma::events::room::message::{
         Relation, ReplacementMetadata, RoomMessageEventContent,
@@ -659,19 +672,12 @@ async fn replies_edits_deletions_reactions_and_mentions_cross_through_whatsapp_r
     )
     .await;
     assert_eq!(status, 200, "{body}");
-    let matrix_room = alice.wait_joined(&room).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while matrix_room.name().as_deref() != Some("Relations (2)")
-        || matrix_room.topic().as_deref() != Some("Pour tout se dire")
-    {
-        assert!(
-            Instant::now() < deadline,
-            "room not renamed: {:?} {:?}",
-            matrix_room.name(),
-            matrix_room.topic()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    alice
+        .wait_state(synapse, &room, "m.room.name", "name", "Relations (2)")
+        .await;
+    alice
+        .wait_state(synapse, &room, "m.room.topic", "topic", "Pour tout se dire")
+        .await;
 
     // The phone unlinks the bridge: Alice, an admin, hears it in a direct room, and
     // status says so.
@@ -701,12 +707,7 @@ async fn replies_edits_deletions_reactions_and_mentions_cross_through_whatsapp_r
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bursts_both_ways_survive_repeated_connection_drops_and_malformed_stanzas() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(
-            std::env::var("TEST_LOG").unwrap_or_else(|_| "off".into()),
-        ))
-        .with_test_writer()
-        .try_init();
+    init_test_logs();
     let synapse = Synapse::shared();
     let mut scene = linked_scene(
         synapse,

@@ -86,6 +86,13 @@ pub struct Config {
     pub templates: Templates,
     pub logging: LoggingConfig,
     pub relay: RelayConfig,
+    pub metrics: MetricsConfig,
+}
+
+/// `[metrics]`: a Prometheus text endpoint (`GET /metrics`), off unless `listen` is set.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MetricsConfig {
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 /// How Matrix reactions reach WhatsApp.
@@ -258,6 +265,13 @@ struct RawConfig {
     templates: Option<RawTemplates>,
     logging: Option<RawLogging>,
     relay: Option<RawRelay>,
+    metrics: Option<RawMetrics>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: Option<S<String>>,
 }
 
 #[derive(Deserialize)]
@@ -368,8 +382,9 @@ fn parse_partial(path: &Path, text: &str) -> Partial {
     let templates = check_templates(&mut src, raw.templates);
     let logging = check_logging(&mut src, raw.logging);
     let relay = check_relay(&mut src, raw.relay);
+    let metrics = check_metrics(&mut src, raw.metrics);
 
-    let config = match (matrix, paths, whatsapp, templates, logging, relay) {
+    let config = match (matrix, paths, whatsapp, templates, logging, relay, metrics) {
         (
             Some(matrix),
             Some(paths),
@@ -377,6 +392,7 @@ fn parse_partial(path: &Path, text: &str) -> Partial {
             Some(templates),
             Some(logging),
             Some(relay),
+            Some(metrics),
         ) => Some(Config {
             matrix,
             paths,
@@ -384,6 +400,7 @@ fn parse_partial(path: &Path, text: &str) -> Partial {
             templates,
             logging,
             relay,
+            metrics,
         }),
         _ => None,
     };
@@ -713,6 +730,25 @@ fn check_logging(src: &mut Source, raw: Option<RawLogging>) -> Option<LoggingCon
     }
 }
 
+fn check_metrics(src: &mut Source, raw: Option<RawMetrics>) -> Option<MetricsConfig> {
+    let Some(listen) = raw.and_then(|raw| raw.listen) else {
+        return Some(MetricsConfig::default());
+    };
+    match listen.get_ref().parse::<std::net::SocketAddr>() {
+        Ok(addr) => Some(MetricsConfig { listen: Some(addr) }),
+        Err(_) => {
+            src.at(
+                &listen,
+                format!(
+                    "`listen` must be an address and port such as \"127.0.0.1:9464\", not \"{}\"",
+                    listen.get_ref()
+                ),
+            );
+            None
+        }
+    }
+}
+
 fn check_relay(src: &mut Source, raw: Option<RawRelay>) -> Option<RelayConfig> {
     let Some(raw) = raw else {
         return Some(RelayConfig::default());
@@ -1035,6 +1071,25 @@ level = "info,passerelle=debug,matrix_sdk=warn"
         assert_eq!(
             message,
             "`reactions_to_matrix` must be one of \"line\", \"ignore\", not \"emoji\""
+        );
+    }
+
+    #[test]
+    fn metrics_address() {
+        assert_eq!(parse(MINIMAL).unwrap().metrics.listen, None);
+        let config = parse(&format!(
+            "{MINIMAL}[metrics]\nlisten = \"127.0.0.1:9464\"\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            config.metrics.listen,
+            Some("127.0.0.1:9464".parse().unwrap())
+        );
+        let (line, message) = problem(&format!("{MINIMAL}[metrics]\nlisten = \"localhost\"\n"));
+        assert_eq!(line, Some(5));
+        assert!(
+            message.starts_with("`listen` must be an address and port"),
+            "{message}"
         );
     }
 

@@ -455,9 +455,11 @@ impl MatrixSide {
     pub async fn set_room_name(&self, room_id: &str, name: &str) -> Result<(), MatrixError> {
         let room = self.joined_room(room_id)?;
         if room.name().as_deref() == Some(name) || name.trim().is_empty() {
+            tracing::debug!(room = %room_id, "room already has that name");
             return Ok(());
         }
         room.set_name(name.to_string()).await?;
+        tracing::debug!(room = %room_id, "room renamed");
         Ok(())
     }
 

@@ -190,6 +190,40 @@ impl MatrixUser {
         body
     }
 
+    /// Waits until the server's state event `event_type` (state key "") of the room
+    /// has `field` equal to `value`.
+    pub async fn wait_state(
+        &self,
+        synapse: &Synapse,
+        room_id: &str,
+        event_type: &str,
+        field: &str,
+        value: &str,
+    ) {
+        let token = self.client.access_token().expect("logged in");
+        let url = synapse.api(&format!(
+            "/_matrix/client/v3/rooms/{}/state/{event_type}/",
+            urlencode(room_id)
+        ));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let (url, token) = (url.clone(), token.clone());
+            let (_, content) = tokio::task::spawn_blocking(move || {
+                super::synapse::http_json("GET", &url, Some(&token), None)
+            })
+            .await
+            .unwrap();
+            if content[field] == value {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{event_type} never had {field} = {value:?}: {content}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// Waits until the server shows `event_id` as redacted.
     pub async fn wait_redacted(&self, synapse: &Synapse, room_id: &str, event_id: &str) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
