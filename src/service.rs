@@ -1044,6 +1044,21 @@ impl Bridge {
 }
 
 impl Bridge {
+    /// Runs `work` on the runtime with a strong handle on the bridge, for callbacks
+    /// that only have `&self`; does nothing outside a runtime or once it is gone.
+    fn spawn_with_self<F, Fut>(&self, work: F)
+    where
+        F: FnOnce(Arc<Bridge>) -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        if let (Some(bridge), Ok(runtime)) = (
+            self.me.get().and_then(std::sync::Weak::upgrade),
+            tokio::runtime::Handle::try_current(),
+        ) {
+            runtime.spawn(work(bridge));
+        }
+    }
+
     /// Tells the admins, in their direct rooms, when WhatsApp needs one of them, and
     /// when it is connected again after that. Each state is told once, also across
     /// restarts.
@@ -1081,13 +1096,7 @@ impl Bridge {
             tracing::warn!("no Matrix admins configured to tell: {text}");
             return;
         }
-        let (Some(bridge), Ok(runtime)) = (
-            self.me.get().and_then(std::sync::Weak::upgrade),
-            tokio::runtime::Handle::try_current(),
-        ) else {
-            return;
-        };
-        runtime.spawn(async move {
+        self.spawn_with_self(|bridge| async move {
             for admin in &admins {
                 if let Err(error) = bridge.matrix.notify_admin(admin, &text).await {
                     tracing::warn!("could not tell an admin about WhatsApp: {error}");
@@ -1153,14 +1162,8 @@ impl InboundSink for Bridge {
         let Ok(Some(room_id)) = self.store.room_for_group(group_jid) else {
             return;
         };
-        let (Some(bridge), Ok(runtime)) = (
-            self.me.get().and_then(std::sync::Weak::upgrade),
-            tokio::runtime::Handle::try_current(),
-        ) else {
-            return;
-        };
         tracing::debug!(group = %group.name, ?change, "group changed in WhatsApp");
-        runtime.spawn(async move {
+        self.spawn_with_self(|bridge| async move {
             let result = match &change {
                 GroupChange::Subject(subject) => {
                     bridge.matrix.set_room_name(&room_id, subject).await
@@ -1208,9 +1211,7 @@ impl InboundSink for Bridge {
         if connected {
             self.wake_to_whatsapp.notify_one();
             // Rooms set up while WhatsApp was away were named after their file.
-            if let Some(bridge) = self.me.get().and_then(std::sync::Weak::upgrade) {
-                tokio::spawn(async move { bridge.sync_room_names().await });
-            }
+            self.spawn_with_self(|bridge| async move { bridge.sync_room_names().await });
         }
     }
 }
@@ -1388,12 +1389,10 @@ impl MatrixEvents for Bridge {
             if configured {
                 // The bot could not join this group's room before: set it up now.
                 let group = group.clone();
-                if let Some(bridge) = self.me.get().and_then(std::sync::Weak::upgrade) {
-                    tokio::spawn(async move {
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                        bridge.setup_group(&group).await;
-                    });
-                }
+                self.spawn_with_self(|bridge| async move {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    bridge.setup_group(&group).await;
+                });
                 return true;
             }
         }

@@ -406,31 +406,7 @@ async fn wait_member_text(
     chat: &str,
     text: &str,
 ) -> serde_json::Value {
-    let url = format!(
-        "{}members/{phone}/messages?chat={}",
-        sim.http_url(),
-        chat.replace('@', "%40")
-    );
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let url2 = url.clone();
-        let (status, body) =
-            tokio::task::spawn_blocking(move || http_json("GET", &url2, None, None))
-                .await
-                .unwrap();
-        assert_eq!(status, 200, "{body}");
-        if let Some(found) = body["messages"]
-            .as_array()
-            .and_then(|m| m.iter().find(|m| m["text"] == text))
-        {
-            return found.clone();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{phone} never received {text:?}: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_member_message(sim, phone, chat, text, |m| m["text"] == text).await
 }
 
 /// Waits until `passerelle status --json` satisfies `ready`.
@@ -512,15 +488,16 @@ async fn bob_sends(sim: &wa_sim::Simulator, jid: &str, mut body: serde_json::Val
     answer["id"].as_str().unwrap().to_string()
 }
 
-/// Waits until Bob's client received a message matching `found` in `chat`.
+/// Waits until member `phone`'s client received a message matching `found` in `chat`.
 async fn wait_member_message(
     sim: &wa_sim::Simulator,
+    phone: &str,
     chat: &str,
     what: &str,
     found: impl Fn(&serde_json::Value) -> bool,
 ) -> serde_json::Value {
     let url = format!(
-        "{}members/{BOB}/messages?chat={}",
+        "{}members/{phone}/messages?chat={}",
         sim.http_url(),
         chat.replace('@', "%40")
     );
@@ -540,7 +517,7 @@ async fn wait_member_message(
         }
         assert!(
             Instant::now() < deadline,
-            "Bob never received {what}: {body}"
+            "{phone} never received {what:?}: {body}"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -606,7 +583,7 @@ async fn replies_edits_deletions_reactions_and_mentions_cross_through_whatsapp_r
         ReplacementMetadata::new(EventId::parse(&answer).unwrap(), None),
     );
     alice.send(&room, edit).await;
-    let edited = wait_member_message(sim, jid, "the edit", |m| {
+    let edited = wait_member_message(sim, BOB, jid, "the edit", |m| {
         m["kind"] == "edit" && m["from_me"] == false
     })
     .await;
@@ -618,7 +595,7 @@ async fn replies_edits_deletions_reactions_and_mentions_cross_through_whatsapp_r
         .redact(&EventId::parse(&answer).unwrap(), None, None)
         .await
         .unwrap();
-    let revoked = wait_member_message(sim, jid, "the deletion", |m| {
+    let revoked = wait_member_message(sim, BOB, jid, "the deletion", |m| {
         m["kind"] == "revoke" && m["from_me"] == false
     })
     .await;
@@ -654,7 +631,7 @@ async fn replies_edits_deletions_reactions_and_mentions_cross_through_whatsapp_r
         )
         .await
         .unwrap();
-    let reaction = wait_member_message(sim, jid, "the reaction", |m| {
+    let reaction = wait_member_message(sim, BOB, jid, "the reaction", |m| {
         m["kind"] == "reaction" && m["from_me"] == false
     })
     .await;
