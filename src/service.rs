@@ -1218,15 +1218,17 @@ impl InboundSink for Bridge {
 
 impl metrics::FigureSource for Bridge {
     fn figures(&self) -> metrics::Figures {
+        // One read of the day counters serves both directions.
+        let counters = self
+            .store
+            .counters("0001-01-01", "9999-12-31")
+            .unwrap_or_default();
         let queue = |direction: Direction| {
             let (waiting, oldest) = self.store.queue_stats(direction).unwrap_or((0, None));
             let oldest_age_secs = oldest
                 .map(|since| u64::try_from(now_ms() / 1000 - since).unwrap_or(0))
                 .unwrap_or(0);
-            let relayed_total = self
-                .store
-                .counters("0001-01-01", "9999-12-31")
-                .unwrap_or_default()
+            let relayed_total = counters
                 .iter()
                 .filter(|(_, _, d, _)| *d == direction)
                 .map(|(_, _, _, count)| count)

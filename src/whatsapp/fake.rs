@@ -128,13 +128,7 @@ impl FakeNetwork {
         push_name: Option<&str>,
         text: &str,
     ) -> String {
-        self.post_message(WhatsAppText {
-            group_jid: group_jid.to_string(),
-            sender_phone: phone.to_string(),
-            push_name: push_name.map(str::to_string),
-            text: text.to_string(),
-            ..WhatsAppText::default()
-        })
+        self.post_related(group_jid, phone, push_name, text, None, &[])
     }
 
     /// A member posts something the bridge cannot relay as text (`kind`: "image"...).
