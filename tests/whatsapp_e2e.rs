@@ -729,25 +729,32 @@ async fn bursts_both_ways_survive_repeated_connection_drops_and_malformed_stanza
         from_alice.iter().map(|t| format!("*Alice*: {t}")).collect();
     let last = expected_in_whatsapp.last().unwrap().clone();
     wait_member_text(sim, BOB, jid, &last).await;
-    let url = format!(
-        "{}members/{BOB}/messages?chat={}",
-        sim.http_url(),
-        jid.replace('@', "%40")
-    );
-    let (_, body) = tokio::task::spawn_blocking(move || http_json("GET", &url, None, None))
-        .await
-        .unwrap();
     // Each exactly once. Arrival order at a member's phone is not the bridge's to
     // keep: a message whose first delivery failed comes again after later ones (as on
     // WhatsApp), and phones sort by the sender's timestamp, which follows the order in
-    // which passerelle sent them.
-    let received: Vec<(String, u64)> = body["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|m| m["from_me"] == false)
-        .filter_map(|m| Some((m["text"].as_str()?.to_string(), m["timestamp"].as_u64()?)))
-        .collect();
+    // which passerelle sent them. So wait until as many have arrived, then compare.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let received: Vec<(String, u64)> = loop {
+        let url = format!(
+            "{}members/{BOB}/messages?chat={}",
+            sim.http_url(),
+            jid.replace('@', "%40")
+        );
+        let (_, body) = tokio::task::spawn_blocking(move || http_json("GET", &url, None, None))
+            .await
+            .unwrap();
+        let received: Vec<(String, u64)> = body["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["from_me"] == false)
+            .filter_map(|m| Some((m["text"].as_str()?.to_string(), m["timestamp"].as_u64()?)))
+            .collect();
+        if received.len() >= BURST || Instant::now() > deadline {
+            break received;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
     let mut texts: Vec<String> = received.iter().map(|(text, _)| text.clone()).collect();
     texts.sort();
     assert_eq!(texts, expected_in_whatsapp, "Matrix -> WhatsApp: all, once");
