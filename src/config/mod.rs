@@ -582,6 +582,13 @@ fn check_whatsapp(src: &mut Source, raw: Option<RawWhatsApp>) -> Option<WhatsApp
     let burst = check_rate(src, "burst", raw.burst.as_ref(), DEFAULT_BURST);
     let url = match raw.url {
         None => Some(None),
+        Some(v) if !crate::whatsapp::server::SIMULATOR_BUILD => {
+            src.at(
+                &v,
+                crate::whatsapp::server::ServerError::UrlInNormalBuild.to_string(),
+            );
+            None
+        }
         Some(v) => match url::Url::parse(v.get_ref()) {
             Err(err) => {
                 src.at(&v, format!("invalid `url` `{}`: {err}", v.get_ref()));

@@ -10,7 +10,6 @@ use tokio::sync::mpsc;
 use whatsapp_rust::bot::Bot;
 use whatsapp_rust::pair_code::PairCodeOptions;
 use whatsapp_rust::store::traits::{Backend, DeviceStore};
-use whatsapp_rust::transport::TokioWebSocketTransportFactory;
 use whatsapp_rust::types::events::{Event, EventHandler};
 
 use super::real::{PUSH_NAME, WHATSAPP_WEB_VERSION};
@@ -53,6 +52,8 @@ pub enum LinkError {
     Refused(String),
     #[error("no phone linked the device in time (QR codes exhausted or timeout)")]
     TimedOut,
+    #[error(transparent)]
+    Server(#[from] super::server::ServerError),
     #[error("removing the old link: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -95,6 +96,7 @@ pub async fn link(
     force: bool,
     mut prompt: impl FnMut(LinkPrompt),
 ) -> Result<String, LinkError> {
+    let transport = super::server::transport_for(url)?;
     crate::secret_file::create_private_dir(state_dir)?;
     let path = db_path(state_dir);
     if path.exists() {
@@ -130,9 +132,8 @@ pub async fn link(
         };
         builder = builder.with_pair_code(options);
     }
-    if let Some(url) = url {
-        builder =
-            builder.with_transport_factory(TokioWebSocketTransportFactory::new().with_url(url));
+    if let Some(transport) = transport {
+        builder = builder.with_transport_factory(transport);
     }
     let bot = builder
         .build()

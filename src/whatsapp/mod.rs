@@ -5,6 +5,7 @@
 pub mod fake;
 pub mod link;
 pub mod real;
+pub mod server;
 pub mod store;
 
 use async_trait::async_trait;

@@ -17,7 +17,6 @@ use whatsapp_rust::features::{GroupError, JoinGroupResult};
 use whatsapp_rust::send::{RevokeType, SendError, SendOptions};
 use whatsapp_rust::store::error::StoreError;
 use whatsapp_rust::store::traits::Backend;
-use whatsapp_rust::transport::TokioWebSocketTransportFactory;
 use whatsapp_rust::types::events::{Event, EventHandler, EventInterest, EventKind, InboundMessage};
 use whatsapp_rust::types::message::MessageInfo;
 use whatsapp_rust::wacore::proto_helpers::{MessageBuilderExt, MessageExt};
@@ -66,6 +65,8 @@ pub enum RealError {
     Build(#[source] BotBuilderError),
     #[error("could not open the WhatsApp key store: {0}")]
     KeyStore(#[source] super::store::WaStoreError),
+    #[error(transparent)]
+    Server(#[from] super::server::ServerError),
 }
 
 /// The WhatsApp adapter on whatsapp-rust. Without a linked device it stays idle and
@@ -100,6 +101,7 @@ impl RealWhatsApp {
         backend: Arc<dyn Backend>,
         sink: Arc<dyn InboundSink>,
     ) -> Result<Arc<RealWhatsApp>, RealError> {
+        let transport = super::server::transport_for(options.url.as_deref())?;
         let linked = backend
             .load()
             .await
@@ -132,9 +134,8 @@ impl RealWhatsApp {
                 sink: Arc::clone(&sink),
             })
             .with_event_handler(events);
-        if let Some(url) = options.url {
-            builder =
-                builder.with_transport_factory(TokioWebSocketTransportFactory::new().with_url(url));
+        if let Some(transport) = transport {
+            builder = builder.with_transport_factory(transport);
         }
         let bot = builder.build().await.map_err(RealError::Build)?;
         let _ = events_client.set(Arc::downgrade(&bot.client()));

@@ -1,0 +1,182 @@
+//! Which WhatsApp server passerelle may talk to, and the transport that reaches it.
+//!
+//! The real WhatsApp proves who it is with a Noise certificate chain signed by
+//! WhatsApp's root key. A build made for tests against wa-sim (cargo feature
+//! `simulator`, or any build where whatsapp-rust was compiled with
+//! `danger-skip-cert-chain-verify`, e.g. through feature unification in a workspace
+//! build) skips that check. Such a build must never reach anything but a simulator
+//! on loopback, and a normal build must never be pointed elsewhere than WhatsApp.
+//! Both rules are checked here, before any connection is made.
+
+use std::net::IpAddr;
+
+use whatsapp_rust::transport::TokioWebSocketTransportFactory;
+use whatsapp_rust::wacore::noise::HandshakeUtils;
+use whatsapp_rust::waproto::buffa::{Message as _, MessageField};
+use whatsapp_rust::waproto::whatsapp as wa;
+
+/// Why the configured WhatsApp server may not be used by this build.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum ServerError {
+    /// `[whatsapp] url` set in a build that checks certificates (a normal build).
+    #[error(
+        "`[whatsapp] url` points passerelle at a WhatsApp simulator; only a build made \
+         for tests (`cargo build --features simulator`) accepts it. Remove the key to \
+         use WhatsApp"
+    )]
+    UrlInNormalBuild,
+    /// A build that skips certificate checks, with no simulator URL.
+    #[error(
+        "this build skips WhatsApp's certificate checks (made for tests against a \
+         simulator) and will not connect to the real WhatsApp: set `[whatsapp] url` to \
+         a simulator on loopback, or build passerelle without the `simulator` feature"
+    )]
+    UncheckedBuildWithoutSimulator,
+    /// A build that skips certificate checks, pointed at a non-loopback host.
+    #[error(
+        "this build skips WhatsApp's certificate checks, so it only talks to a simulator \
+         on loopback (127.0.0.0/8 or ::1), not to `{0}`"
+    )]
+    UncheckedBuildNotLoopback(String),
+}
+
+/// Whether this build was made to talk to a simulator (cargo feature `simulator`).
+pub const SIMULATOR_BUILD: bool = cfg!(feature = "simulator");
+
+/// Whether whatsapp-rust, as compiled into this binary, verifies the server's
+/// certificate chain. Probed rather than assumed: Cargo's feature unification can
+/// switch the check off (a workspace build pulling in wa-sim) without this crate's
+/// own features saying so. The probe hands the verifier a chain whose signatures
+/// are missing altogether; a verifying build refuses it.
+pub fn certificate_checks_enabled() -> bool {
+    let server_static = [7u8; 32];
+    let details = |serial: u32, issuer: u32, key: Vec<u8>| {
+        wa::cert_chain::noise_certificate::Details {
+            serial: Some(serial),
+            issuer_serial: Some(issuer),
+            key: Some(key),
+            not_before: Some(0),
+            not_after: Some(u64::MAX),
+        }
+        .encode_to_vec()
+    };
+    let chain = wa::CertChain {
+        intermediate: MessageField::some(wa::cert_chain::NoiseCertificate {
+            details: Some(details(1, 0, vec![9u8; 32])),
+            signature: None,
+        }),
+        leaf: MessageField::some(wa::cert_chain::NoiseCertificate {
+            details: Some(details(2, 1, server_static.to_vec())),
+            signature: None,
+        }),
+    }
+    .encode_to_vec();
+    HandshakeUtils::verify_server_cert(&chain, &server_static).is_err()
+}
+
+/// Checks that this build may use `url` (`None`: the real WhatsApp), given whether it
+/// was built for the simulator and whether it verifies certificates.
+pub fn check_server(
+    url: Option<&str>,
+    simulator_build: bool,
+    checks_certificates: bool,
+) -> Result<(), ServerError> {
+    if !simulator_build && url.is_some() {
+        return Err(ServerError::UrlInNormalBuild);
+    }
+    if checks_certificates {
+        return Ok(());
+    }
+    let Some(url) = url else {
+        return Err(ServerError::UncheckedBuildWithoutSimulator);
+    };
+    if is_loopback_url(url) {
+        Ok(())
+    } else {
+        Err(ServerError::UncheckedBuildNotLoopback(url.to_owned()))
+    }
+}
+
+/// The transport for the configured server, once [`check_server`] allowed it for
+/// this very binary. `None` means whatsapp-rust's default (the real WhatsApp).
+pub fn transport_for(
+    url: Option<&str>,
+) -> Result<Option<TokioWebSocketTransportFactory>, ServerError> {
+    check_server(url, SIMULATOR_BUILD, certificate_checks_enabled())?;
+    Ok(url.map(|url| TokioWebSocketTransportFactory::new().with_url(url)))
+}
+
+/// Whether `url`'s host is a loopback address (or `localhost`).
+fn is_loopback_url(url: &str) -> bool {
+    let Ok(parsed) = url::Url::parse(url) else {
+        return false;
+    };
+    match parsed.host() {
+        Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
+        Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
+        Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SIM: &str = "ws://127.0.0.1:9000/ws/chat";
+
+    #[test]
+    fn a_normal_build_talks_to_whatsapp_only() {
+        assert_eq!(check_server(None, false, true), Ok(()));
+        assert_eq!(
+            check_server(Some(SIM), false, true),
+            Err(ServerError::UrlInNormalBuild)
+        );
+        // Even if feature unification switched the checks off behind its back.
+        assert_eq!(
+            check_server(Some(SIM), false, false),
+            Err(ServerError::UrlInNormalBuild)
+        );
+        assert_eq!(
+            check_server(None, false, false),
+            Err(ServerError::UncheckedBuildWithoutSimulator)
+        );
+    }
+
+    #[test]
+    fn a_build_without_certificate_checks_talks_to_loopback_only() {
+        for url in [
+            SIM,
+            "ws://127.3.2.1:1/ws/chat",
+            "ws://[::1]:9000/",
+            "ws://localhost:1/",
+        ] {
+            assert_eq!(check_server(Some(url), true, false), Ok(()), "{url}");
+        }
+        for url in [
+            "wss://web.whatsapp.com/ws/chat",
+            "ws://10.0.0.1:9000/ws/chat",
+            "ws://[::ffff:8.8.8.8]:1/",
+            "ws://localhost.example.org/",
+        ] {
+            assert_eq!(
+                check_server(Some(url), true, false),
+                Err(ServerError::UncheckedBuildNotLoopback(url.into())),
+                "{url}"
+            );
+        }
+        assert_eq!(
+            check_server(None, true, false),
+            Err(ServerError::UncheckedBuildWithoutSimulator)
+        );
+    }
+
+    #[test]
+    fn the_probe_sees_whether_this_binary_checks_certificates() {
+        // Unit tests run in the simulator build, where whatsapp-rust skips the checks;
+        // in a normal build the same probe must see them (a chain without signatures
+        // is refused).
+        assert_eq!(certificate_checks_enabled(), !SIMULATOR_BUILD);
+        assert!(transport_for(Some(SIM)).is_ok() == SIMULATOR_BUILD);
+    }
+}
