@@ -626,7 +626,10 @@ impl Bridge {
                 return;
             }
         };
-        match self.send_to_matrix(&item, &room_id, post).await {
+        let Some((post, file)) = self.fetch_whatsapp_file(&item, post).await else {
+            return;
+        };
+        match self.send_to_matrix(&item, &room_id, post, file).await {
             Ok(Some((wa_id, event_id, sender))) => {
                 let link = MessageLink {
                     group_jid: item.group_jid.clone(),
@@ -663,6 +666,57 @@ impl Bridge {
         }
     }
 
+    /// The bytes of a WhatsApp post's file, fetched from WhatsApp. `None` when the
+    /// item must wait (WhatsApp away: a retry is scheduled). A file that cannot be
+    /// had, or turns out larger than announced and over the limit, becomes a notice
+    /// in the post's place: said, never dropped.
+    async fn fetch_whatsapp_file(
+        &self,
+        item: &OutboxItem,
+        mut post: MatrixPost,
+    ) -> Option<(MatrixPost, Option<Vec<u8>>)> {
+        let Some(media) = post.media.clone().filter(|_| post.change.is_none()) else {
+            return Some((post, None));
+        };
+        let Some(client) = self.whatsapp() else {
+            self.retry(item, "WhatsApp not started");
+            return None;
+        };
+        let limit = self.active().config.relay.max_file_bytes;
+        let (body, html) = match client.download(&media).await {
+            Ok(data) if (data.len() as u64) <= limit => return Some((post, Some(data))),
+            Ok(data) => self.active().relay.whatsapp_file_too_large(
+                &media,
+                &post.sender_name,
+                "WhatsApp",
+                data.len() as u64,
+            ),
+            Err(error) if error.is_retryable() => {
+                tracing::warn!(
+                    seq = item.seq,
+                    attempts = item.attempts,
+                    "WhatsApp media download failed, will retry: {error}"
+                );
+                self.retry(item, &error.to_string());
+                return None;
+            }
+            Err(error) => {
+                tracing::warn!(seq = item.seq, "WhatsApp media unavailable: {error}");
+                let body = format!(
+                    "{} sent {} that could not be fetched from WhatsApp: see it there.",
+                    post.sender_name,
+                    media.kind.with_article()
+                );
+                let html = format!("<em>{}</em>", crate::relay::format::escape_html(&body));
+                (body, html)
+            }
+        };
+        post.body = body;
+        post.html = html;
+        post.media = None;
+        Some((post, None))
+    }
+
     /// The Matrix event mirroring WhatsApp message `wa_id` of the item's group.
     fn mirrored_event(&self, item: &OutboxItem, wa_id: &str) -> Option<String> {
         match self.store.event_for_wa(&item.group_jid, wa_id) {
@@ -682,6 +736,7 @@ impl Bridge {
         item: &OutboxItem,
         room_id: &str,
         post: MatrixPost,
+        file: Option<Vec<u8>>,
     ) -> Result<Option<(String, String, String)>, crate::matrix::MatrixError> {
         let txn = item.target_id.as_str();
         let linked =
@@ -698,10 +753,18 @@ impl Bridge {
                     (Some(_), None, Some(quoted)) => with_quote(&post, quoted),
                     _ => post.clone(),
                 };
-                let event_id = self
-                    .matrix
-                    .send_post(room_id, txn, &shown, reply_event.as_deref())
-                    .await?;
+                let event_id = match (&post.media, file) {
+                    (Some(media), Some(data)) => {
+                        self.matrix
+                            .send_media(room_id, txn, &shown, media, data, reply_event.as_deref())
+                            .await?
+                    }
+                    _ => {
+                        self.matrix
+                            .send_post(room_id, txn, &shown, reply_event.as_deref())
+                            .await?
+                    }
+                };
                 Ok(linked(event_id))
             }
             Some(MatrixChange::Edit { of }) => match self.mirrored_event(item, of) {
@@ -778,6 +841,9 @@ impl Bridge {
                 return;
             }
         };
+        let Some(outgoing) = self.attach_matrix_file(&item, &post, outgoing).await else {
+            return;
+        };
         let group_rate = self
             .active()
             .groups
@@ -799,6 +865,20 @@ impl Bridge {
                 if let Err(error) = self.store.postpone(item.seq, now_ms() + ms) {
                     tracing::error!("store: {error}");
                 }
+                return;
+            }
+        }
+        // Kinds WhatsApp shows without a caption: the sender's line goes first, under
+        // an id of its own derived from the event (a retry sends it once).
+        if let (Outgoing::Media { caption: None, .. }, Some(_)) = (&outgoing, &post.media) {
+            let line = Outgoing::Text {
+                text: post.text.clone(),
+                reply_to: None,
+            };
+            let line_id = relay::whatsapp_id_for_event(&format!("{}#sender", item.source_id));
+            if let Err(error) = client.send(&item.group_jid, &line_id, &line).await {
+                tracing::warn!(seq = item.seq, "WhatsApp send failed, will retry: {error}");
+                self.retry(&item, &error.to_string());
                 return;
             }
         }
@@ -855,6 +935,58 @@ impl Bridge {
                     .await;
             }
         }
+    }
+
+    /// For a Matrix file: fetches it from the homeserver and turns the text into the
+    /// file with its caption (or, for kinds WhatsApp shows without one, the file
+    /// alone: the caller sends the text as its own line first). `None` when the item
+    /// must wait (a retry is scheduled). A file that cannot be had becomes a line
+    /// saying so: said, never dropped.
+    async fn attach_matrix_file(
+        &self,
+        item: &OutboxItem,
+        post: &WhatsAppPost,
+        outgoing: Outgoing,
+    ) -> Option<Outgoing> {
+        let (Some(media), Outgoing::Text { text, reply_to }) = (&post.media, &outgoing) else {
+            return Some(outgoing);
+        };
+        let limit = self.active().config.relay.max_file_bytes;
+        let text = match self.matrix.download_media(media).await {
+            Ok(data) if (data.len() as u64) <= limit => {
+                let caption = media.kind.has_whatsapp_caption().then(|| text.clone());
+                return Some(Outgoing::Media {
+                    media: media.clone(),
+                    data,
+                    caption,
+                    reply_to: reply_to.clone(),
+                });
+            }
+            Ok(data) => self
+                .active()
+                .relay
+                .matrix_file_too_large(post, media, data.len() as u64),
+            Err(error) if error.is_retryable() => {
+                tracing::warn!(
+                    seq = item.seq,
+                    attempts = item.attempts,
+                    "Matrix media download failed, will retry: {error}"
+                );
+                self.retry(item, &error.to_string());
+                return None;
+            }
+            Err(error) => {
+                tracing::warn!(seq = item.seq, "Matrix media unavailable: {error}");
+                format!(
+                    "{text}\n_({} could not be fetched from Matrix: see it there)_",
+                    media.kind.with_article()
+                )
+            }
+        };
+        Some(Outgoing::Text {
+            text,
+            reply_to: reply_to.clone(),
+        })
     }
 
     /// What the number sends for a Matrix post, once the messages it refers to are

@@ -857,3 +857,222 @@ async fn sigkill_in_the_middle_of_bursts_both_ways_loses_and_doubles_nothing() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// Bytes that look like nothing in particular (so a wrong file cannot match by luck).
+fn sample_file(seed: u8, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| {
+            (i as u32)
+                .wrapping_mul(2_654_435_761)
+                .rotate_left(u32::from(seed)) as u8
+        })
+        .collect()
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Downloads the file of Matrix event `event` (authenticated media) as `user`.
+async fn matrix_file(
+    synapse: &Synapse,
+    user: &MatrixUser,
+    room: &str,
+    event: &str,
+) -> (serde_json::Value, Vec<u8>) {
+    let raw = user.raw_event(synapse, room, event).await;
+    let content = raw["content"].clone();
+    let mxc = content["url"]
+        .as_str()
+        .expect("an unencrypted file")
+        .to_string();
+    let path = mxc.strip_prefix("mxc://").expect("an mxc URI");
+    let url = synapse.api(&format!("/_matrix/client/v1/media/download/{path}"));
+    let token = user.client.access_token().unwrap();
+    let (status, data) = tokio::task::spawn_blocking(move || {
+        common::synapse::http_request("GET", &url, Some(&token), None, &[]).unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(status, 200, "downloading {mxc}");
+    (content, data)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn photos_voice_notes_and_documents_cross_byte_identical_through_whatsapp_rust() {
+    init_test_logs();
+    use base64::Engine as _;
+    use matrix_sdk::attachment::{AttachmentConfig, AttachmentInfo, BaseAudioInfo};
+    use matrix_sdk::ruma::events::room::message::TextMessageEventContent;
+
+    let synapse = Synapse::shared();
+    let mut scene = linked_scene(synapse, "Photos", false, "\n[relay]\nmax_file_mb = 1").await;
+    let room = scene.start().await;
+    let (sim, alice, jid) = (&scene.sim, &scene.alice, &scene.jid);
+    let b64 = |data: &[u8]| base64::engine::general_purpose::STANDARD.encode(data);
+
+    // WhatsApp -> Matrix: a captioned photo, a voice note, a named document.
+    let photo = sample_file(1, 70_000);
+    bob_sends(
+        sim,
+        jid,
+        json!({"image": b64(&photo), "mime": "image/jpeg", "text": "les enfants"}),
+    )
+    .await;
+    let seen = alice
+        .wait_for(&room, "Bob's photo", |s| s.msgtype == "m.image")
+        .await;
+    assert_eq!(seen.body, "Bob: les enfants");
+    let (content, data) = matrix_file(synapse, alice, &room, &seen.event_id).await;
+    assert_eq!(sha256_hex(&data), sha256_hex(&photo));
+    assert_eq!(content["info"]["mimetype"], "image/jpeg");
+    assert!(content["filename"].is_string(), "{content}");
+
+    let voice = sample_file(2, 9_000);
+    bob_sends(
+        sim,
+        jid,
+        json!({"audio": b64(&voice), "ptt": true, "seconds": 4}),
+    )
+    .await;
+    let seen = alice
+        .wait_for(&room, "Bob's voice note", |s| s.msgtype == "m.audio")
+        .await;
+    assert_eq!(seen.body, "Bob sent a voice message");
+    let (content, data) = matrix_file(synapse, alice, &room, &seen.event_id).await;
+    assert_eq!(sha256_hex(&data), sha256_hex(&voice));
+    assert!(
+        content.get("org.matrix.msc3245.voice").is_some(),
+        "a Matrix voice message: {content}"
+    );
+    assert_eq!(content["info"]["duration"], 4000);
+
+    let menu = sample_file(3, 20_000);
+    bob_sends(
+        sim,
+        jid,
+        json!({"document": b64(&menu), "mime": "application/pdf", "file_name": "menu.pdf"}),
+    )
+    .await;
+    let seen = alice
+        .wait_for(&room, "Bob's document", |s| s.msgtype == "m.file")
+        .await;
+    let (content, data) = matrix_file(synapse, alice, &room, &seen.event_id).await;
+    assert_eq!(sha256_hex(&data), sha256_hex(&menu));
+    assert_eq!(content["filename"], "menu.pdf");
+    assert_eq!(seen.body, "Bob sent a file");
+
+    // Over `max_file_mb`: a notice naming the file and its size, nothing uploaded.
+    let film = sample_file(4, 1_200_000);
+    bob_sends(sim, jid, json!({"video": b64(&film), "seconds": 12})).await;
+    alice
+        .wait_for(&room, "the size notice", |s| {
+            s.body
+                == "Bob sent a video, 1.2 MB, which is larger than the bridge relays (1.0 MB): see it in WhatsApp."
+        })
+        .await;
+
+    // Matrix -> WhatsApp: a captioned photo, a voice message, an uncaptioned file.
+    let matrix_room = alice.wait_joined(&room).await;
+    let picture = sample_file(5, 50_000);
+    matrix_room
+        .send_attachment(
+            "garden.png",
+            &mime::IMAGE_PNG,
+            picture.clone(),
+            AttachmentConfig::new().caption(Some(TextMessageEventContent::plain("le jardin"))),
+        )
+        .await
+        .expect("Alice sends a photo");
+    let got = wait_member_message(sim, BOB, jid, "Alice's photo", |m| {
+        m["kind"] == "image" && m["from_me"] != true
+    })
+    .await;
+    assert_eq!(got["text"], "*Alice*: le jardin");
+    assert_eq!(got["mime"], "image/png");
+    assert_eq!(got["media_sha256"], sha256_hex(&picture), "{got}");
+
+    let recording = sample_file(6, 12_000);
+    matrix_room
+        .send_attachment(
+            "voice.ogg",
+            &"audio/ogg".parse().unwrap(),
+            recording.clone(),
+            AttachmentConfig::new().info(AttachmentInfo::Voice(BaseAudioInfo {
+                duration: Some(Duration::from_secs(3)),
+                ..BaseAudioInfo::default()
+            })),
+        )
+        .await
+        .expect("Alice sends a voice message");
+    let got = wait_member_message(sim, BOB, jid, "Alice's voice message", |m| {
+        m["kind"] == "ptt" && m["from_me"] != true
+    })
+    .await;
+    assert_eq!(got["media_sha256"], sha256_hex(&recording), "{got}");
+    // Voice notes carry no caption in WhatsApp: Alice's name came just before.
+    let messages = member_messages(sim, BOB, jid).await;
+    let voice_at = messages.iter().position(|m| m["id"] == got["id"]).unwrap();
+    assert_eq!(
+        messages[voice_at - 1]["text"],
+        "* _Alice_ sent a voice message"
+    );
+
+    let notes = sample_file(7, 3_000);
+    matrix_room
+        .send_attachment(
+            "notes.txt",
+            &mime::TEXT_PLAIN,
+            notes.clone(),
+            AttachmentConfig::new(),
+        )
+        .await
+        .expect("Alice sends a file");
+    let got = wait_member_message(sim, BOB, jid, "Alice's file", |m| {
+        m["kind"] == "document" && m["from_me"] != true
+    })
+    .await;
+    assert_eq!(got["media_sha256"], sha256_hex(&notes), "{got}");
+    assert_eq!(got["text"], "* _Alice_ sent a file");
+
+    let too_big = sample_file(8, 1_500_000);
+    matrix_room
+        .send_attachment(
+            "big.bin",
+            &mime::APPLICATION_OCTET_STREAM,
+            too_big,
+            AttachmentConfig::new(),
+        )
+        .await
+        .expect("Alice sends a big file");
+    wait_member_text(
+        sim,
+        BOB,
+        jid,
+        "* _Alice_ sent big.bin, 1.5 MB, which is larger than the bridge relays (1.0 MB): see it in Matrix",
+    )
+    .await;
+    scene.bridge.stop().await;
+}
+
+/// Everything member `phone` has in `chat`, in order.
+async fn member_messages(
+    sim: &wa_sim::Simulator,
+    phone: &str,
+    chat: &str,
+) -> Vec<serde_json::Value> {
+    let url = format!(
+        "{}members/{phone}/messages?chat={}",
+        sim.http_url(),
+        chat.replace('@', "%40")
+    );
+    let (status, body) = tokio::task::spawn_blocking(move || http_json("GET", &url, None, None))
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    body["messages"].as_array().cloned().unwrap_or_default()
+}

@@ -118,10 +118,25 @@ pub enum ReactionsToMatrix {
 }
 
 /// `[relay]`: what crosses besides words.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RelayConfig {
     pub reactions_to_whatsapp: ReactionsToWhatsApp,
     pub reactions_to_matrix: ReactionsToMatrix,
+    /// Largest file relayed either way, in bytes; larger ones are replaced by a notice.
+    pub max_file_bytes: u64,
+}
+
+/// Default `[relay] max_file_mb`: Synapse's default upload limit.
+pub const DEFAULT_MAX_FILE_MB: u32 = 50;
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        RelayConfig {
+            reactions_to_whatsapp: ReactionsToWhatsApp::default(),
+            reactions_to_matrix: ReactionsToMatrix::default(),
+            max_file_bytes: u64::from(DEFAULT_MAX_FILE_MB) * 1_000_000,
+        }
+    }
 }
 
 /// `[matrix]`: the bot account.
@@ -279,6 +294,7 @@ struct RawMetrics {
 struct RawRelay {
     reactions_to_whatsapp: Option<S<String>>,
     reactions_to_matrix: Option<S<String>>,
+    max_file_mb: Option<S<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -796,9 +812,26 @@ fn check_relay(src: &mut Source, raw: Option<RawRelay>) -> Option<RelayConfig> {
         0 => ReactionsToMatrix::Line,
         _ => ReactionsToMatrix::Ignore,
     };
+    let max_file_mb = match raw.max_file_mb {
+        None => Some(DEFAULT_MAX_FILE_MB),
+        Some(value) => match u32::try_from(*value.get_ref()) {
+            Ok(mb) if (1..=2_000).contains(&mb) => Some(mb),
+            _ => {
+                src.at(
+                    &value,
+                    format!(
+                        "`max_file_mb` must be a whole number of megabytes from 1 to 2000, not {}",
+                        value.get_ref()
+                    ),
+                );
+                None
+            }
+        },
+    };
     ok.then_some(RelayConfig {
         reactions_to_whatsapp: to_whatsapp,
         reactions_to_matrix: to_matrix,
+        max_file_bytes: u64::from(max_file_mb?) * 1_000_000,
     })
 }
 
@@ -1056,6 +1089,23 @@ level = "info,passerelle=debug,matrix_sdk=warn"
         let (line, message) = problem(&format!("{MINIMAL}password = \"\"\n"));
         assert_eq!(line, Some(4));
         assert!(message.starts_with("`password` is empty"));
+    }
+
+    #[test]
+    fn file_size_limit() {
+        assert_eq!(parse(MINIMAL).unwrap().relay.max_file_bytes, 50_000_000);
+        let config = parse(&format!("{MINIMAL}[relay]\nmax_file_mb = 16\n")).unwrap();
+        assert_eq!(config.relay.max_file_bytes, 16_000_000);
+        for bad in ["0", "-3", "5000"] {
+            let (line, message) = problem(&format!("{MINIMAL}[relay]\nmax_file_mb = {bad}\n"));
+            assert_eq!(line, Some(5), "{bad}");
+            assert_eq!(
+                message,
+                format!(
+                    "`max_file_mb` must be a whole number of megabytes from 1 to 2000, not {bad}"
+                )
+            );
+        }
     }
 
     #[test]

@@ -31,6 +31,7 @@ use matrix_sdk::store::RoomLoadSettings;
 use matrix_sdk::{Client, RoomState};
 use serde_json::json;
 
+mod media;
 mod timeline;
 
 use crate::config::{MatrixConfig, RoomRef};
@@ -513,6 +514,28 @@ impl MatrixSide {
             .with_transaction_id(OwnedTransactionId::from(txn_id))
             .await?;
         Ok(response.response.event_id.to_string())
+    }
+
+    /// Posts a file (`data`, described by `media`) with the post's text as caption.
+    pub async fn send_media(
+        &self,
+        room_id: &str,
+        txn_id: &str,
+        post: &MatrixPost,
+        media: &crate::relay::media::Media,
+        data: Vec<u8>,
+        reply_to: Option<&str>,
+    ) -> Result<String, MatrixError> {
+        let room = self.joined_room(room_id)?;
+        media::send(&room, txn_id, post, media, data, reply_to).await
+    }
+
+    /// Fetches the file of a Matrix media event from the homeserver.
+    pub async fn download_media(
+        &self,
+        media: &crate::relay::media::Media,
+    ) -> Result<Vec<u8>, MatrixError> {
+        media::download(&self.client, media).await
     }
 
     /// Replaces the text of the bot's event `of` (an `m.replace` edit).

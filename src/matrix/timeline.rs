@@ -172,6 +172,7 @@ async fn to_matrix_text(room: &Room, event: &TimelineEvent, bot: &UserId) -> Opt
                 html: None,
                 is_reply: false,
                 relation: MatrixRelation::Redaction { of: of.to_string() },
+                media: None,
             });
         }
         AnySyncTimelineEvent::MessageLike(AnySyncMessageLikeEvent::Reaction(
@@ -193,6 +194,7 @@ async fn to_matrix_text(room: &Room, event: &TimelineEvent, bot: &UserId) -> Opt
                     to: reaction.content.relates_to.event_id.to_string(),
                     key: reaction.content.relates_to.key.clone(),
                 },
+                media: None,
             });
         }
         _ => return None,
@@ -222,23 +224,29 @@ async fn to_matrix_text(room: &Room, event: &TimelineEvent, bot: &UserId) -> Opt
             .filter(|f| f.format == MessageFormat::Html)
             .map(|f| f.body.clone())
     };
-    let (kind, body, html) = match msgtype {
+    let (kind, body, html, media) = match msgtype {
         MessageType::Text(text) => (
             MatrixKind::Text,
             text.body.clone(),
             html_of(&text.formatted),
+            None,
         ),
         MessageType::Emote(emote) => (
             MatrixKind::Emote,
             emote.body.clone(),
             html_of(&emote.formatted),
+            None,
         ),
         MessageType::Notice(notice) => (
             MatrixKind::Notice,
             notice.body.clone(),
             html_of(&notice.formatted),
+            None,
         ),
-        other => (MatrixKind::Other, other.msgtype().to_string(), None),
+        other => match super::media::media_of(other) {
+            Some((media, caption, html)) => (MatrixKind::Text, caption, html, Some(media)),
+            None => (MatrixKind::Other, other.msgtype().to_string(), None, None),
+        },
     };
     let display_name = match room.get_member_no_sync(&message.sender).await {
         Ok(Some(member)) => member.display_name().map(str::to_string),
@@ -254,5 +262,6 @@ async fn to_matrix_text(room: &Room, event: &TimelineEvent, bot: &UserId) -> Opt
         html,
         is_reply: matches!(relation, MatrixRelation::Reply { .. }),
         relation,
+        media,
     })
 }

@@ -2,6 +2,7 @@
 //! how it reads once it has crossed. Knows nothing of either SDK.
 
 pub mod format;
+pub mod media;
 pub mod pacing;
 pub mod template;
 
@@ -10,6 +11,7 @@ use sha2::{Digest, Sha256};
 
 use crate::config::{GroupFile, ReactionsToMatrix, ReactionsToWhatsApp, RelayConfig, Templates};
 use format::escape_html;
+use media::Media;
 
 /// How a WhatsApp message refers to an earlier one (by WhatsApp message id).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +54,8 @@ pub struct WhatsAppText {
     pub relation: Option<WhatsAppRelation>,
     /// People mentioned in `text`.
     pub mentions: Vec<Mention>,
+    /// The file a media message carries; `text` is then its caption (maybe empty).
+    pub media: Option<Media>,
 }
 
 /// What kind of Matrix message event arrived.
@@ -94,6 +98,9 @@ pub struct MatrixText {
     /// Whether the event is a reply (its body may start with a quoted fallback).
     pub is_reply: bool,
     pub relation: MatrixRelation,
+    /// The file of an `m.image`, `m.video`, `m.audio` or `m.file`; `body` and `html`
+    /// are then its caption, empty when the event has none.
+    pub media: Option<Media>,
 }
 
 /// What a Matrix post does besides posting a new message. Targets are WhatsApp
@@ -133,6 +140,13 @@ pub struct MatrixPost {
     /// Who wrote the WhatsApp message (their number), recorded with the link.
     #[serde(default)]
     pub sender: String,
+    /// A file to post, `body`/`html` being its caption.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media: Option<Media>,
+    /// The sender's name as shown, for a notice in place of the file if it cannot be
+    /// posted after all.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub sender_name: String,
 }
 
 /// What a WhatsApp post does besides sending a new message. Targets are Matrix event
@@ -162,6 +176,14 @@ pub struct WhatsAppPost {
     /// checked against the original's author for edits and deletions.
     #[serde(default)]
     pub sender: String,
+    /// A file to send. `text` is its caption when WhatsApp shows captions for its
+    /// kind, else a line of its own sent just before it (so the sender is named).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media: Option<Media>,
+    /// The sender's name as shown, for a line in place of the file if it cannot be
+    /// sent after all.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub sender_name: String,
 }
 
 /// Why a message was not relayed. Logged at debug level only (never with content).
@@ -260,6 +282,7 @@ impl Relay {
                         removed: emoji.is_empty(),
                     }),
                     sender: message.sender_phone.clone(),
+                    ..MatrixPost::default()
                 });
             }
             _ => {}
@@ -276,31 +299,38 @@ impl Relay {
                 ..MatrixPost::default()
             });
         }
-        if message.text.trim().is_empty() {
-            return Err(Skip::Empty);
+        if let Some(media) = &message.media {
+            if let Some((body, html)) = self.too_large(media, &name, "WhatsApp") {
+                return Ok(MatrixPost {
+                    body,
+                    html,
+                    sender: message.sender_phone.clone(),
+                    ..MatrixPost::default()
+                });
+            }
         }
-        let phone = if message.sender_phone.is_empty() {
-            String::new()
-        } else {
-            format!("+{}", message.sender_phone)
+        let (body, html) = match &message.media {
+            // No caption: the caption names the sender, so nobody wonders who sent it.
+            Some(media) if message.text.trim().is_empty() => {
+                let what = media.kind.with_article();
+                (
+                    format!("{name} sent {what}"),
+                    format!("<strong>{}</strong> sent {what}", escape_html(&name)),
+                )
+            }
+            _ if message.text.trim().is_empty() => return Err(Skip::Empty),
+            _ => self.whatsapp_text_for_matrix(message, &name),
         };
-        let (text, text_html) = with_mentions(&message.text, &message.mentions);
-        let body = self.templates.to_matrix.render(|key| match key {
-            "name" => Some(name.clone()),
-            "phone" => Some(phone.clone()),
-            "text" => Some(text.clone()),
-            _ => None,
-        });
-        let html = self.templates.to_matrix_html.render(|key| match key {
-            "name" => Some(escape_html(&name)),
-            "phone" => Some(escape_html(&phone)),
-            "text" => Some(text_html.clone()),
-            _ => None,
-        });
         let mut post = MatrixPost {
             body,
             html,
             sender: message.sender_phone.clone(),
+            sender_name: if message.media.is_some() {
+                name.clone()
+            } else {
+                String::new()
+            },
+            media: message.media.clone(),
             ..MatrixPost::default()
         };
         match &message.relation {
@@ -314,6 +344,76 @@ impl Relay {
             _ => {}
         }
         Ok(post)
+    }
+
+    /// The Matrix body and HTML of a WhatsApp text (or caption), through the templates.
+    fn whatsapp_text_for_matrix(&self, message: &WhatsAppText, name: &str) -> (String, String) {
+        let phone = if message.sender_phone.is_empty() {
+            String::new()
+        } else {
+            format!("+{}", message.sender_phone)
+        };
+        let (text, text_html) = with_mentions(&message.text, &message.mentions);
+        let body = self.templates.to_matrix.render(|key| match key {
+            "name" => Some(name.to_owned()),
+            "phone" => Some(phone.clone()),
+            "text" => Some(text.clone()),
+            _ => None,
+        });
+        let html = self.templates.to_matrix_html.render(|key| match key {
+            "name" => Some(escape_html(name)),
+            "phone" => Some(escape_html(&phone)),
+            "text" => Some(text_html.clone()),
+            _ => None,
+        });
+        (body, html)
+    }
+
+    /// The notice that replaces a WhatsApp file whose announced size is over
+    /// `[relay] max_file_mb`: `(body, html)`.
+    fn too_large(&self, media: &Media, name: &str, seen_in: &str) -> Option<(String, String)> {
+        let size = media
+            .size
+            .filter(|size| *size > self.settings.max_file_bytes)?;
+        Some(self.whatsapp_file_too_large(media, name, seen_in, size))
+    }
+
+    /// The Matrix notice that stands for a WhatsApp file of `size` bytes over the
+    /// limit: `(body, html)` naming the sender, the file, its size and where to see it.
+    pub fn whatsapp_file_too_large(
+        &self,
+        media: &Media,
+        name: &str,
+        seen_in: &str,
+        size: u64,
+    ) -> (String, String) {
+        let limit = media::human_size(self.settings.max_file_bytes);
+        let what = media.describe(size);
+        let note = format!("is larger than the bridge relays ({limit}): see it in {seen_in}");
+        (
+            format!("{name} sent {what}, which {note}."),
+            format!(
+                "<em>{} sent {}, which {}.</em>",
+                escape_html(name),
+                escape_html(&what),
+                escape_html(&note)
+            ),
+        )
+    }
+
+    /// The WhatsApp line that stands for a Matrix file of `size` bytes over the limit.
+    pub fn matrix_file_too_large(&self, post: &WhatsAppPost, media: &Media, size: u64) -> String {
+        let limit = media::human_size(self.settings.max_file_bytes);
+        let text = format!(
+            "sent {}, which is larger than the bridge relays ({limit}): see it in Matrix",
+            media.describe(size)
+        );
+        self.templates.to_whatsapp_emote.render(|key| match key {
+            "name" => Some(post.sender_name.clone()),
+            "user" => Some(post.sender.clone()),
+            "text" => Some(text.clone()),
+            _ => None,
+        })
     }
 
     /// Matrix -> WhatsApp. `group` is the group bridged to the room, if any;
@@ -363,10 +463,17 @@ impl Relay {
         }
         let body =
             format::matrix_to_whatsapp(&message.body, message.html.as_deref(), message.is_reply);
+        let name = matrix_display_name(&message.sender, message.sender_display_name.as_deref());
+        if let Some(media) = message
+            .media
+            .as_ref()
+            .filter(|_| !matches!(message.relation, MatrixRelation::Replace { .. }))
+        {
+            return Ok(self.matrix_media_for_whatsapp(message, media, &name, &body));
+        }
         if body.trim().is_empty() {
             return Err(Skip::Empty);
         }
-        let name = matrix_display_name(&message.sender, message.sender_display_name.as_deref());
         let template = match message.kind {
             MatrixKind::Emote => &self.templates.to_whatsapp_emote,
             _ => &self.templates.to_whatsapp,
@@ -395,6 +502,52 @@ impl Relay {
             | MatrixRelation::Reaction { .. } => {}
         }
         Ok(post)
+    }
+
+    /// A Matrix file for WhatsApp: the file with its caption (`*Alice*: caption`, or
+    /// `* _Alice_ sent a photo` without one), or, over `[relay] max_file_mb`, a line
+    /// saying what could not cross.
+    fn matrix_media_for_whatsapp(
+        &self,
+        message: &MatrixText,
+        media: &Media,
+        name: &str,
+        caption: &str,
+    ) -> WhatsAppPost {
+        let render = |template: &template::Template, text: String| {
+            template.render(|key| match key {
+                "name" => Some(name.to_owned()),
+                "user" => Some(message.sender.clone()),
+                "text" => Some(text.clone()),
+                _ => None,
+            })
+        };
+        let reply_to = match &message.relation {
+            MatrixRelation::Reply { to } => Some(to.clone()),
+            _ => None,
+        };
+        let mut post = WhatsAppPost {
+            reply_to,
+            sender: message.sender.clone(),
+            sender_name: name.to_owned(),
+            ..WhatsAppPost::default()
+        };
+        if let Some(size) = media
+            .size
+            .filter(|size| *size > self.settings.max_file_bytes)
+        {
+            post.text = self.matrix_file_too_large(&post, media, size);
+            return post;
+        }
+        let text = if caption.trim().is_empty() {
+            let what = media.kind.with_article();
+            render(&self.templates.to_whatsapp_emote, format!("sent {what}"))
+        } else {
+            render(&self.templates.to_whatsapp, caption.to_owned())
+        };
+        post.text = text;
+        post.media = Some(media.clone());
+        post
     }
 }
 
@@ -560,7 +713,90 @@ mod tests {
             html: None,
             is_reply: false,
             relation: MatrixRelation::None,
+            media: None,
         }
+    }
+
+    fn file(kind: media::MediaKind, size: u64) -> Media {
+        Media {
+            kind,
+            source: "ref".into(),
+            mime: "application/octet-stream".into(),
+            file_name: None,
+            size: Some(size),
+            seconds: None,
+        }
+    }
+
+    #[test]
+    fn whatsapp_files_keep_their_caption_or_name_their_sender() {
+        let relay = relay();
+        let mut photo = wa("les enfants", Some("Bob"));
+        photo.media = Some(file(media::MediaKind::Image, 70_000));
+        let post = relay
+            .from_whatsapp(Some(&group(None)), &photo, false)
+            .unwrap();
+        assert_eq!(post.body, "Bob: les enfants");
+        assert_eq!(post.media, photo.media);
+        let mut voice = wa("", Some("Bob"));
+        voice.media = Some(file(media::MediaKind::Voice, 9_000));
+        let post = relay
+            .from_whatsapp(Some(&group(None)), &voice, false)
+            .unwrap();
+        assert_eq!(post.body, "Bob sent a voice message");
+        assert_eq!(post.html, "<strong>Bob</strong> sent a voice message");
+        assert_eq!(post.sender_name, "Bob");
+    }
+
+    #[test]
+    fn files_over_the_limit_become_notices_on_the_side_that_misses_them() {
+        let relay = relay();
+        let mut film = wa("", Some("Bob"));
+        film.media = Some(file(media::MediaKind::Video, 120_000_000));
+        let post = relay
+            .from_whatsapp(Some(&group(None)), &film, false)
+            .unwrap();
+        assert_eq!(post.media, None);
+        assert_eq!(
+            post.body,
+            "Bob sent a video, 120.0 MB, which is larger than the bridge relays (50.0 MB): see it in WhatsApp."
+        );
+        let mut report = mx("@alice:example.org", Some("Alice"), MatrixKind::Text, "");
+        let mut big = file(media::MediaKind::File, 60_000_000);
+        big.file_name = Some("report.pdf".into());
+        report.media = Some(big);
+        let post = relay
+            .from_matrix(Some(&group(None)), &report, false)
+            .unwrap();
+        assert_eq!(post.media, None);
+        assert_eq!(
+            post.text,
+            "* _Alice_ sent report.pdf, 60.0 MB, which is larger than the bridge relays (50.0 MB): see it in Matrix"
+        );
+    }
+
+    #[test]
+    fn matrix_files_carry_the_sender_in_their_caption() {
+        let relay = relay();
+        let mut photo = mx(
+            "@alice:example.org",
+            Some("Alice"),
+            MatrixKind::Text,
+            "le jardin",
+        );
+        photo.media = Some(file(media::MediaKind::Image, 50_000));
+        let post = relay
+            .from_matrix(Some(&group(None)), &photo, false)
+            .unwrap();
+        assert_eq!(post.text, "*Alice*: le jardin");
+        assert_eq!(post.media, photo.media);
+        let mut voice = mx("@alice:example.org", Some("Alice"), MatrixKind::Text, "");
+        voice.media = Some(file(media::MediaKind::Voice, 5_000));
+        let post = relay
+            .from_matrix(Some(&group(None)), &voice, false)
+            .unwrap();
+        assert_eq!(post.text, "* _Alice_ sent a voice message");
+        assert!(post.media.is_some());
     }
 
     fn relay() -> Relay {

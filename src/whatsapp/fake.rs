@@ -11,6 +11,7 @@ use super::{
     ConnectionState, GroupChange, GroupSummary, InboundSink, JoinOutcome, Outgoing, WhatsAppClient,
     WhatsAppError,
 };
+use crate::relay::media::Media;
 use crate::relay::{Mention, WhatsAppRelation, WhatsAppText};
 
 /// The phone number of the association in the fake network.
@@ -24,6 +25,8 @@ pub struct FakeMessage {
     pub text: String,
     /// What earlier message it replies to, edits, deletes or reacts to.
     pub relation: Option<WhatsAppRelation>,
+    /// The file it carries (`text` is then its caption), with its bytes.
+    pub media: Option<(Media, Vec<u8>)>,
     /// When the message reached the group.
     pub at: std::time::Instant,
 }
@@ -40,6 +43,8 @@ struct FakeGroup {
 struct FakeState {
     groups: HashMap<String, FakeGroup>,
     sink: Option<Arc<dyn InboundSink>>,
+    /// Files members posted, by the `source` of their [`Media`].
+    files: HashMap<String, Vec<u8>>,
     /// Messages for the bridge while it was not attached, delivered on attach.
     offline: Vec<WhatsAppText>,
     connected: bool,
@@ -148,6 +153,33 @@ impl FakeNetwork {
         })
     }
 
+    /// A member posts a file (`media.source` is filled in) with a caption.
+    pub fn post_media(
+        &self,
+        group_jid: &str,
+        phone: &str,
+        push_name: Option<&str>,
+        mut media: Media,
+        data: Vec<u8>,
+        caption: &str,
+    ) -> String {
+        {
+            let mut state = self.lock();
+            state.next_id += 1;
+            media.source = format!("fake-file-{}", state.next_id);
+            media.size = Some(data.len() as u64);
+            state.files.insert(media.source.clone(), data);
+        }
+        self.post_message(WhatsAppText {
+            group_jid: group_jid.to_string(),
+            sender_phone: phone.to_string(),
+            push_name: push_name.map(str::to_string),
+            text: caption.to_string(),
+            media: Some(media),
+            ..WhatsAppText::default()
+        })
+    }
+
     /// A member posts a text that replies to, edits, deletes or reacts to an earlier
     /// message (`relation`), and may mention people (`@<phone>` in `text`).
     pub fn post_related(
@@ -189,6 +221,7 @@ impl FakeNetwork {
                     sender_phone: message.sender_phone.clone(),
                     text: message.text.clone(),
                     relation: message.relation.clone(),
+                    media: None,
                     at: std::time::Instant::now(),
                 });
                 bridge_member = group.bridge_member;
@@ -282,6 +315,7 @@ impl WhatsAppClient for FakeClient {
         message_id: &str,
         outgoing: &Outgoing,
     ) -> Result<(), WhatsAppError> {
+        let mut file = None;
         let (text, relation) = match outgoing {
             Outgoing::Text { text, reply_to } => (
                 text.clone(),
@@ -290,6 +324,21 @@ impl WhatsAppClient for FakeClient {
                     quoted: None,
                 }),
             ),
+            Outgoing::Media {
+                media,
+                data,
+                caption,
+                reply_to,
+            } => {
+                file = Some((media.clone(), data.clone()));
+                (
+                    caption.clone().unwrap_or_default(),
+                    reply_to.as_ref().map(|quoted| WhatsAppRelation::Reply {
+                        id: quoted.id.clone(),
+                        quoted: None,
+                    }),
+                )
+            }
             Outgoing::Edit { target, text } => (
                 text.clone(),
                 Some(WhatsAppRelation::Edit { id: target.clone() }),
@@ -339,6 +388,7 @@ impl WhatsAppClient for FakeClient {
                 sender_phone: BRIDGE_PHONE.to_string(),
                 text: text.clone(),
                 relation: relation.clone(),
+                media: file,
                 at: std::time::Instant::now(),
             });
             sink.filter(|_| echo_on)
@@ -413,5 +463,17 @@ impl WhatsAppClient for FakeClient {
             jid: jid.clone(),
             subject: group.subject.clone(),
         })
+    }
+
+    async fn download(&self, media: &Media) -> Result<Vec<u8>, WhatsAppError> {
+        let state = self.network.lock();
+        if !state.connected {
+            return Err(WhatsAppError::NotConnected);
+        }
+        state
+            .files
+            .get(&media.source)
+            .cloned()
+            .ok_or_else(|| WhatsAppError::Rejected("no such file".into()))
     }
 }

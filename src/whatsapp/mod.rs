@@ -4,6 +4,7 @@
 
 pub mod fake;
 pub mod link;
+mod media;
 pub mod real;
 pub mod server;
 pub mod store;
@@ -11,6 +12,7 @@ pub mod store;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+use crate::relay::media::Media;
 use crate::relay::WhatsAppText;
 
 /// Why a WhatsApp operation failed.
@@ -101,6 +103,14 @@ pub enum Outgoing {
     Revoke { target: String },
     /// The number's reaction to `target`; an empty `emoji` removes it.
     React { target: Quoted, emoji: String },
+    /// A file (`data`, described by `media`), with a caption where WhatsApp shows
+    /// one for its kind, maybe as a reply.
+    Media {
+        media: Media,
+        data: Vec<u8>,
+        caption: Option<String>,
+        reply_to: Option<Quoted>,
+    },
 }
 
 /// Sending side of the boundary.
@@ -124,6 +134,10 @@ pub trait WhatsAppClient: Send + Sync {
 
     /// Joins a group by its invite link (`https://chat.whatsapp.com/CODE`) or code.
     async fn join(&self, invite: &str) -> Result<JoinOutcome, WhatsAppError>;
+
+    /// Downloads the file of an incoming media message (`media` as this side
+    /// described it).
+    async fn download(&self, media: &Media) -> Result<Vec<u8>, WhatsAppError>;
 }
 
 /// Error returned by the sink when a message could not be stored: the adapter must

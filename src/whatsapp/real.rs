@@ -29,6 +29,7 @@ use super::{
     ConnectionState, GroupChange, GroupSummary, InboundSink, JoinOutcome, Outgoing, Quoted,
     SinkError, WhatsAppClient, WhatsAppError,
 };
+use crate::relay::media::Media;
 use crate::relay::{Mention, WhatsAppRelation, WhatsAppText};
 use whatsapp_rust::wacore::stanza::groups::GroupNotificationAction;
 
@@ -133,7 +134,8 @@ impl RealWhatsApp {
             .with_inbound_durability_hook(SinkHook {
                 sink: Arc::clone(&sink),
             })
-            .with_event_handler(events);
+            .with_event_handler(events)
+            .with_http_client(super::server::media_http_for(options.url.as_deref()));
         if let Some(transport) = transport {
             builder = builder.with_transport_factory(transport);
         }
@@ -212,6 +214,30 @@ impl WhatsAppClient for RealWhatsApp {
         }
         let client = self.usable_client()?;
         match outgoing {
+            Outgoing::Media {
+                media,
+                data,
+                caption,
+                reply_to,
+            } => {
+                let context = match reply_to {
+                    Some(quoted) => Some(reply_context(client, quoted)?),
+                    None => None,
+                };
+                let message = super::media::message_for(
+                    client,
+                    media,
+                    data.clone(),
+                    caption.clone(),
+                    context,
+                )
+                .await?;
+                let options = SendOptions::default().with_message_id(message_id);
+                client
+                    .send_message_with_options(group, message, options)
+                    .await
+                    .map_err(|error| send_error(&error))?;
+            }
             Outgoing::Text { text, reply_to } => {
                 let message = match reply_to {
                     None => wa::Message::text(text),
@@ -314,6 +340,11 @@ impl WhatsAppClient for RealWhatsApp {
             }),
         }
     }
+
+    async fn download(&self, media: &Media) -> Result<Vec<u8>, WhatsAppError> {
+        let client = self.usable_client()?;
+        super::media::download(client, media).await
+    }
 }
 
 fn group_error(error: &GroupError) -> WhatsAppError {
@@ -330,20 +361,23 @@ fn reply_message(
     text: &str,
     quoted: &Quoted,
 ) -> Result<wa::Message, WhatsAppError> {
-    let participant = participant_of(client, quoted)?;
     Ok(wa::Message {
         extended_text_message: wa::message::ExtendedTextMessage {
             text: Some(text.to_string()),
-            context_info: wa::ContextInfo {
-                stanza_id: Some(quoted.id.clone()),
-                participant: Some(participant),
-                quoted_message: wa::Message::text("").into(),
-                ..Default::default()
-            }
-            .into(),
+            context_info: reply_context(client, quoted)?.into(),
             ..Default::default()
         }
         .into(),
+        ..Default::default()
+    })
+}
+
+/// The context that makes a message a reply to `quoted`.
+fn reply_context(client: &Client, quoted: &Quoted) -> Result<wa::ContextInfo, WhatsAppError> {
+    Ok(wa::ContextInfo {
+        stanza_id: Some(quoted.id.clone()),
+        participant: Some(participant_of(client, quoted)?),
+        quoted_message: wa::Message::text("").into(),
         ..Default::default()
     })
 }
@@ -456,6 +490,7 @@ async fn group_text(client: &Client, inbound: &InboundMessage) -> Option<WhatsAp
     // Edits arrive wrapped (editedMessage); this unwraps them to the protocol message.
     let base = inbound.message.get_base_message();
     let mut relation = None;
+    let mut media = None;
     let (text, unsupported) = if let Some(protocol) = base.protocol_message.as_option() {
         let target = protocol.key.as_option().and_then(|key| key.id.clone());
         match (protocol.r#type, target) {
@@ -485,6 +520,9 @@ async fn group_text(client: &Client, inbound: &InboundMessage) -> Option<WhatsAp
             emoji: reaction.text.clone().unwrap_or_default(),
         });
         (String::new(), None)
+    } else if let Some((found, caption)) = super::media::media_of(base) {
+        media = Some(found);
+        (caption, None)
     } else {
         match base.text_content() {
             Some(text) => (text.to_owned(), None),
@@ -534,6 +572,7 @@ async fn group_text(client: &Client, inbound: &InboundMessage) -> Option<WhatsAp
         unsupported,
         relation,
         mentions,
+        media,
     })
 }
 

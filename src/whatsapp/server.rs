@@ -8,7 +8,10 @@
 //! on loopback, and a normal build must never be pointed elsewhere than WhatsApp.
 //! Both rules are checked here, before any connection is made.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use whatsapp_rust::http::{HttpClient, HttpRequest, HttpResponse, UreqHttpClient};
 
 use whatsapp_rust::transport::TokioWebSocketTransportFactory;
 use whatsapp_rust::wacore::noise::HandshakeUtils;
@@ -104,6 +107,98 @@ pub fn transport_for(
 ) -> Result<Option<TokioWebSocketTransportFactory>, ServerError> {
     check_server(url, SIMULATOR_BUILD, certificate_checks_enabled())?;
     Ok(url.map(|url| TokioWebSocketTransportFactory::new().with_url(url)))
+}
+
+/// The HTTP client for media (uploads and downloads) of the configured server, once
+/// [`transport_for`] allowed it: WhatsApp's own (TLS, checked certificates), or for
+/// a simulator, plain HTTP to the simulator's address whatever host the media
+/// URLs name (wa-sim serves media on its control port; see tests/wa-sim/README.md).
+pub fn media_http_for(url: Option<&str>) -> MediaHttp {
+    let simulator = url
+        .and_then(|url| url::Url::parse(url).ok())
+        .and_then(|url| url.socket_addrs(|| None).ok())
+        .and_then(|addrs| addrs.into_iter().find(|addr| addr.ip().is_loopback()));
+    match simulator {
+        Some(addr) => MediaHttp::Simulator(addr),
+        None => MediaHttp::WhatsApp(UreqHttpClient::new()),
+    }
+}
+
+/// See [`media_http_for`].
+pub enum MediaHttp {
+    WhatsApp(UreqHttpClient),
+    Simulator(SocketAddr),
+}
+
+#[whatsapp_rust::async_trait]
+impl HttpClient for MediaHttp {
+    async fn execute(&self, request: HttpRequest) -> anyhow::Result<HttpResponse> {
+        match self {
+            MediaHttp::WhatsApp(client) => client.execute(request).await,
+            MediaHttp::Simulator(addr) => plain_http(*addr, request).await,
+        }
+    }
+
+    fn supports_streaming(&self) -> bool {
+        match self {
+            MediaHttp::WhatsApp(client) => client.supports_streaming(),
+            MediaHttp::Simulator(_) => false,
+        }
+    }
+
+    fn execute_streaming(
+        &self,
+        request: HttpRequest,
+    ) -> anyhow::Result<whatsapp_rust::wacore::net::StreamingHttpResponse> {
+        match self {
+            MediaHttp::WhatsApp(client) => client.execute_streaming(request),
+            MediaHttp::Simulator(_) => anyhow::bail!("no streaming from the simulator"),
+        }
+    }
+}
+
+/// One HTTP/1.1 request over plain TCP to `addr` (the simulator), answered with
+/// `Connection: close`: the path of the `https://HOST/PATH` URL is kept.
+async fn plain_http(addr: SocketAddr, request: HttpRequest) -> anyhow::Result<HttpResponse> {
+    let rest = request
+        .url
+        .split_once("://")
+        .map(|(_, rest)| rest)
+        .ok_or_else(|| anyhow::anyhow!("not a URL: {}", request.url))?;
+    let (host, path) = match rest.find('/') {
+        Some(slash) => (&rest[..slash], &rest[slash..]),
+        None => (rest, "/"),
+    };
+    let body = request.body.as_deref().unwrap_or_default();
+    let mut head = format!(
+        "{} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {}\r\nConnection: close\r\n",
+        request.method,
+        body.len()
+    );
+    for (name, value) in &request.headers {
+        if !name.eq_ignore_ascii_case("content-length") && !name.eq_ignore_ascii_case("host") {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+    }
+    head.push_str("\r\n");
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body).await?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await?;
+    let end = raw
+        .windows(4)
+        .position(|window| window == b"\r\n\r\n")
+        .ok_or_else(|| anyhow::anyhow!("malformed HTTP response"))?;
+    let status_code = std::str::from_utf8(&raw[..end])?
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse::<u16>().ok())
+        .ok_or_else(|| anyhow::anyhow!("no HTTP status"))?;
+    Ok(HttpResponse {
+        status_code,
+        body: raw[end + 4..].to_vec(),
+    })
 }
 
 /// Whether `url`'s host is a loopback address (or `localhost`).

@@ -1,0 +1,229 @@
+//! Files on the WhatsApp side: reading the file of an incoming media message (kept as
+//! an opaque reference until it is relayed), downloading it, and uploading a file to
+//! send it as the association's number.
+
+use base64::Engine as _;
+use whatsapp_rust::media::{AudioOptions, DocumentOptions, ImageOptions, VideoOptions};
+use whatsapp_rust::upload::UploadOptions;
+use whatsapp_rust::wacore::download::MediaType;
+use whatsapp_rust::waproto::buffa::{Message as _, MessageField};
+use whatsapp_rust::waproto::whatsapp as wa;
+use whatsapp_rust::Client;
+
+use super::WhatsAppError;
+use crate::relay::media::{Media, MediaKind};
+
+/// The file of a media message and its caption, or `None` for any other message.
+/// The reference (`source`) is the message reduced to its media field, without
+/// thumbnail, caption or context: what a download needs, nothing people wrote.
+pub(super) fn media_of(message: &wa::Message) -> Option<(Media, String)> {
+    let mut reduced = wa::Message::default();
+    let (kind, mime, file_name, size, seconds, caption) =
+        if let Some(image) = message.image_message.as_option() {
+            let mut kept = image.clone();
+            kept.jpeg_thumbnail = None;
+            kept.caption = None;
+            kept.context_info = MessageField::none();
+            reduced.image_message = MessageField::some(kept);
+            (
+                MediaKind::Image,
+                image.mimetype.clone(),
+                None,
+                image.file_length,
+                None,
+                image.caption.clone(),
+            )
+        } else if let Some(video) = message.video_message.as_option() {
+            let mut kept = video.clone();
+            kept.jpeg_thumbnail = None;
+            kept.caption = None;
+            kept.context_info = MessageField::none();
+            reduced.video_message = MessageField::some(kept);
+            (
+                MediaKind::Video,
+                video.mimetype.clone(),
+                None,
+                video.file_length,
+                video.seconds,
+                video.caption.clone(),
+            )
+        } else if let Some(audio) = message.audio_message.as_option() {
+            let mut kept = audio.clone();
+            kept.waveform = None;
+            kept.context_info = MessageField::none();
+            reduced.audio_message = MessageField::some(kept);
+            let kind = if audio.ptt == Some(true) {
+                MediaKind::Voice
+            } else {
+                MediaKind::Audio
+            };
+            (
+                kind,
+                audio.mimetype.clone(),
+                None,
+                audio.file_length,
+                audio.seconds,
+                None,
+            )
+        } else if let Some(document) = message.document_message.as_option() {
+            let mut kept = document.clone();
+            kept.jpeg_thumbnail = None;
+            kept.caption = None;
+            kept.context_info = MessageField::none();
+            reduced.document_message = MessageField::some(kept);
+            (
+                MediaKind::File,
+                document.mimetype.clone(),
+                document.file_name.clone(),
+                document.file_length,
+                None,
+                document.caption.clone(),
+            )
+        } else if let Some(sticker) = message.sticker_message.as_option() {
+            let mut kept = sticker.clone();
+            kept.png_thumbnail = None;
+            kept.context_info = MessageField::none();
+            reduced.sticker_message = MessageField::some(kept);
+            (
+                MediaKind::Sticker,
+                sticker.mimetype.clone(),
+                None,
+                sticker.file_length,
+                None,
+                None,
+            )
+        } else {
+            return None;
+        };
+    let default_mime = match kind {
+        MediaKind::Image => "image/jpeg",
+        MediaKind::Video => "video/mp4",
+        MediaKind::Audio | MediaKind::Voice => "audio/ogg; codecs=opus",
+        MediaKind::Sticker => "image/webp",
+        MediaKind::File => "application/octet-stream",
+    };
+    let media = Media {
+        kind,
+        source: base64::engine::general_purpose::STANDARD.encode(reduced.encode_to_vec()),
+        mime: mime
+            .filter(|m| !m.trim().is_empty())
+            .unwrap_or_else(|| default_mime.to_owned()),
+        file_name,
+        size,
+        seconds,
+    };
+    Some((media, caption.unwrap_or_default()))
+}
+
+/// Downloads and decrypts the file `media` refers to.
+pub(super) async fn download(client: &Client, media: &Media) -> Result<Vec<u8>, WhatsAppError> {
+    let unreadable = || WhatsAppError::Rejected("unreadable WhatsApp media reference".to_owned());
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(&media.source)
+        .map_err(|_| unreadable())?;
+    let message = wa::Message::decode_from_slice(&bytes).map_err(|_| unreadable())?;
+    let result = if let Some(image) = message.image_message.as_option() {
+        client.download(image).await
+    } else if let Some(video) = message.video_message.as_option() {
+        client.download(video).await
+    } else if let Some(audio) = message.audio_message.as_option() {
+        client.download(audio).await
+    } else if let Some(document) = message.document_message.as_option() {
+        client.download(document).await
+    } else if let Some(sticker) = message.sticker_message.as_option() {
+        client.download(sticker).await
+    } else {
+        return Err(unreadable());
+    };
+    result.map_err(|error| {
+        // Expired or deleted media will never come back; anything else may.
+        let text = format!("{error:#}");
+        if text.contains("404") || text.contains("410") {
+            WhatsAppError::Rejected(format!("media no longer available: {text}"))
+        } else {
+            WhatsAppError::Transient(format!("media download: {text}"))
+        }
+    })
+}
+
+/// Uploads `data` and builds the message that sends it, with `caption` where
+/// WhatsApp shows one and `context` (a reply) attached.
+pub(super) async fn message_for(
+    client: &Client,
+    media: &Media,
+    data: Vec<u8>,
+    caption: Option<String>,
+    context: Option<wa::ContextInfo>,
+) -> Result<wa::Message, WhatsAppError> {
+    let media_type = match media.kind {
+        MediaKind::Image => MediaType::Image,
+        MediaKind::Video => MediaType::Video,
+        MediaKind::Audio | MediaKind::Voice => MediaType::Audio,
+        MediaKind::File => MediaType::Document,
+        MediaKind::Sticker => MediaType::Sticker,
+    };
+    let upload = client
+        .upload(data, media_type, UploadOptions::default())
+        .await
+        .map_err(|error| WhatsAppError::Transient(format!("media upload: {error:#}")))?;
+    let mime = Some(media.mime.clone());
+    let context = context.map(Box::new);
+    Ok(match media.kind {
+        MediaKind::Image => whatsapp_rust::media::image_message(
+            upload,
+            ImageOptions {
+                caption,
+                mimetype: mime,
+                context_info: context,
+                ..ImageOptions::default()
+            },
+        ),
+        MediaKind::Video => whatsapp_rust::media::video_message(
+            upload,
+            VideoOptions {
+                caption,
+                mimetype: mime,
+                duration_seconds: media.seconds,
+                context_info: context,
+                ..VideoOptions::default()
+            },
+        ),
+        MediaKind::Audio | MediaKind::Voice => whatsapp_rust::media::audio_message(
+            upload,
+            AudioOptions {
+                mimetype: mime,
+                duration_seconds: media.seconds,
+                ptt: Some(media.kind == MediaKind::Voice),
+                context_info: context,
+                ..AudioOptions::default()
+            },
+        ),
+        MediaKind::File => whatsapp_rust::media::document_message(
+            upload,
+            DocumentOptions {
+                mimetype: mime,
+                file_name: Some(media.file_name_or_default()),
+                title: Some(media.file_name_or_default()),
+                caption,
+                context_info: context,
+                ..DocumentOptions::default()
+            },
+        ),
+        // Matrix has no stickers to send (they arrive as images); kept for symmetry.
+        MediaKind::Sticker => wa::Message {
+            sticker_message: MessageField::some(wa::message::StickerMessage {
+                url: Some(upload.url),
+                direct_path: Some(upload.direct_path),
+                media_key: Some(upload.media_key.to_vec()),
+                file_sha256: Some(upload.file_sha256.to_vec()),
+                file_enc_sha256: Some(upload.file_enc_sha256.to_vec()),
+                file_length: Some(upload.file_length),
+                media_key_timestamp: Some(upload.media_key_timestamp),
+                mimetype: mime,
+                context_info: context.map(|c| *c).into(),
+                ..Default::default()
+            }),
+            ..wa::Message::default()
+        },
+    })
+}
