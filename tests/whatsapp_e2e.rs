@@ -908,6 +908,8 @@ async fn photos_voice_notes_and_documents_cross_byte_identical_through_whatsapp_
     use base64::Engine as _;
     use matrix_sdk::attachment::{AttachmentConfig, AttachmentInfo, BaseAudioInfo};
     use matrix_sdk::ruma::events::room::message::TextMessageEventContent;
+    use matrix_sdk::ruma::events::room::ImageInfo;
+    use matrix_sdk::ruma::events::sticker::StickerEventContent;
 
     let synapse = Synapse::shared();
     let mut scene = linked_scene(synapse, "Photos", false, "\n[relay]\nmax_file_mb = 1").await;
@@ -1038,6 +1040,30 @@ async fn photos_voice_notes_and_documents_cross_byte_identical_through_whatsapp_
     .await;
     assert_eq!(got["media_sha256"], sha256_hex(&notes), "{got}");
     assert_eq!(got["text"], "* _Alice_ sent a file");
+
+    // A sticker (any image in Matrix) arrives as a photo after Alice's line.
+    let sticker = sample_file(9, 8_000);
+    let uploaded = alice
+        .client
+        .media()
+        .upload(&mime::IMAGE_PNG, sticker.clone(), None)
+        .await
+        .expect("upload the sticker");
+    matrix_room
+        .send(StickerEventContent::new(
+            "a cat".into(),
+            ImageInfo::new(),
+            uploaded.content_uri,
+        ))
+        .await
+        .expect("Alice sends a sticker");
+    let got = wait_member_message(sim, BOB, jid, "Alice's sticker", |m| {
+        m["kind"] == "image" && m["media_sha256"] == sha256_hex(&sticker)
+    })
+    .await;
+    let messages = member_messages(sim, BOB, jid).await;
+    let sticker_at = messages.iter().position(|m| m["id"] == got["id"]).unwrap();
+    assert_eq!(messages[sticker_at - 1]["text"], "* _Alice_ sent a sticker");
 
     let too_big = sample_file(8, 1_500_000);
     matrix_room

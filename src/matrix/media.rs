@@ -107,6 +107,25 @@ pub(super) fn media_of(msgtype: &MessageType) -> Option<(Media, String, Option<S
     Some((media, caption, html))
 }
 
+/// The file of an `m.sticker` event (its body is a description, not a caption).
+pub(super) fn sticker_media(
+    content: &matrix_sdk::ruma::events::sticker::StickerEventContent,
+) -> Option<Media> {
+    let source: MediaSource = content.source.clone().into();
+    Some(Media {
+        kind: MediaKind::Sticker,
+        source: serde_json::to_string(&source).ok()?,
+        mime: content
+            .info
+            .mimetype
+            .clone()
+            .unwrap_or_else(|| "image/png".to_owned()),
+        file_name: None,
+        size: content.info.size.map(u64::from),
+        seconds: None,
+    })
+}
+
 /// Downloads (and decrypts, for encrypted rooms) the file of a Matrix media event.
 pub(super) async fn download(client: &Client, media: &Media) -> Result<Vec<u8>, MatrixError> {
     let source: MediaSource = serde_json::from_str(&media.source)

@@ -13,6 +13,7 @@ use matrix_sdk::ruma::events::room::message::{
     FormattedBody, MessageFormat, MessageType, Relation, SyncRoomMessageEvent,
 };
 use matrix_sdk::ruma::events::room::redaction::SyncRoomRedactionEvent;
+use matrix_sdk::ruma::events::sticker::SyncStickerEvent;
 use matrix_sdk::ruma::events::{AnySyncMessageLikeEvent, AnySyncTimelineEvent};
 use matrix_sdk::ruma::UserId;
 use matrix_sdk::sync::JoinedRoomUpdate;
@@ -195,6 +196,29 @@ async fn to_matrix_text(room: &Room, event: &TimelineEvent, bot: &UserId) -> Opt
                     key: reaction.content.relates_to.key.clone(),
                 },
                 media: None,
+            });
+        }
+        AnySyncTimelineEvent::MessageLike(AnySyncMessageLikeEvent::Sticker(
+            SyncStickerEvent::Original(sticker),
+        )) => {
+            if sticker.sender == bot {
+                return None;
+            }
+            let display_name = match room.get_member_no_sync(&sticker.sender).await {
+                Ok(Some(member)) => member.display_name().map(str::to_string),
+                _ => None,
+            };
+            return Some(MatrixText {
+                room_id: room.room_id().to_string(),
+                event_id: sticker.event_id.to_string(),
+                sender: sticker.sender.to_string(),
+                sender_display_name: display_name,
+                kind: MatrixKind::Text,
+                body: String::new(),
+                html: None,
+                is_reply: false,
+                relation: MatrixRelation::None,
+                media: super::media::sticker_media(&sticker.content),
             });
         }
         _ => return None,

@@ -156,11 +156,10 @@ pub(super) async fn message_for(
     context: Option<wa::ContextInfo>,
 ) -> Result<wa::Message, WhatsAppError> {
     let media_type = match media.kind {
-        MediaKind::Image => MediaType::Image,
+        MediaKind::Image | MediaKind::Sticker => MediaType::Image,
         MediaKind::Video => MediaType::Video,
         MediaKind::Audio | MediaKind::Voice => MediaType::Audio,
         MediaKind::File => MediaType::Document,
-        MediaKind::Sticker => MediaType::Sticker,
     };
     let upload = client
         .upload(data, media_type, UploadOptions::default())
@@ -169,15 +168,6 @@ pub(super) async fn message_for(
     let mime = Some(media.mime.clone());
     let context = context.map(Box::new);
     Ok(match media.kind {
-        MediaKind::Image => whatsapp_rust::media::image_message(
-            upload,
-            ImageOptions {
-                caption,
-                mimetype: mime,
-                context_info: context,
-                ..ImageOptions::default()
-            },
-        ),
         MediaKind::Video => whatsapp_rust::media::video_message(
             upload,
             VideoOptions {
@@ -209,21 +199,16 @@ pub(super) async fn message_for(
                 ..DocumentOptions::default()
             },
         ),
-        // Matrix has no stickers to send (they arrive as images); kept for symmetry.
-        MediaKind::Sticker => wa::Message {
-            sticker_message: MessageField::some(wa::message::StickerMessage {
-                url: Some(upload.url),
-                direct_path: Some(upload.direct_path),
-                media_key: Some(upload.media_key.to_vec()),
-                file_sha256: Some(upload.file_sha256.to_vec()),
-                file_enc_sha256: Some(upload.file_enc_sha256.to_vec()),
-                file_length: Some(upload.file_length),
-                media_key_timestamp: Some(upload.media_key_timestamp),
+        // Matrix stickers are any image (WhatsApp wants 512x512 WebP): sent as a
+        // photo, after the sender's line.
+        MediaKind::Image | MediaKind::Sticker => whatsapp_rust::media::image_message(
+            upload,
+            ImageOptions {
+                caption,
                 mimetype: mime,
-                context_info: context.map(|c| *c).into(),
-                ..Default::default()
-            }),
-            ..wa::Message::default()
-        },
+                context_info: context,
+                ..ImageOptions::default()
+            },
+        ),
     })
 }
