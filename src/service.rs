@@ -844,6 +844,12 @@ impl Bridge {
         let Some(outgoing) = self.attach_matrix_file(&item, &post, outgoing).await else {
             return;
         };
+        let outgoing = match (&post.location, outgoing) {
+            (Some(location), Outgoing::Text { .. }) => Outgoing::Location {
+                location: location.clone(),
+            },
+            (_, outgoing) => outgoing,
+        };
         let group_rate = self
             .active()
             .groups
@@ -870,7 +876,10 @@ impl Bridge {
         }
         // Kinds WhatsApp shows without a caption: the sender's line goes first, under
         // an id of its own derived from the event (a retry sends it once).
-        if let (Outgoing::Media { caption: None, .. }, Some(_)) = (&outgoing, &post.media) {
+        if matches!(
+            outgoing,
+            Outgoing::Media { caption: None, .. } | Outgoing::Location { .. }
+        ) {
             let line = Outgoing::Text {
                 text: post.text.clone(),
                 reply_to: None,

@@ -903,11 +903,13 @@ async fn matrix_file(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn photos_voice_notes_and_documents_cross_byte_identical_through_whatsapp_rust() {
+async fn photos_voice_notes_documents_and_locations_cross_through_whatsapp_rust() {
     init_test_logs();
     use base64::Engine as _;
     use matrix_sdk::attachment::{AttachmentConfig, AttachmentInfo, BaseAudioInfo};
-    use matrix_sdk::ruma::events::room::message::TextMessageEventContent;
+    use matrix_sdk::ruma::events::room::message::{
+        LocationMessageEventContent, MessageType, RoomMessageEventContent, TextMessageEventContent,
+    };
     use matrix_sdk::ruma::events::room::ImageInfo;
     use matrix_sdk::ruma::events::sticker::StickerEventContent;
 
@@ -1064,6 +1066,41 @@ async fn photos_voice_notes_and_documents_cross_byte_identical_through_whatsapp_
     let messages = member_messages(sim, BOB, jid).await;
     let sticker_at = messages.iter().position(|m| m["id"] == got["id"]).unwrap();
     assert_eq!(messages[sticker_at - 1]["text"], "* _Alice_ sent a sticker");
+
+    // Locations: a point both ways, with a map link in Matrix and Alice's line
+    // before the pin in WhatsApp.
+    bob_sends(
+        sim,
+        jid,
+        json!({"location": {"lat": 45.5, "lon": -0.25, "name": "Mairie"}}),
+    )
+    .await;
+    let seen = alice
+        .wait_for(&room, "Bob's location", |s| s.msgtype == "m.location")
+        .await;
+    assert_eq!(
+        seen.body,
+        "Bob shared a location: Mairie (https://www.openstreetmap.org/?mlat=45.500000&mlon=-0.250000#map=17/45.500000/-0.250000)"
+    );
+    let raw = alice.raw_event(synapse, &room, &seen.event_id).await;
+    assert_eq!(raw["content"]["geo_uri"], "geo:45.500000,-0.250000");
+    matrix_room
+        .send(RoomMessageEventContent::new(MessageType::Location(
+            LocationMessageEventContent::new("Le parc".into(), "geo:48.8584,2.2945;u=20".into()),
+        )))
+        .await
+        .expect("Alice shares a location");
+    let got = wait_member_message(sim, BOB, jid, "Alice's location", |m| {
+        m["kind"] == "location" && m["from_me"] != true
+    })
+    .await;
+    assert_eq!(
+        (got["lat"].as_f64(), got["lon"].as_f64()),
+        (Some(48.8584), Some(2.2945))
+    );
+    let messages = member_messages(sim, BOB, jid).await;
+    let pin_at = messages.iter().position(|m| m["id"] == got["id"]).unwrap();
+    assert_eq!(messages[pin_at - 1]["text"], "* _Alice_ shared a location");
 
     let too_big = sample_file(8, 1_500_000);
     matrix_room

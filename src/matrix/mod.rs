@@ -19,7 +19,8 @@ use matrix_sdk::ruma::api::error::ErrorKind;
 use matrix_sdk::ruma::events::relation::Reply;
 use matrix_sdk::ruma::events::room::member::{MembershipState, StrippedRoomMemberEvent};
 use matrix_sdk::ruma::events::room::message::{
-    Relation, ReplacementMetadata, RoomMessageEventContent,
+    LocationMessageEventContent, MessageType, Relation, ReplacementMetadata,
+    RoomMessageEventContent,
 };
 use matrix_sdk::ruma::events::AnyInitialStateEvent;
 use matrix_sdk::ruma::serde::Raw;
@@ -503,7 +504,12 @@ impl MatrixSide {
         reply_to: Option<&str>,
     ) -> Result<String, MatrixError> {
         let room = self.joined_room(room_id)?;
-        let mut content = RoomMessageEventContent::text_html(post.body.clone(), post.html.clone());
+        let mut content = match &post.location {
+            Some(location) => RoomMessageEventContent::new(MessageType::Location(
+                LocationMessageEventContent::new(post.body.clone(), location.geo_uri()),
+            )),
+            None => RoomMessageEventContent::text_html(post.body.clone(), post.html.clone()),
+        };
         if let Some(event_id) = reply_to {
             let event_id = EventId::parse(event_id)
                 .map_err(|_| MatrixError::InvalidId(event_id.to_string()))?;

@@ -20,6 +20,7 @@ use matrix_sdk::sync::JoinedRoomUpdate;
 use matrix_sdk::RoomState;
 
 use super::MatrixEvents;
+use crate::relay::location::Location;
 use crate::relay::{MatrixKind, MatrixRelation, MatrixText};
 use crate::store::Store;
 
@@ -174,6 +175,7 @@ async fn to_matrix_text(room: &Room, event: &TimelineEvent, bot: &UserId) -> Opt
                 is_reply: false,
                 relation: MatrixRelation::Redaction { of: of.to_string() },
                 media: None,
+                location: None,
             });
         }
         AnySyncTimelineEvent::MessageLike(AnySyncMessageLikeEvent::Reaction(
@@ -196,6 +198,7 @@ async fn to_matrix_text(room: &Room, event: &TimelineEvent, bot: &UserId) -> Opt
                     key: reaction.content.relates_to.key.clone(),
                 },
                 media: None,
+                location: None,
             });
         }
         AnySyncTimelineEvent::MessageLike(AnySyncMessageLikeEvent::Sticker(
@@ -219,6 +222,7 @@ async fn to_matrix_text(room: &Room, event: &TimelineEvent, bot: &UserId) -> Opt
                 is_reply: false,
                 relation: MatrixRelation::None,
                 media: super::media::sticker_media(&sticker.content),
+                location: None,
             });
         }
         _ => return None,
@@ -248,7 +252,15 @@ async fn to_matrix_text(room: &Room, event: &TimelineEvent, bot: &UserId) -> Opt
             .filter(|f| f.format == MessageFormat::Html)
             .map(|f| f.body.clone())
     };
+    let location = match msgtype {
+        MessageType::Location(shared) => Location::from_geo_uri(&shared.geo_uri, None),
+        _ => None,
+    };
     let (kind, body, html, media) = match msgtype {
+        // A point without valid coordinates falls through to "not relayed".
+        MessageType::Location(_) if location.is_some() => {
+            (MatrixKind::Text, String::new(), None, None)
+        }
         MessageType::Text(text) => (
             MatrixKind::Text,
             text.body.clone(),
@@ -287,5 +299,6 @@ async fn to_matrix_text(room: &Room, event: &TimelineEvent, bot: &UserId) -> Opt
         is_reply: matches!(relation, MatrixRelation::Reply { .. }),
         relation,
         media,
+        location,
     })
 }

@@ -2,6 +2,7 @@
 //! how it reads once it has crossed. Knows nothing of either SDK.
 
 pub mod format;
+pub mod location;
 pub mod media;
 pub mod pacing;
 pub mod template;
@@ -11,6 +12,7 @@ use sha2::{Digest, Sha256};
 
 use crate::config::{GroupFile, ReactionsToMatrix, ReactionsToWhatsApp, RelayConfig, Templates};
 use format::escape_html;
+use location::Location;
 use media::Media;
 
 /// How a WhatsApp message refers to an earlier one (by WhatsApp message id).
@@ -36,7 +38,7 @@ pub struct Mention {
 }
 
 /// A text message received in a WhatsApp group, as the adapter saw it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct WhatsAppText {
     pub group_jid: String,
     pub message_id: String,
@@ -56,6 +58,8 @@ pub struct WhatsAppText {
     pub mentions: Vec<Mention>,
     /// The file a media message carries; `text` is then its caption (maybe empty).
     pub media: Option<Media>,
+    /// A shared location; `text` is then its comment (maybe empty).
+    pub location: Option<Location>,
 }
 
 /// What kind of Matrix message event arrived.
@@ -84,7 +88,7 @@ pub enum MatrixRelation {
 }
 
 /// A text message event received in a bridged Matrix room.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct MatrixText {
     pub room_id: String,
     pub event_id: String,
@@ -101,6 +105,8 @@ pub struct MatrixText {
     /// The file of an `m.image`, `m.video`, `m.audio` or `m.file`; `body` and `html`
     /// are then its caption, empty when the event has none.
     pub media: Option<Media>,
+    /// The point of an `m.location` (`body` is then empty).
+    pub location: Option<Location>,
 }
 
 /// What a Matrix post does besides posting a new message. Targets are WhatsApp
@@ -125,7 +131,7 @@ pub enum MatrixChange {
 
 /// What the bot posts in a Matrix room (stored in the outbox as JSON; fields added
 /// later default, so rows queued by an older version still read).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct MatrixPost {
     pub body: String,
     pub html: String,
@@ -147,6 +153,9 @@ pub struct MatrixPost {
     /// posted after all.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub sender_name: String,
+    /// A location to post (as `m.location`, `body` being its text).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<Location>,
 }
 
 /// What a WhatsApp post does besides sending a new message. Targets are Matrix event
@@ -164,7 +173,7 @@ pub enum WhatsAppChange {
 
 /// What the shared number posts in a WhatsApp group (stored in the outbox as JSON;
 /// fields added later default).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct WhatsAppPost {
     pub text: String,
     /// The Matrix event this one replies to.
@@ -184,6 +193,9 @@ pub struct WhatsAppPost {
     /// sent after all.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub sender_name: String,
+    /// A location to send; `text` is then a line of its own sent just before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<Location>,
 }
 
 /// Why a message was not relayed. Logged at debug level only (never with content).
@@ -296,6 +308,30 @@ impl Relay {
                 body: format!("{name} {note}."),
                 html: format!("<em>{} {}.</em>", escape_html(&name), escape_html(&note)),
                 sender: message.sender_phone.clone(),
+                ..MatrixPost::default()
+            });
+        }
+        if let Some(location) = &message.location {
+            let comment = single_line(&message.text);
+            let mut body = format!("{name} shared a location: {}", location.describe());
+            let mut html = format!(
+                "<strong>{}</strong> shared a location: {}",
+                escape_html(&name),
+                location_html(location)
+            );
+            if !comment.is_empty() {
+                body.push_str(&format!(" ({comment})"));
+                html.push_str(&format!(" ({})", escape_html(&comment)));
+            }
+            return Ok(MatrixPost {
+                body,
+                html,
+                sender: message.sender_phone.clone(),
+                reply_to: match &message.relation {
+                    Some(WhatsAppRelation::Reply { id, .. }) => Some(id.clone()),
+                    _ => None,
+                },
+                location: Some(location.clone()),
                 ..MatrixPost::default()
             });
         }
@@ -464,6 +500,21 @@ impl Relay {
         let body =
             format::matrix_to_whatsapp(&message.body, message.html.as_deref(), message.is_reply);
         let name = matrix_display_name(&message.sender, message.sender_display_name.as_deref());
+        if let Some(location) = &message.location {
+            let text = self.templates.to_whatsapp_emote.render(|key| match key {
+                "name" => Some(name.clone()),
+                "user" => Some(message.sender.clone()),
+                "text" => Some("shared a location".to_owned()),
+                _ => None,
+            });
+            return Ok(WhatsAppPost {
+                text,
+                sender: message.sender.clone(),
+                sender_name: name,
+                location: Some(location.clone()),
+                ..WhatsAppPost::default()
+            });
+        }
         if let Some(media) = message
             .media
             .as_ref()
@@ -549,6 +600,19 @@ impl Relay {
         post.media = Some(media.clone());
         post
     }
+}
+
+/// A location in HTML: its name (if any) linked to the map.
+fn location_html(location: &Location) -> String {
+    let text = location
+        .name
+        .clone()
+        .unwrap_or_else(|| "see the map".to_owned());
+    format!(
+        "<a href=\"{}\">{}</a>",
+        escape_html(&location.map_link()),
+        escape_html(&text)
+    )
 }
 
 /// The key under which the reaction line of one sender to one message is found again.
@@ -714,7 +778,30 @@ mod tests {
             is_reply: false,
             relation: MatrixRelation::None,
             media: None,
+            location: None,
         }
+    }
+
+    #[test]
+    fn locations_cross_as_a_map_link_and_a_point() {
+        let relay = relay();
+        let mut shared = wa("on arrive", Some("Bob"));
+        shared.location = Location::new(45.5, -0.25, Some("Mairie".into()));
+        let post = relay
+            .from_whatsapp(Some(&group(None)), &shared, false)
+            .unwrap();
+        assert_eq!(post.location, shared.location);
+        assert_eq!(
+            post.body,
+            "Bob shared a location: Mairie (https://www.openstreetmap.org/?mlat=45.500000&mlon=-0.250000#map=17/45.500000/-0.250000) (on arrive)"
+        );
+        let mut point = mx("@alice:example.org", Some("Alice"), MatrixKind::Text, "");
+        point.location = Location::new(48.85, 2.35, None);
+        let post = relay
+            .from_matrix(Some(&group(None)), &point, false)
+            .unwrap();
+        assert_eq!(post.text, "* _Alice_ shared a location");
+        assert_eq!(post.location, point.location);
     }
 
     fn file(kind: media::MediaKind, size: u64) -> Media {

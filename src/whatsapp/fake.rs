@@ -324,6 +324,7 @@ impl WhatsAppClient for FakeClient {
                     quoted: None,
                 }),
             ),
+            Outgoing::Location { location } => (location.describe(), None),
             Outgoing::Media {
                 media,
                 data,

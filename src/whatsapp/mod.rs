@@ -12,6 +12,7 @@ pub mod store;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+use crate::relay::location::Location;
 use crate::relay::media::Media;
 use crate::relay::WhatsAppText;
 
@@ -90,7 +91,7 @@ pub struct Quoted {
 }
 
 /// What the bridge's number sends to a group.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Outgoing {
     /// A text, maybe as a reply.
     Text {
@@ -103,6 +104,8 @@ pub enum Outgoing {
     Revoke { target: String },
     /// The number's reaction to `target`; an empty `emoji` removes it.
     React { target: Quoted, emoji: String },
+    /// A point on the map.
+    Location { location: Location },
     /// A file (`data`, described by `media`), with a caption where WhatsApp shows
     /// one for its kind, maybe as a reply.
     Media {

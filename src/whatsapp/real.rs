@@ -20,6 +20,7 @@ use whatsapp_rust::store::traits::Backend;
 use whatsapp_rust::types::events::{Event, EventHandler, EventInterest, EventKind, InboundMessage};
 use whatsapp_rust::types::message::MessageInfo;
 use whatsapp_rust::wacore::proto_helpers::{MessageBuilderExt, MessageExt};
+use whatsapp_rust::waproto::buffa::MessageField;
 use whatsapp_rust::waproto::whatsapp as wa;
 use whatsapp_rust::waproto::whatsapp::message::protocol_message::Type as ProtocolType;
 use whatsapp_rust::{InboundDurabilityHook, Jid, Server};
@@ -29,6 +30,7 @@ use super::{
     ConnectionState, GroupChange, GroupSummary, InboundSink, JoinOutcome, Outgoing, Quoted,
     SinkError, WhatsAppClient, WhatsAppError,
 };
+use crate::relay::location::Location;
 use crate::relay::media::Media;
 use crate::relay::{Mention, WhatsAppRelation, WhatsAppText};
 use whatsapp_rust::wacore::stanza::groups::GroupNotificationAction;
@@ -232,6 +234,22 @@ impl WhatsAppClient for RealWhatsApp {
                     context,
                 )
                 .await?;
+                let options = SendOptions::default().with_message_id(message_id);
+                client
+                    .send_message_with_options(group, message, options)
+                    .await
+                    .map_err(|error| send_error(&error))?;
+            }
+            Outgoing::Location { location } => {
+                let message = wa::Message {
+                    location_message: MessageField::some(wa::message::LocationMessage {
+                        degrees_latitude: Some(location.latitude),
+                        degrees_longitude: Some(location.longitude),
+                        name: location.name.clone(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                };
                 let options = SendOptions::default().with_message_id(message_id);
                 client
                     .send_message_with_options(group, message, options)
@@ -491,6 +509,7 @@ async fn group_text(client: &Client, inbound: &InboundMessage) -> Option<WhatsAp
     let base = inbound.message.get_base_message();
     let mut relation = None;
     let mut media = None;
+    let mut location = None;
     let (text, unsupported) = if let Some(protocol) = base.protocol_message.as_option() {
         let target = protocol.key.as_option().and_then(|key| key.id.clone());
         match (protocol.r#type, target) {
@@ -523,6 +542,9 @@ async fn group_text(client: &Client, inbound: &InboundMessage) -> Option<WhatsAp
     } else if let Some((found, caption)) = super::media::media_of(base) {
         media = Some(found);
         (caption, None)
+    } else if let Some((found, comment)) = location_of(base) {
+        location = Some(found);
+        (comment, None)
     } else {
         match base.text_content() {
             Some(text) => (text.to_owned(), None),
@@ -573,7 +595,31 @@ async fn group_text(client: &Client, inbound: &InboundMessage) -> Option<WhatsAp
         relation,
         mentions,
         media,
+        location,
     })
+}
+
+/// The point of a location or live location message, and its comment.
+fn location_of(message: &wa::Message) -> Option<(Location, String)> {
+    if let Some(shared) = message.location_message.as_option() {
+        let name = [shared.name.as_deref(), shared.address.as_deref()]
+            .into_iter()
+            .flatten()
+            .map(str::trim)
+            .filter(|part| !part.is_empty())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let point = Location::new(
+            shared.degrees_latitude?,
+            shared.degrees_longitude?,
+            Some(name),
+        )?;
+        return Some((point, shared.comment.clone().unwrap_or_default()));
+    }
+    let live = message.live_location_message.as_option()?;
+    let point = Location::new(live.degrees_latitude?, live.degrees_longitude?, None)?;
+    let caption = live.caption.clone().unwrap_or_default();
+    Some((point, format!("live location {caption}").trim().to_owned()))
 }
 
 /// The context (quote, mentions) of a text or media message.
