@@ -1067,6 +1067,52 @@ async fn photos_voice_notes_documents_and_locations_cross_through_whatsapp_rust(
     let sticker_at = messages.iter().position(|m| m["id"] == got["id"]).unwrap();
     assert_eq!(messages[sticker_at - 1]["text"], "* _Alice_ sent a sticker");
 
+    // Contacts, polls and view-once photos read as lines (a view-once file is never
+    // fetched, so it cannot stay in the room).
+    bob_sends(
+        sim,
+        jid,
+        json!({"contact": {"name": "Marie Dupont", "vcard": "BEGIN:VCARD\nVERSION:3.0\nFN:Marie Dupont\nTEL;type=CELL:+33 6 12 34 56 78\nEND:VCARD"}}),
+    )
+    .await;
+    alice
+        .wait_for(&room, "Bob's contact", |s| {
+            s.body == "Bob shared a contact, Marie Dupont: +33 6 12 34 56 78"
+        })
+        .await;
+    bob_sends(
+        sim,
+        jid,
+        json!({"poll": {"question": "Quel jour ?", "options": ["Samedi", "Dimanche"]}}),
+    )
+    .await;
+    alice
+        .wait_for(&room, "Bob's poll", |s| {
+            s.body == "Bob started a poll: Quel jour ?\n1. Samedi\n2. Dimanche\n(Vote in WhatsApp.)"
+        })
+        .await;
+    bob_sends(
+        sim,
+        jid,
+        json!({"image": b64(&sample_file(10, 5_000)), "view_once": true}),
+    )
+    .await;
+    alice
+        .wait_for(&room, "Bob's view-once photo", |s| {
+            s.body == "Bob sent a view-once photo: it can only be opened once, on a phone."
+        })
+        .await;
+    assert_eq!(
+        alice
+            .seen_in(&room)
+            .iter()
+            .filter(|s| s.msgtype == "m.image" && s.sender == scene.bridge.bot_user)
+            .count(),
+        1,
+        "only the ordinary photo was posted as a file: {:?}",
+        alice.seen_in(&room)
+    );
+
     // Locations: a point both ways, with a map link in Matrix and Alice's line
     // before the pin in WhatsApp.
     bob_sends(

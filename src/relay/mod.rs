@@ -37,6 +37,23 @@ pub struct Mention {
     pub name: Option<String>,
 }
 
+/// Something shared in WhatsApp that Matrix gets as a readable message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Shared {
+    /// A contact card: the name shown and the phone numbers it lists.
+    Contact { name: String, phones: Vec<String> },
+    /// A new poll, with its options.
+    Poll {
+        question: String,
+        options: Vec<String>,
+    },
+    /// A vote in a poll (its choice is encrypted for the poll's author only).
+    PollVote,
+    /// A photo, video or voice note that can be opened once, on a phone only: its
+    /// file is never fetched.
+    ViewOnce { kind: String },
+}
+
 /// A text message received in a WhatsApp group, as the adapter saw it.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct WhatsAppText {
@@ -60,6 +77,8 @@ pub struct WhatsAppText {
     pub media: Option<Media>,
     /// A shared location; `text` is then its comment (maybe empty).
     pub location: Option<Location>,
+    /// A contact, poll, vote or view-once message, shown as a readable line.
+    pub shared: Option<Shared>,
 }
 
 /// What kind of Matrix message event arrived.
@@ -307,6 +326,15 @@ impl Relay {
             return Ok(MatrixPost {
                 body: format!("{name} {note}."),
                 html: format!("<em>{} {}.</em>", escape_html(&name), escape_html(&note)),
+                sender: message.sender_phone.clone(),
+                ..MatrixPost::default()
+            });
+        }
+        if let Some(shared) = &message.shared {
+            let (body, html) = shared_for_matrix(shared, &name);
+            return Ok(MatrixPost {
+                body,
+                html,
                 sender: message.sender_phone.clone(),
                 ..MatrixPost::default()
             });
@@ -602,6 +630,65 @@ impl Relay {
     }
 }
 
+/// A contact, poll, vote or view-once message as a Matrix body and HTML.
+fn shared_for_matrix(shared: &Shared, name: &str) -> (String, String) {
+    let who = escape_html(name);
+    match shared {
+        Shared::Contact {
+            name: contact,
+            phones,
+        } => {
+            let contact = single_line(contact);
+            let numbers = if phones.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", phones.join(", "))
+            };
+            (
+                format!("{name} shared a contact, {contact}{numbers}"),
+                format!(
+                    "<strong>{who}</strong> shared a contact, {}{}",
+                    escape_html(&contact),
+                    escape_html(&numbers)
+                ),
+            )
+        }
+        Shared::Poll { question, options } => {
+            let question = single_line(question);
+            let mut body = format!("{name} started a poll: {question}");
+            let mut items = String::new();
+            for (number, option) in options.iter().enumerate() {
+                body.push_str(&format!("\n{}. {}", number + 1, single_line(option)));
+                items.push_str(&format!("<li>{}</li>", escape_html(&single_line(option))));
+            }
+            body.push_str("\n(Vote in WhatsApp.)");
+            (
+                body,
+                format!(
+                    "<strong>{who}</strong> started a poll: {}<ol>{items}</ol><em>Vote in WhatsApp.</em>",
+                    escape_html(&question)
+                ),
+            )
+        }
+        Shared::PollVote => (
+            format!("{name} voted in a poll: the results are in WhatsApp."),
+            format!(
+                "<em><strong>{who}</strong> voted in a poll: the results are in WhatsApp.</em>"
+            ),
+        ),
+        Shared::ViewOnce { kind } => {
+            let what = with_article(&format!("view-once {kind}"));
+            (
+                format!("{name} sent {what}: it can only be opened once, on a phone."),
+                format!(
+                    "<em><strong>{who}</strong> sent {}: it can only be opened once, on a phone.</em>",
+                    escape_html(&what)
+                ),
+            )
+        }
+    }
+}
+
 /// A location in HTML: its name (if any) linked to the map.
 fn location_html(location: &Location) -> String {
     let text = location
@@ -780,6 +867,50 @@ mod tests {
             media: None,
             location: None,
         }
+    }
+
+    #[test]
+    fn contacts_polls_votes_and_view_once_read_as_lines() {
+        let relay = relay();
+        let mut message = wa("", Some("Bob"));
+        let mut line = |shared: Shared| {
+            message.shared = Some(shared);
+            relay
+                .from_whatsapp(Some(&group(None)), &message, false)
+                .unwrap()
+        };
+        let post = line(Shared::Contact {
+            name: "Marie Dupont".into(),
+            phones: vec!["+33 6 12 34 56 78".into()],
+        });
+        assert_eq!(
+            post.body,
+            "Bob shared a contact, Marie Dupont: +33 6 12 34 56 78"
+        );
+        let post = line(Shared::Poll {
+            question: "Quel jour ?".into(),
+            options: vec!["Samedi".into(), "Dimanche".into()],
+        });
+        assert_eq!(
+            post.body,
+            "Bob started a poll: Quel jour ?\n1. Samedi\n2. Dimanche\n(Vote in WhatsApp.)"
+        );
+        assert!(post
+            .html
+            .contains("<ol><li>Samedi</li><li>Dimanche</li></ol>"));
+        let post = line(Shared::ViewOnce {
+            kind: "photo".into(),
+        });
+        assert_eq!(
+            post.body,
+            "Bob sent a view-once photo: it can only be opened once, on a phone."
+        );
+        assert_eq!(post.media, None);
+        let post = line(Shared::PollVote);
+        assert_eq!(
+            post.body,
+            "Bob voted in a poll: the results are in WhatsApp."
+        );
     }
 
     #[test]

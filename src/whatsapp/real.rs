@@ -32,7 +32,7 @@ use super::{
 };
 use crate::relay::location::Location;
 use crate::relay::media::Media;
-use crate::relay::{Mention, WhatsAppRelation, WhatsAppText};
+use crate::relay::{Mention, Shared, WhatsAppRelation, WhatsAppText};
 use whatsapp_rust::wacore::stanza::groups::GroupNotificationAction;
 
 /// WhatsApp Web version announced to the server: the one whatsapp-rust 0.7.0 ships as
@@ -510,6 +510,7 @@ async fn group_text(client: &Client, inbound: &InboundMessage) -> Option<WhatsAp
     let mut relation = None;
     let mut media = None;
     let mut location = None;
+    let mut shared = None;
     let (text, unsupported) = if let Some(protocol) = base.protocol_message.as_option() {
         let target = protocol.key.as_option().and_then(|key| key.id.clone());
         match (protocol.r#type, target) {
@@ -538,6 +539,9 @@ async fn group_text(client: &Client, inbound: &InboundMessage) -> Option<WhatsAp
             id,
             emoji: reaction.text.clone().unwrap_or_default(),
         });
+        (String::new(), None)
+    } else if let Some(found) = shared_of(&inbound.message, base) {
+        shared = Some(found);
         (String::new(), None)
     } else if let Some((found, caption)) = super::media::media_of(base) {
         media = Some(found);
@@ -596,7 +600,77 @@ async fn group_text(client: &Client, inbound: &InboundMessage) -> Option<WhatsAp
         mentions,
         media,
         location,
+        shared,
     })
+}
+
+/// A contact, poll, vote or view-once message. View-once comes first: its file is
+/// never fetched, so it cannot outlive its one viewing in a Matrix room.
+fn shared_of(outer: &wa::Message, base: &wa::Message) -> Option<Shared> {
+    if outer.is_view_once() {
+        let kind = if base.video_message.is_set() {
+            "video"
+        } else if base.audio_message.is_set() {
+            "voice message"
+        } else {
+            "photo"
+        };
+        return Some(Shared::ViewOnce {
+            kind: kind.to_owned(),
+        });
+    }
+    if let Some(contact) = base.contact_message.as_option() {
+        return Some(Shared::Contact {
+            name: contact.display_name.clone().unwrap_or_default(),
+            phones: vcard_phones(contact.vcard.as_deref().unwrap_or_default()),
+        });
+    }
+    if let Some(array) = base.contacts_array_message.as_option() {
+        let names: Vec<String> = array
+            .contacts
+            .iter()
+            .filter_map(|contact| contact.display_name.clone())
+            .collect();
+        return Some(Shared::Contact {
+            name: names.join(", "),
+            phones: array
+                .contacts
+                .iter()
+                .flat_map(|contact| vcard_phones(contact.vcard.as_deref().unwrap_or_default()))
+                .collect(),
+        });
+    }
+    let poll = [
+        &base.poll_creation_message,
+        &base.poll_creation_message_v2,
+        &base.poll_creation_message_v3,
+    ]
+    .into_iter()
+    .find_map(|poll| poll.as_option());
+    if let Some(poll) = poll {
+        return Some(Shared::Poll {
+            question: poll.name.clone().unwrap_or_default(),
+            options: poll
+                .options
+                .iter()
+                .filter_map(|option| option.option_name.clone())
+                .collect(),
+        });
+    }
+    base.poll_update_message
+        .is_set()
+        .then_some(Shared::PollVote)
+}
+
+/// The phone numbers of a vCard (its `TEL` lines).
+fn vcard_phones(vcard: &str) -> Vec<String> {
+    vcard
+        .lines()
+        .filter(|line| line.trim_start().to_ascii_uppercase().starts_with("TEL"))
+        .filter_map(|line| line.rsplit(':').next())
+        .map(|number| number.trim().to_owned())
+        .filter(|number| !number.is_empty())
+        .collect()
 }
 
 /// The point of a location or live location message, and its comment.
@@ -857,5 +931,18 @@ impl RecentIds {
                 self.ids.remove(&oldest);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn vcards_give_their_phone_numbers() {
+        let vcard = "BEGIN:VCARD\nVERSION:3.0\nFN:Marie\nTEL;type=CELL;waid=33612345678:+33 6 12 34 56 78\ntel:0102030405\nEND:VCARD";
+        assert_eq!(
+            super::vcard_phones(vcard),
+            vec!["+33 6 12 34 56 78".to_string(), "0102030405".to_string()]
+        );
+        assert!(super::vcard_phones("garbage").is_empty());
     }
 }

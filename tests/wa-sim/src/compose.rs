@@ -26,6 +26,9 @@ struct Fields {
     seconds: Option<u32>,
     file_name: Option<String>,
     location: Option<LocationFields>,
+    contact: Option<ContactFields>,
+    poll: Option<PollFields>,
+    view_once: Option<bool>,
     reply_to: Option<Value>,
     mentions: Option<Vec<String>>,
     edit_of: Option<String>,
@@ -39,6 +42,20 @@ struct LocationFields {
     lat: f64,
     lon: f64,
     name: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ContactFields {
+    name: String,
+    vcard: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PollFields {
+    question: String,
+    options: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -77,6 +94,16 @@ pub enum Body {
         lat: f64,
         lon: f64,
         name: Option<String>,
+    },
+    /// A shared contact card.
+    Contact {
+        name: String,
+        vcard: String,
+    },
+    /// A poll (`pollCreationMessageV3`, one choice).
+    Poll {
+        question: String,
+        options: Vec<String>,
     },
     Edit {
         of: String,
@@ -123,6 +150,8 @@ pub struct MediaFile {
     pub ptt: bool,
     pub seconds: Option<u32>,
     pub file_name: Option<String>,
+    /// Image or video that can be opened once only.
+    pub view_once: bool,
 }
 
 impl Outgoing {
@@ -152,6 +181,8 @@ impl Outgoing {
             .collect();
         for (name, set) in [
             ("location", f.location.is_some()),
+            ("contact", f.contact.is_some()),
+            ("poll", f.poll.is_some()),
             ("edit_of", f.edit_of.is_some()),
             ("revoke", f.revoke.is_some()),
             ("reaction", f.reaction.is_some()),
@@ -186,12 +217,13 @@ impl Outgoing {
         only("ptt", f.ptt.is_some(), &["audio"])?;
         only("seconds", f.seconds.is_some(), &["audio", "video"])?;
         only("file_name", f.file_name.is_some(), &["document"])?;
+        only("view_once", f.view_once.is_some(), &["image", "video"])?;
         if let Some(k @ ("revoke" | "reaction")) = kind
             && (f.text.is_some() || f.reply_to.is_some() || f.mentions.is_some())
         {
             return Err(format!("{k} takes no text, reply_to or mentions"));
         }
-        if let Some(k @ ("audio" | "sticker" | "location")) = kind
+        if let Some(k @ ("audio" | "sticker" | "location" | "contact" | "poll")) = kind
             && f.text.is_some()
         {
             return Err(format!("{k} takes no text (no caption)"));
@@ -245,7 +277,21 @@ impl Outgoing {
                 ptt: f.ptt.unwrap_or(false),
                 seconds: f.seconds,
                 file_name: f.file_name,
+                view_once: f.view_once.unwrap_or(false),
             })
+        } else if let Some(c) = f.contact {
+            Body::Contact {
+                name: c.name,
+                vcard: c.vcard,
+            }
+        } else if let Some(p) = f.poll {
+            if p.options.len() < 2 {
+                return Err("a poll needs at least two options".into());
+            }
+            Body::Poll {
+                question: p.question,
+                options: p.options,
+            }
         } else if let Some(l) = f.location {
             if !(-90.0..=90.0).contains(&l.lat) || !(-180.0..=180.0).contains(&l.lon) {
                 return Err(format!(

@@ -267,6 +267,7 @@ impl Member {
                 ptt: false,
                 seconds: None,
                 file_name: None,
+                view_once: false,
             }),
             reply_to: None,
             mentions: Vec::new(),
@@ -299,6 +300,31 @@ impl Member {
                     degrees_latitude: Some(lat),
                     degrees_longitude: Some(lon),
                     name,
+                    context_info: context.map(MessageField::some).unwrap_or_default(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            Body::Contact { name, vcard } => wa::Message {
+                contact_message: MessageField::some(wa::message::ContactMessage {
+                    display_name: Some(name),
+                    vcard: Some(vcard),
+                    context_info: context.map(MessageField::some).unwrap_or_default(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            Body::Poll { question, options } => wa::Message {
+                poll_creation_message_v3: MessageField::some(wa::message::PollCreationMessage {
+                    name: Some(question),
+                    options: options
+                        .into_iter()
+                        .map(|option| wa::message::poll_creation_message::Option {
+                            option_name: Some(option),
+                            ..Default::default()
+                        })
+                        .collect(),
+                    selectable_options_count: Some(1),
                     context_info: context.map(MessageField::some).unwrap_or_default(),
                     ..Default::default()
                 }),
@@ -506,25 +532,41 @@ impl Member {
             .map_err(|e| SendFailure::Failed(format!("uploading the {}: {e:#}", m.kind.name())))?;
         let context_info = context.map(Box::new);
         Ok(match m.kind {
-            MediaKind::Image => media::image_message(
-                upload,
-                media::ImageOptions {
-                    caption: m.caption,
-                    mimetype: m.mime,
-                    context_info,
-                    ..Default::default()
-                },
-            ),
-            MediaKind::Video => media::video_message(
-                upload,
-                media::VideoOptions {
-                    caption: m.caption,
-                    mimetype: m.mime,
-                    duration_seconds: m.seconds,
-                    context_info,
-                    ..Default::default()
-                },
-            ),
+            MediaKind::Image => {
+                let mut message = media::image_message(
+                    upload,
+                    media::ImageOptions {
+                        caption: m.caption,
+                        mimetype: m.mime,
+                        context_info,
+                        ..Default::default()
+                    },
+                );
+                if m.view_once
+                    && let Some(image) = message.image_message.as_option_mut()
+                {
+                    image.view_once = Some(true);
+                }
+                message
+            }
+            MediaKind::Video => {
+                let mut message = media::video_message(
+                    upload,
+                    media::VideoOptions {
+                        caption: m.caption,
+                        mimetype: m.mime,
+                        duration_seconds: m.seconds,
+                        context_info,
+                        ..Default::default()
+                    },
+                );
+                if m.view_once
+                    && let Some(video) = message.video_message.as_option_mut()
+                {
+                    video.view_once = Some(true);
+                }
+                message
+            }
             MediaKind::Audio => media::audio_message(
                 upload,
                 media::AudioOptions {
