@@ -1185,3 +1185,42 @@ async fn member_messages(
     assert_eq!(status, 200, "{body}");
     body["messages"].as_array().cloned().unwrap_or_default()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_message_lost_before_whatsapp_acked_it_is_sent_again_once() {
+    init_test_logs();
+    let synapse = Synapse::shared();
+    let mut scene = linked_scene(synapse, "Perdu", false, "").await;
+    let room = scene.start().await;
+    let (sim, alice, jid) = (&scene.sim, &scene.alice, &scene.jid);
+    alice.send_text(&room, "avant").await;
+    wait_member_text(sim, BOB, jid, "*Alice*: avant").await;
+
+    // The next message the bridge's device sends never reaches the server: written
+    // to the socket, then the connection fails. It must go out again, once.
+    let faults = format!("{}phones/{BRIDGE_PHONE}/devices/1/faults", sim.http_url());
+    let (status, body) = control("PUT", faults.clone(), json!({"swallow_messages": 1})).await;
+    assert_eq!(status, 200, "{body}");
+    alice.send_text(&room, "perdu en route ?").await;
+    alice.send_text(&room, "après").await;
+    wait_member_text(sim, BOB, jid, "*Alice*: après").await;
+    let (_, counters) = control("GET", faults, json!({})).await;
+    assert_eq!(counters["swallowed"], 1, "{counters}");
+
+    let texts: Vec<String> = member_messages(sim, BOB, jid)
+        .await
+        .iter()
+        .filter(|m| m["from_me"] != true)
+        .filter_map(|m| m["text"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(
+        texts,
+        [
+            "*Alice*: avant",
+            "*Alice*: perdu en route ?",
+            "*Alice*: après"
+        ],
+        "each message once, in order"
+    );
+    scene.bridge.stop().await;
+}

@@ -4,11 +4,13 @@
 //! crash or a failed write); outgoing texts and group queries go through
 //! [`WhatsAppClient`]. Nothing else of whatsapp-rust leaks out of this file.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::time::Duration;
+use tokio::sync::oneshot;
 
 use async_trait::async_trait;
 use whatsapp_rust::bot::{Bot, BotBuilderError, BotHandle};
@@ -82,6 +84,8 @@ pub struct RealWhatsApp {
     /// Set when WhatsApp logged the device out: a new `passerelle login` is needed.
     logged_out: Arc<AtomicBool>,
     sent_ids: Mutex<RecentIds>,
+    /// Sends waiting for WhatsApp's server ack, by message id.
+    acks: ServerAcks,
 }
 
 impl RealWhatsApp {
@@ -119,13 +123,16 @@ impl RealWhatsApp {
                 handle: tokio::sync::Mutex::new(None),
                 logged_out,
                 sent_ids: Mutex::new(RecentIds::default()),
+                acks: ServerAcks::default(),
             }));
         }
 
+        let acks = ServerAcks::default();
         let events = Events {
             sink: Arc::clone(&sink),
             logged_out: Arc::clone(&logged_out),
             client: Arc::new(OnceLock::new()),
+            acks: acks.clone(),
         };
         let events_client = Arc::clone(&events.client);
         let mut builder = Bot::builder()
@@ -151,6 +158,7 @@ impl RealWhatsApp {
             handle: tokio::sync::Mutex::new(Some(handle)),
             logged_out,
             sent_ids: Mutex::new(RecentIds::default()),
+            acks,
         }))
     }
 
@@ -178,6 +186,27 @@ impl RealWhatsApp {
             return Err(WhatsAppError::NotConnected);
         }
         Ok(client)
+    }
+
+    /// Sends `message` under `message_id` and returns once WhatsApp's server
+    /// acknowledged it (see [`ServerAcks`]).
+    async fn send_confirmed(
+        &self,
+        client: &Client,
+        group: Jid,
+        message: wa::Message,
+        message_id: &str,
+    ) -> Result<(), WhatsAppError> {
+        let ack = self.acks.expect(message_id);
+        let options = SendOptions::default().with_message_id(message_id);
+        if let Err(error) = client
+            .send_message_with_options(group, message, options)
+            .await
+        {
+            self.acks.forget(message_id);
+            return Err(send_error(&error));
+        }
+        self.acks.wait(message_id, ack).await
     }
 
     fn already_sent(&self, message_id: &str) -> bool {
@@ -234,11 +263,8 @@ impl WhatsAppClient for RealWhatsApp {
                     context,
                 )
                 .await?;
-                let options = SendOptions::default().with_message_id(message_id);
-                client
-                    .send_message_with_options(group, message, options)
-                    .await
-                    .map_err(|error| send_error(&error))?;
+                self.send_confirmed(client, group.clone(), message, message_id)
+                    .await?;
             }
             Outgoing::Location { location } => {
                 let message = wa::Message {
@@ -250,22 +276,16 @@ impl WhatsAppClient for RealWhatsApp {
                     }),
                     ..Default::default()
                 };
-                let options = SendOptions::default().with_message_id(message_id);
-                client
-                    .send_message_with_options(group, message, options)
-                    .await
-                    .map_err(|error| send_error(&error))?;
+                self.send_confirmed(client, group.clone(), message, message_id)
+                    .await?;
             }
             Outgoing::Text { text, reply_to } => {
                 let message = match reply_to {
                     None => wa::Message::text(text),
                     Some(quoted) => reply_message(client, text, quoted)?,
                 };
-                let options = SendOptions::default().with_message_id(message_id);
-                client
-                    .send_message_with_options(group, message, options)
-                    .await
-                    .map_err(|error| send_error(&error))?;
+                self.send_confirmed(client, group.clone(), message, message_id)
+                    .await?;
             }
             // Edits and revokes are idempotent on WhatsApp's side: a retry after a
             // crash applies the same change again, which shows nothing new.
@@ -795,6 +815,7 @@ struct Events {
     logged_out: Arc<AtomicBool>,
     /// Set once the client is built (the handler is registered before).
     client: Arc<OnceLock<Weak<Client>>>,
+    acks: ServerAcks,
 }
 
 impl Events {
@@ -856,7 +877,15 @@ impl EventHandler for Events {
                 ConnectionState::Connected
             }
             Event::Disconnected(disconnected) => {
+                // An ack cannot come over a connection that is gone.
+                self.acks.abandon_all();
                 ConnectionState::Disconnected(disconnected.reason.to_string())
+            }
+            Event::ServerAck(ack) => {
+                if ack.class.as_deref() == Some("message") {
+                    self.acks.resolve(&ack.id, ack.error.clone());
+                }
+                return;
             }
             Event::LoggedOut(logged_out) => {
                 self.logged_out.store(true, Ordering::Release);
@@ -905,7 +934,73 @@ impl EventHandler for Events {
             EventKind::ClientOutdated,
             EventKind::ConnectFailure,
             EventKind::GroupUpdate,
+            EventKind::ServerAck,
         ])
+    }
+}
+
+/// How long a sent message may wait for WhatsApp's server ack before the send
+/// counts as failed (and is retried under the same id).
+const SERVER_ACK_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Sends waiting for the server's `<ack class="message">`: whatsapp-rust returns once
+/// the stanza is written to the socket, which is not yet "WhatsApp has it". A
+/// connection cut in between would otherwise lose the message after its outbox row
+/// was completed.
+#[derive(Clone, Default)]
+struct ServerAcks {
+    waiting: Arc<Mutex<HashMap<String, oneshot::Sender<Option<String>>>>>,
+}
+
+impl ServerAcks {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, oneshot::Sender<Option<String>>>> {
+        self.waiting.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Starts waiting for the ack of `id` (before the stanza goes out: the ack may
+    /// come back before the send returns). The receiver gets the nack code, if any.
+    fn expect(&self, id: &str) -> oneshot::Receiver<Option<String>> {
+        let (sender, receiver) = oneshot::channel();
+        self.lock().insert(id.to_owned(), sender);
+        receiver
+    }
+
+    fn resolve(&self, id: &str, error: Option<String>) {
+        if let Some(waiter) = self.lock().remove(id) {
+            let _ = waiter.send(error);
+        }
+    }
+
+    fn forget(&self, id: &str) {
+        self.lock().remove(id);
+    }
+
+    fn abandon_all(&self) {
+        self.lock().clear();
+    }
+
+    /// Waits for the ack of a sent message: `Ok` once WhatsApp has it.
+    async fn wait(
+        &self,
+        id: &str,
+        receiver: oneshot::Receiver<Option<String>>,
+    ) -> Result<(), WhatsAppError> {
+        let outcome = tokio::time::timeout(SERVER_ACK_TIMEOUT, receiver).await;
+        self.forget(id);
+        match outcome {
+            Ok(Ok(None)) => Ok(()),
+            // 4xx: this message is refused (not a member, too large...); others pass.
+            Ok(Ok(Some(code))) if code.starts_with('4') && code != "408" && code != "429" => Err(
+                WhatsAppError::Rejected(format!("WhatsApp refused the message (error {code})")),
+            ),
+            Ok(Ok(Some(code))) => Err(WhatsAppError::Transient(format!(
+                "WhatsApp did not take the message (error {code})"
+            ))),
+            Ok(Err(_)) => Err(WhatsAppError::NotConnected),
+            Err(_) => Err(WhatsAppError::Transient(
+                "no answer from WhatsApp for a sent message".to_owned(),
+            )),
+        }
     }
 }
 

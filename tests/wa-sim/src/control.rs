@@ -147,6 +147,7 @@ struct BanBody {
 struct FaultsBody {
     drop_every: Option<u64>,
     malformed_every: Option<u64>,
+    swallow_messages: Option<u64>,
 }
 
 /// `phone:n` from the path, or the 400/404 to answer.
@@ -217,11 +218,20 @@ fn device_faults(sim: &Core, method: &str, phone: &str, n: &str, body: &[u8]) ->
         Err(r) => return r,
     };
     let faults = if method == "PUT" {
-        let body: FaultsBody = match parse(body, r#"{"drop_every": N, "malformed_every": N}"#) {
+        let body: FaultsBody = match parse(
+            body,
+            r#"{"drop_every": N, "malformed_every": N, "swallow_messages": N}"#,
+        ) {
             Ok(b) => b,
             Err(r) => return r,
         };
-        crate::devices::set_faults(&sim.world, &key, body.drop_every, body.malformed_every)
+        crate::devices::set_faults(
+            &sim.world,
+            &key,
+            body.drop_every,
+            body.malformed_every,
+            body.swallow_messages,
+        )
     } else {
         crate::devices::faults(&sim.world, &key)
     };

@@ -143,6 +143,7 @@ pub fn set_faults(
     device: &DeviceKey,
     drop_every: Option<u64>,
     malformed_every: Option<u64>,
+    swallow_messages: Option<u64>,
 ) -> Option<Faults> {
     let mut inner = world.lock();
     if !inner.devices.contains_key(device) {
@@ -154,6 +155,9 @@ pub fn set_faults(
     }
     if let Some(n) = malformed_every {
         f.malformed_every = n;
+    }
+    if let Some(n) = swallow_messages {
+        f.swallow_messages = n;
     }
     Some(f.clone())
 }

@@ -141,6 +141,22 @@ pub fn on_message(conn: &mut Conn, node: &Node) {
         log::warn!("dropping malformed <message>");
         return;
     };
+    {
+        let mut inner = conn.world.lock();
+        if let Some(f) = inner
+            .faults
+            .get_mut(&from_key)
+            .filter(|f| f.swallow_messages > 0)
+        {
+            f.swallow_messages -= 1;
+            f.swallowed += 1;
+            log::info!("message {id}: lost in transit, cutting the connection (faults)");
+            if let Some(online) = inner.online.remove(&from_key) {
+                online.abort();
+            }
+            return;
+        }
+    }
     if to.ends_with("@g.us") {
         let mut inner = conn.world.lock();
         let push_name = inner

@@ -64,6 +64,12 @@ pub struct Faults {
     pub drop_every: u64,
     /// Put a malformed stanza before every N-th message stanza routed live (0 = off).
     pub malformed_every: u64,
+    /// Lose the next N `<message>` stanzas this device sends: neither routed nor
+    /// acked, and the connection cut right after, as if the network failed before
+    /// the server got them (counts down).
+    pub swallow_messages: u64,
+    /// Message stanzas lost that way.
+    pub swallowed: u64,
     /// Counters, for tests: stanzas routed live, message stanzas among them,
     /// connections dropped, malformed stanzas sent.
     pub routed: u64,
