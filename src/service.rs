@@ -1462,7 +1462,7 @@ impl MatrixEvents for Bridge {
             }
             Err(Skip::Unsupported) => {
                 let notice = format!(
-                    "{}: {} messages are not relayed to WhatsApp yet; only text is.",
+                    "{}: {} messages are not relayed to WhatsApp yet; texts, files, stickers and locations are.",
                     message.sender,
                     message.body.trim_start_matches("m.")
                 );

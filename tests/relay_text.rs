@@ -518,23 +518,23 @@ async fn messages_that_cannot_be_relayed_yet_are_announced_not_dropped() {
     assert_eq!(seen.sender, bridge.bot_user);
 
     let file = matrix_sdk::ruma::events::room::message::RoomMessageEventContent::new(
-        matrix_sdk::ruma::events::room::message::MessageType::Location(
-            matrix_sdk::ruma::events::room::message::LocationMessageEventContent::new(
-                "Lyon".into(),
-                "geo:45.76,4.83".into(),
-            ),
-        ),
+        matrix_sdk::ruma::events::room::message::MessageType::new(
+            "org.example.weather",
+            "Sunny in Lyon".into(),
+            Default::default(),
+        )
+        .unwrap(),
     );
     alice.send(&room, file).await;
     let notice = alice
-        .wait_for(&room, "the notice about the location", |s| {
+        .wait_for(&room, "the notice about the unknown message type", |s| {
             s.msgtype == "m.notice" && s.body.contains("not relayed")
         })
         .await;
     assert_eq!(
         notice.body,
         format!(
-            "{}: location messages are not relayed to WhatsApp yet; only text is.",
+            "{}: org.example.weather messages are not relayed to WhatsApp yet; texts, files, stickers and locations are.",
             alice.user_id
         )
     );
