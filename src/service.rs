@@ -17,8 +17,8 @@ use crate::matrix::{MatrixEvents, MatrixSide, RoomSetup};
 use crate::metrics;
 use crate::relay::pacing::{Pacer, Wait};
 use crate::relay::{
-    self, MatrixChange, MatrixPost, MatrixText, Relay, Skip, WhatsAppChange, WhatsAppPost,
-    WhatsAppText,
+    self, MatrixChange, MatrixPost, MatrixText, Mention, Relay, Shared, Skip, WhatsAppChange,
+    WhatsAppPost, WhatsAppText,
 };
 use crate::secret_file;
 use crate::status;
@@ -1160,7 +1160,11 @@ impl Bridge {
     /// Fills in the sender's name from the last one seen when WhatsApp sent none, and
     /// remembers a new one. Only for approved groups: nobody else's name is kept.
     fn resolve_sender_name(&self, message: &mut WhatsAppText) {
-        for mention in &mut message.mentions {
+        let named_in_notice: Vec<&mut Mention> = match &mut message.shared {
+            Some(Shared::Members { people, by, .. }) => people.iter_mut().chain(by).collect(),
+            _ => Vec::new(),
+        };
+        for mention in message.mentions.iter_mut().chain(named_in_notice) {
             if mention.name.is_none() {
                 mention.name = self.store.known_name(&mention.phone).ok().flatten();
             }

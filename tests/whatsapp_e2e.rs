@@ -18,6 +18,7 @@ use serde_json::json;
 
 const BRIDGE_PHONE: &str = "33700000001";
 const BOB: &str = "33611111111";
+const CAROL: &str = "33622222222";
 
 fn passerelle() -> Command {
     Command::new(env!("CARGO_BIN_EXE_passerelle"))
@@ -935,6 +936,30 @@ async fn photos_voice_notes_documents_and_locations_cross_through_whatsapp_rust(
     assert_eq!(sha256_hex(&data), sha256_hex(&photo));
     assert_eq!(content["info"]["mimetype"], "image/jpeg");
     assert!(content["filename"].is_string(), "{content}");
+
+    // Member changes are told in the room (names as far as the bridge knows them).
+    let (status, body) = control(
+        "POST",
+        format!("{}members", sim.http_url()),
+        json!({"phone": CAROL, "name": "Carol"}),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    for (change, told) in [
+        ("add", format!("Bob added +{CAROL} to the group.")),
+        ("remove", format!("Bob removed +{CAROL} from the group.")),
+    ] {
+        let (status, body) = control(
+            "POST",
+            format!("{}groups/{jid}/participants", sim.http_url()),
+            json!({ change: [CAROL] }),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        alice
+            .wait_for(&room, "the member notice", |s| s.body == told)
+            .await;
+    }
 
     let voice = sample_file(2, 9_000);
     bob_sends(

@@ -124,6 +124,9 @@ pub struct RelayConfig {
     pub reactions_to_matrix: ReactionsToMatrix,
     /// Largest file relayed either way, in bytes; larger ones are replaced by a notice.
     pub max_file_bytes: u64,
+    /// Whether WhatsApp member changes (joined, left, added, removed, admins) are
+    /// told in the room.
+    pub member_notices: bool,
 }
 
 /// Default `[relay] max_file_mb`: Synapse's default upload limit.
@@ -135,6 +138,7 @@ impl Default for RelayConfig {
             reactions_to_whatsapp: ReactionsToWhatsApp::default(),
             reactions_to_matrix: ReactionsToMatrix::default(),
             max_file_bytes: u64::from(DEFAULT_MAX_FILE_MB) * 1_000_000,
+            member_notices: true,
         }
     }
 }
@@ -295,6 +299,7 @@ struct RawRelay {
     reactions_to_whatsapp: Option<S<String>>,
     reactions_to_matrix: Option<S<String>>,
     max_file_mb: Option<S<i64>>,
+    member_notices: Option<S<bool>>,
 }
 
 #[derive(Deserialize)]
@@ -832,6 +837,7 @@ fn check_relay(src: &mut Source, raw: Option<RawRelay>) -> Option<RelayConfig> {
         reactions_to_whatsapp: to_whatsapp,
         reactions_to_matrix: to_matrix,
         max_file_bytes: u64::from(max_file_mb?) * 1_000_000,
+        member_notices: raw.member_notices.is_none_or(|v| *v.get_ref()),
     })
 }
 
@@ -1096,6 +1102,9 @@ level = "info,passerelle=debug,matrix_sdk=warn"
         assert_eq!(parse(MINIMAL).unwrap().relay.max_file_bytes, 50_000_000);
         let config = parse(&format!("{MINIMAL}[relay]\nmax_file_mb = 16\n")).unwrap();
         assert_eq!(config.relay.max_file_bytes, 16_000_000);
+        assert!(config.relay.member_notices);
+        let config = parse(&format!("{MINIMAL}[relay]\nmember_notices = false\n")).unwrap();
+        assert!(!config.relay.member_notices);
         for bad in ["0", "-3", "5000"] {
             let (line, message) = problem(&format!("{MINIMAL}[relay]\nmax_file_mb = {bad}\n"));
             assert_eq!(line, Some(5), "{bad}");

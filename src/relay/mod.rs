@@ -52,6 +52,22 @@ pub enum Shared {
     /// A photo, video or voice note that can be opened once, on a phone only: its
     /// file is never fetched.
     ViewOnce { kind: String },
+    /// People joined, left, were added, removed, promoted or demoted; `by` is who
+    /// did it, when WhatsApp said.
+    Members {
+        change: MemberChange,
+        people: Vec<Mention>,
+        by: Option<Mention>,
+    },
+}
+
+/// What happened to members of a WhatsApp group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemberChange {
+    Added,
+    Removed,
+    Promoted,
+    Demoted,
 }
 
 /// A text message received in a WhatsApp group, as the adapter saw it.
@@ -238,6 +254,8 @@ pub enum Skip {
     Unsupported,
     /// A reaction, with `[relay]` set to ignore reactions this way.
     ReactionIgnored,
+    /// A member change, with `[relay] member_notices = false`.
+    MemberNoticeOff,
 }
 
 /// The longest text WhatsApp accepts in one message (characters).
@@ -331,6 +349,9 @@ impl Relay {
             });
         }
         if let Some(shared) = &message.shared {
+            if matches!(shared, Shared::Members { .. }) && !self.settings.member_notices {
+                return Err(Skip::MemberNoticeOff);
+            }
             let (body, html) = shared_for_matrix(shared, &name);
             return Ok(MatrixPost {
                 body,
@@ -676,6 +697,42 @@ fn shared_for_matrix(shared: &Shared, name: &str) -> (String, String) {
                 "<em><strong>{who}</strong> voted in a poll: the results are in WhatsApp.</em>"
             ),
         ),
+        Shared::Members { change, people, by } => {
+            let person = |mention: &Mention| match mention.name.as_deref().map(single_line) {
+                Some(name) if !name.is_empty() => name,
+                _ => format!("+{}", mention.phone),
+            };
+            let names: Vec<String> = people.iter().map(person).collect();
+            let names = match names.as_slice() {
+                [] => "someone".to_owned(),
+                [one] => one.clone(),
+                [first @ .., last] => format!("{} and {last}", first.join(", ")),
+            };
+            // Someone acting on themselves joined or left.
+            let by = by
+                .as_ref()
+                .filter(|by| !people.iter().any(|p| p.phone == by.phone))
+                .map(person);
+            let (one, several) = if people.len() > 1 {
+                ("are", "admins")
+            } else {
+                ("is", "an admin")
+            };
+            let body = match (change, by) {
+                (MemberChange::Added, Some(by)) => format!("{by} added {names} to the group."),
+                (MemberChange::Added, None) => format!("{names} joined the group."),
+                (MemberChange::Removed, Some(by)) => {
+                    format!("{by} removed {names} from the group.")
+                }
+                (MemberChange::Removed, None) => format!("{names} left the group."),
+                (MemberChange::Promoted, _) => format!("{names} {one} now {several} of the group."),
+                (MemberChange::Demoted, _) => {
+                    format!("{names} {one} no longer {several} of the group.")
+                }
+            };
+            let html = format!("<em>{}</em>", escape_html(&body));
+            (body, html)
+        }
         Shared::ViewOnce { kind } => {
             let what = with_article(&format!("view-once {kind}"));
             (
@@ -906,6 +963,35 @@ mod tests {
             "Bob sent a view-once photo: it can only be opened once, on a phone."
         );
         assert_eq!(post.media, None);
+        let carol = Mention {
+            phone: "33622222222".into(),
+            name: Some("Carol".into()),
+        };
+        let bob = Mention {
+            phone: "33611111111".into(),
+            name: None,
+        };
+        let post = line(Shared::Members {
+            change: MemberChange::Added,
+            people: vec![carol.clone()],
+            by: Some(bob.clone()),
+        });
+        assert_eq!(post.body, "+33611111111 added Carol to the group.");
+        let post = line(Shared::Members {
+            change: MemberChange::Removed,
+            people: vec![carol.clone()],
+            by: Some(carol.clone()),
+        });
+        assert_eq!(post.body, "Carol left the group.");
+        let post = line(Shared::Members {
+            change: MemberChange::Promoted,
+            people: vec![carol, bob],
+            by: None,
+        });
+        assert_eq!(
+            post.body,
+            "Carol and +33611111111 are now admins of the group."
+        );
         let post = line(Shared::PollVote);
         assert_eq!(
             post.body,

@@ -19,7 +19,9 @@ use whatsapp_rust::features::{GroupError, JoinGroupResult};
 use whatsapp_rust::send::{RevokeType, SendError, SendOptions};
 use whatsapp_rust::store::error::StoreError;
 use whatsapp_rust::store::traits::Backend;
-use whatsapp_rust::types::events::{Event, EventHandler, EventInterest, EventKind, InboundMessage};
+use whatsapp_rust::types::events::{
+    Event, EventHandler, EventInterest, EventKind, GroupUpdate, InboundMessage,
+};
 use whatsapp_rust::types::message::MessageInfo;
 use whatsapp_rust::wacore::proto_helpers::{MessageBuilderExt, MessageExt};
 use whatsapp_rust::waproto::buffa::MessageField;
@@ -34,7 +36,7 @@ use super::{
 };
 use crate::relay::location::Location;
 use crate::relay::media::Media;
-use crate::relay::{Mention, Shared, WhatsAppRelation, WhatsAppText};
+use crate::relay::{MemberChange, Mention, Shared, WhatsAppRelation, WhatsAppText};
 use whatsapp_rust::wacore::stanza::groups::GroupNotificationAction;
 
 /// WhatsApp Web version announced to the server: the one whatsapp-rust 0.7.0 ships as
@@ -624,6 +626,51 @@ async fn group_text(client: &Client, inbound: &InboundMessage) -> Option<WhatsAp
     })
 }
 
+/// A group notification about members, as a message for the room: people added or
+/// removed (or joining, leaving), promoted or demoted. Its id is derived from the
+/// notification's, so a notification seen twice is told once.
+fn member_change(update: &GroupUpdate) -> Option<WhatsAppText> {
+    let (change, participants) = match &update.action {
+        GroupNotificationAction::Add { participants, .. } => (MemberChange::Added, participants),
+        GroupNotificationAction::Remove { participants, .. } => {
+            (MemberChange::Removed, participants)
+        }
+        GroupNotificationAction::Promote { participants } => (MemberChange::Promoted, participants),
+        GroupNotificationAction::Demote { participants } => (MemberChange::Demoted, participants),
+        _ => return None,
+    };
+    let phone_of = |jid: &Jid, pn: Option<&Jid>| match pn {
+        Some(pn) => pn.user_base().to_owned(),
+        None => jid.user_base().to_owned(),
+    };
+    let people = participants
+        .iter()
+        .map(|person| Mention {
+            phone: phone_of(&person.jid, person.phone_number.as_ref()),
+            name: person.display_name.clone().filter(|name| !name.is_empty()),
+        })
+        .collect();
+    let by = update.participant.as_ref().map(|actor| Mention {
+        phone: phone_of(actor, update.participant_pn.as_ref()),
+        name: None,
+    });
+    let id = format!(
+        "gp2.{}.{}",
+        update
+            .notification_id
+            .clone()
+            .unwrap_or_else(|| update.timestamp.timestamp_millis().to_string()),
+        update.action_index
+    );
+    Some(WhatsAppText {
+        group_jid: update.group_jid.to_string(),
+        message_id: id,
+        sender_phone: by.as_ref().map(|by| by.phone.clone()).unwrap_or_default(),
+        shared: Some(Shared::Members { change, people, by }),
+        ..WhatsAppText::default()
+    })
+}
+
 /// A contact, poll, vote or view-once message. View-once comes first: its file is
 /// never fetched, so it cannot outlive its one viewing in a Matrix room.
 fn shared_of(outer: &wa::Message, base: &wa::Message) -> Option<Shared> {
@@ -859,6 +906,12 @@ impl EventHandler for Events {
                 return;
             }
             Event::GroupUpdate(update) => {
+                if let Some(message) = member_change(update) {
+                    if let Err(error) = self.sink.message(message) {
+                        tracing::error!("group member change not stored: {error}");
+                    }
+                    return;
+                }
                 let change = match &update.action {
                     GroupNotificationAction::Subject { subject, .. } => {
                         GroupChange::Subject(subject.clone())
