@@ -493,12 +493,12 @@ impl Relay {
             "sent {}, which is larger than the bridge relays ({limit}): see it in Matrix",
             media.describe(size)
         );
-        self.templates.to_whatsapp_emote.render(|key| match key {
-            "name" => Some(post.sender_name.clone()),
-            "user" => Some(post.sender.clone()),
-            "text" => Some(text.clone()),
-            _ => None,
-        })
+        for_whatsapp(
+            &self.templates.to_whatsapp_emote,
+            &post.sender_name,
+            &post.sender,
+            &text,
+        )
     }
 
     /// Matrix -> WhatsApp. `group` is the group bridged to the room, if any;
@@ -550,12 +550,12 @@ impl Relay {
             format::matrix_to_whatsapp(&message.body, message.html.as_deref(), message.is_reply);
         let name = matrix_display_name(&message.sender, message.sender_display_name.as_deref());
         if let Some(location) = &message.location {
-            let text = self.templates.to_whatsapp_emote.render(|key| match key {
-                "name" => Some(name.clone()),
-                "user" => Some(message.sender.clone()),
-                "text" => Some("shared a location".to_owned()),
-                _ => None,
-            });
+            let text = for_whatsapp(
+                &self.templates.to_whatsapp_emote,
+                &name,
+                &message.sender,
+                "shared a location",
+            );
             return Ok(WhatsAppPost {
                 text,
                 sender: message.sender.clone(),
@@ -578,12 +578,7 @@ impl Relay {
             MatrixKind::Emote => &self.templates.to_whatsapp_emote,
             _ => &self.templates.to_whatsapp,
         };
-        let text = template.render(|key| match key {
-            "name" => Some(name.clone()),
-            "user" => Some(message.sender.clone()),
-            "text" => Some(body.clone()),
-            _ => None,
-        });
+        let text = for_whatsapp(template, &name, &message.sender, &body);
         if text.chars().count() > WHATSAPP_MAX_TEXT_CHARS {
             return Err(Skip::TooLong);
         }
@@ -615,12 +610,7 @@ impl Relay {
         caption: &str,
     ) -> WhatsAppPost {
         let render = |template: &template::Template, text: String| {
-            template.render(|key| match key {
-                "name" => Some(name.to_owned()),
-                "user" => Some(message.sender.clone()),
-                "text" => Some(text.clone()),
-                _ => None,
-            })
+            for_whatsapp(template, name, &message.sender, &text)
         };
         let reply_to = match &message.relation {
             MatrixRelation::Reply { to } => Some(to.clone()),
@@ -649,6 +639,17 @@ impl Relay {
         post.media = Some(media.clone());
         post
     }
+}
+
+/// A Matrix -> WhatsApp template filled in: `{name}`, `{user}` (the Matrix id) and
+/// `{text}`.
+fn for_whatsapp(template: &template::Template, name: &str, user: &str, text: &str) -> String {
+    template.render(|key| match key {
+        "name" => Some(name.to_owned()),
+        "user" => Some(user.to_owned()),
+        "text" => Some(text.to_owned()),
+        _ => None,
+    })
 }
 
 /// A contact, poll, vote or view-once message as a Matrix body and HTML.
