@@ -307,7 +307,7 @@ fn write_config(
         format!(
             "[matrix]\nhomeserver = \"{}\"\nuser = \"{bot}\"\npassword_file = \"{}\"\n\
              admins = [\"{admin}\"]\n\n[paths]\nstate_dir = \"{}\"\ngroups_dir = \"groups.d\"\n\n\
-             [whatsapp]\nurl = \"{whatsapp_url}\"\n",
+             [whatsapp]\nserver_url = \"{whatsapp_url}\"\n",
             synapse.url,
             password_file.display(),
             dir.join("state").display(),

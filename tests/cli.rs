@@ -156,7 +156,7 @@ fn run_reloads_on_sighup_and_stops_on_sigterm() {
     std::fs::write(
         &bridge.config_path,
         std::fs::read_to_string(&bridge.config_path).unwrap()
-            + "\n[whatsapp]\nurl = \"ws://127.0.0.1:9/ws/chat\"\n",
+            + "\n[whatsapp]\nserver_url = \"ws://127.0.0.1:9/ws/chat\"\n",
     )
     .unwrap();
     let first = unique("first");

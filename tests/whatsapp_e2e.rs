@@ -133,7 +133,7 @@ async fn login_with_a_pair_code_typed_on_the_phone() {
         .await
         .unwrap();
     let bridge = TestBridge::new(synapse, &[]);
-    bridge.append_config(&format!("[whatsapp]\nurl = \"{}\"", sim.ws_url()));
+    bridge.append_config(&format!("[whatsapp]\nserver_url = \"{}\"", sim.ws_url()));
     let phone = "33700000002";
     let output = run_login(
         &bridge.config_path,
@@ -168,7 +168,7 @@ async fn login_by_qr_then_relay_both_ways_and_join_a_group_through_whatsapp_rust
         .unwrap();
     let alice = MatrixUser::new(synapse, &unique("alice"), Some("Alice")).await;
     let mut bridge = TestBridge::new(synapse, &[]);
-    bridge.append_config(&format!("[whatsapp]\nurl = \"{}\"", sim.ws_url()));
+    bridge.append_config(&format!("[whatsapp]\nserver_url = \"{}\"", sim.ws_url()));
 
     // Link the association's number.
     let output = login_by_qr(&sim, &bridge.config_path, BRIDGE_PHONE).await;
@@ -298,7 +298,7 @@ struct Scene {
     jid: String,
 }
 
-/// Sets up a [`Scene`]; `whatsapp_extra` is appended to `[whatsapp]` (after `url`).
+/// Sets up a [`Scene`]; `whatsapp_extra` is appended to `[whatsapp]` (after `server_url`).
 async fn linked_scene(
     synapse: &Synapse,
     subject: &str,
@@ -316,7 +316,7 @@ async fn linked_scene(
     };
     let bridge = TestBridge::new(synapse, &admins);
     bridge.append_config(&format!(
-        "[whatsapp]\nurl = \"{}\"\n{whatsapp_extra}",
+        "[whatsapp]\nserver_url = \"{}\"\n{whatsapp_extra}",
         sim.ws_url()
     ));
     login_by_qr(&sim, &bridge.config_path, BRIDGE_PHONE).await;
@@ -489,7 +489,8 @@ async fn bob_sends(sim: &wa_sim::Simulator, jid: &str, mut body: serde_json::Val
     answer["id"].as_str().unwrap().to_string()
 }
 
-/// Waits until member `phone`'s client received a message matching `found` in `chat`.
+/// Waits until member `phone`'s client received a message matching `found` in `chat`
+/// (a file's `media_sha256` stays null until the member's download finished).
 async fn wait_member_message(
     sim: &wa_sim::Simulator,
     phone: &str,
@@ -1018,7 +1019,7 @@ async fn photos_voice_notes_documents_and_locations_cross_through_whatsapp_rust(
         .await
         .expect("Alice sends a photo");
     let got = wait_member_message(sim, BOB, jid, "Alice's photo", |m| {
-        m["kind"] == "image" && m["from_me"] != true
+        m["kind"] == "image" && m["from_me"] != true && !m["media_sha256"].is_null()
     })
     .await;
     assert_eq!(got["text"], "*Alice*: le jardin");
@@ -1039,7 +1040,7 @@ async fn photos_voice_notes_documents_and_locations_cross_through_whatsapp_rust(
         .await
         .expect("Alice sends a voice message");
     let got = wait_member_message(sim, BOB, jid, "Alice's voice message", |m| {
-        m["kind"] == "ptt" && m["from_me"] != true
+        m["kind"] == "ptt" && m["from_me"] != true && !m["media_sha256"].is_null()
     })
     .await;
     assert_eq!(got["media_sha256"], sha256_hex(&recording), "{got}");
@@ -1062,7 +1063,7 @@ async fn photos_voice_notes_documents_and_locations_cross_through_whatsapp_rust(
         .await
         .expect("Alice sends a file");
     let got = wait_member_message(sim, BOB, jid, "Alice's file", |m| {
-        m["kind"] == "document" && m["from_me"] != true
+        m["kind"] == "document" && m["from_me"] != true && !m["media_sha256"].is_null()
     })
     .await;
     assert_eq!(got["media_sha256"], sha256_hex(&notes), "{got}");

@@ -324,7 +324,9 @@ struct RawPaths {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawWhatsApp {
-    url: Option<S<String>>,
+    /// `url` was its name before the `simulator` build existed.
+    #[serde(alias = "url")]
+    server_url: Option<S<String>>,
     messages_per_minute: Option<S<i64>>,
     burst: Option<S<i64>>,
 }
@@ -601,7 +603,7 @@ fn check_whatsapp(src: &mut Source, raw: Option<RawWhatsApp>) -> Option<WhatsApp
         DEFAULT_MESSAGES_PER_MINUTE,
     );
     let burst = check_rate(src, "burst", raw.burst.as_ref(), DEFAULT_BURST);
-    let url = match raw.url {
+    let url = match raw.server_url {
         None => Some(None),
         Some(v) if !crate::whatsapp::server::SIMULATOR_BUILD => {
             src.at(
@@ -612,18 +614,21 @@ fn check_whatsapp(src: &mut Source, raw: Option<RawWhatsApp>) -> Option<WhatsApp
         }
         Some(v) => match url::Url::parse(v.get_ref()) {
             Err(err) => {
-                src.at(&v, format!("invalid `url` `{}`: {err}", v.get_ref()));
+                src.at(&v, format!("invalid `server_url` `{}`: {err}", v.get_ref()));
                 None
             }
             Ok(url) if url.scheme() != "ws" && url.scheme() != "wss" => {
                 src.at(
                     &v,
-                    format!("`url` must be a ws:// or wss:// URL, not `{}`", v.get_ref()),
+                    format!(
+                        "`server_url` must be a ws:// or wss:// URL, not `{}`",
+                        v.get_ref()
+                    ),
                 );
                 None
             }
             Ok(url) if url.host().is_none() => {
-                src.at(&v, format!("`url` `{}` has no host", v.get_ref()));
+                src.at(&v, format!("`server_url` `{}` has no host", v.get_ref()));
                 None
             }
             Ok(_) => Some(Some(v.into_inner())),
@@ -1189,12 +1194,12 @@ level = "info,passerelle=debug,matrix_sdk=warn"
     #[test]
     fn bad_whatsapp_url() {
         let (line, message) = problem(&format!(
-            "{MINIMAL}[whatsapp]\nurl = \"http://127.0.0.1:9000\"\n"
+            "{MINIMAL}[whatsapp]\nserver_url = \"http://127.0.0.1:9000\"\n"
         ));
         assert_eq!(line, Some(5));
         assert_eq!(
             message,
-            "`url` must be a ws:// or wss:// URL, not `http://127.0.0.1:9000`"
+            "`server_url` must be a ws:// or wss:// URL, not `http://127.0.0.1:9000`"
         );
         let (line, _) = problem(&format!("{MINIMAL}[whatsapp]\nurl = \"not a url\"\n"));
         assert_eq!(line, Some(5));

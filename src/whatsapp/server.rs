@@ -21,9 +21,9 @@ use whatsapp_rust::waproto::whatsapp as wa;
 /// Why the configured WhatsApp server may not be used by this build.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum ServerError {
-    /// `[whatsapp] url` set in a build that checks certificates (a normal build).
+    /// `[whatsapp] server_url` set in a build that checks certificates (a normal build).
     #[error(
-        "`[whatsapp] url` points passerelle at a WhatsApp simulator; only a build made \
+        "`[whatsapp] server_url` points passerelle at a WhatsApp simulator; only a build made \
          for tests (`cargo build --features simulator`) accepts it. Remove the key to \
          use WhatsApp"
     )]
@@ -31,7 +31,7 @@ pub enum ServerError {
     /// A build that skips certificate checks, with no simulator URL.
     #[error(
         "this build skips WhatsApp's certificate checks (made for tests against a \
-         simulator) and will not connect to the real WhatsApp: set `[whatsapp] url` to \
+         simulator) and will not connect to the real WhatsApp: set `[whatsapp] server_url` to \
          a simulator on loopback, or build passerelle without the `simulator` feature"
     )]
     UncheckedBuildWithoutSimulator,

@@ -104,7 +104,7 @@ level = "info"
     }
 
     /// Starts with the real WhatsApp adapter (whatsapp-rust, pointed at wa-sim by
-    /// the `[whatsapp] url` of the config).
+    /// the `[whatsapp] server_url` of the config).
     pub async fn start_real(&mut self) {
         assert!(self.service.is_none(), "already started");
         let service = Service::start(&self.config_path, WhatsAppNetwork::Real)
