@@ -156,6 +156,13 @@ pub fn on_message(conn: &mut Conn, node: &Node) {
             }
             return;
         }
+        let key = (from_key.0.clone(), to.clone(), id.clone());
+        if !inner.routed_ids.insert(key) {
+            log::info!("message {id}: already routed, acked again only");
+            drop(inner);
+            conn.send(ack("message", &id, &to));
+            return;
+        }
     }
     if to.ends_with("@g.us") {
         let mut inner = conn.world.lock();

@@ -173,6 +173,10 @@ pub struct Inner {
     pub next_notification: u64,
     /// Uploaded (encrypted) media by direct path.
     pub media: HashMap<String, Vec<u8>>,
+    /// `(sender phone, chat, message id)` of every message routed: like WhatsApp, a
+    /// message sent again under the same id (a retry after a lost ack) is acked and
+    /// not delivered twice.
+    pub routed_ids: std::collections::HashSet<(String, String, String)>,
     next_lid: u64,
 }
 
