@@ -1219,7 +1219,7 @@ async fn a_message_lost_before_whatsapp_acked_it_is_sent_again_once() {
     let mut scene = linked_scene(synapse, "Perdu", false, "").await;
     let room = scene.start().await;
     let (sim, alice, jid) = (&scene.sim, &scene.alice, &scene.jid);
-    alice.send_text(&room, "avant").await;
+    let before = alice.send_text(&room, "avant").await;
     wait_member_text(sim, BOB, jid, "*Alice*: avant").await;
 
     // The next message the bridge's device sends never reaches the server: written
@@ -1227,10 +1227,10 @@ async fn a_message_lost_before_whatsapp_acked_it_is_sent_again_once() {
     let faults = format!("{}phones/{BRIDGE_PHONE}/devices/1/faults", sim.http_url());
     let (status, body) = control("PUT", faults.clone(), json!({"swallow_messages": 1})).await;
     assert_eq!(status, 200, "{body}");
-    alice.send_text(&room, "perdu en route ?").await;
-    alice.send_text(&room, "après").await;
+    let lost = alice.send_text(&room, "perdu en route ?").await;
+    let after = alice.send_text(&room, "après").await;
     wait_member_text(sim, BOB, jid, "*Alice*: après").await;
-    let (_, counters) = control("GET", faults, json!({})).await;
+    let (_, counters) = control("GET", faults.clone(), json!({})).await;
     assert_eq!(counters["swallowed"], 1, "{counters}");
 
     let texts: Vec<String> = member_messages(sim, BOB, jid)
@@ -1248,5 +1248,57 @@ async fn a_message_lost_before_whatsapp_acked_it_is_sent_again_once() {
         ],
         "each message once, in order"
     );
+
+    // The same for an edit, a reaction and a deletion: each is lost once on the
+    // way, and arrives once.
+    use matrix_sdk::ruma::events::reaction::ReactionEventContent;
+    use matrix_sdk::ruma::events::relation::Annotation;
+    use matrix_sdk::ruma::events::room::message::{ReplacementMetadata, RoomMessageEventContent};
+    use matrix_sdk::ruma::EventId;
+    let swallow_next = || async {
+        let (status, body) = control("PUT", faults.clone(), json!({"swallow_messages": 1})).await;
+        assert_eq!(status, 200, "{body}");
+    };
+    let from_bridge = |kind: &'static str| {
+        move |m: &serde_json::Value| m["kind"] == kind && m["from_me"] == false
+    };
+    swallow_next().await;
+    let edit = RoomMessageEventContent::text_plain("avant, corrigé").make_replacement(
+        ReplacementMetadata::new(EventId::parse(&before).unwrap(), None),
+    );
+    alice.send(&room, edit).await;
+    let edited = wait_member_message(sim, BOB, jid, "the edit", from_bridge("edit")).await;
+    assert_eq!(edited["text"], "*Alice*: avant, corrigé", "{edited}");
+
+    swallow_next().await;
+    let joined = alice.wait_joined(&room).await;
+    joined
+        .send(ReactionEventContent::new(Annotation::new(
+            EventId::parse(&after).unwrap(),
+            "👍".into(),
+        )))
+        .await
+        .unwrap();
+    let reaction =
+        wait_member_message(sim, BOB, jid, "the reaction", from_bridge("reaction")).await;
+    assert_eq!(reaction["emoji"], "👍", "{reaction}");
+
+    swallow_next().await;
+    joined
+        .redact(&EventId::parse(&lost).unwrap(), None, None)
+        .await
+        .unwrap();
+    wait_member_message(sim, BOB, jid, "the deletion", from_bridge("revoke")).await;
+    // A last text proves the queue went on, and leaves time for a stray double.
+    alice.send_text(&room, "fin").await;
+    wait_member_text(sim, BOB, jid, "*Alice*: fin").await;
+
+    let (_, counters) = control("GET", faults, json!({})).await;
+    assert_eq!(counters["swallowed"], 4, "{counters}");
+    let messages = member_messages(sim, BOB, jid).await;
+    for kind in ["edit", "reaction", "revoke"] {
+        let copies = messages.iter().filter(|m| from_bridge(kind)(m)).count();
+        assert_eq!(copies, 1, "one {kind} in {messages:#?}");
+    }
     scene.bridge.stop().await;
 }

@@ -16,14 +16,15 @@ use async_trait::async_trait;
 use whatsapp_rust::bot::{Bot, BotBuilderError, BotHandle};
 use whatsapp_rust::client::Client;
 use whatsapp_rust::features::{GroupError, JoinGroupResult};
-use whatsapp_rust::send::{RevokeType, SendError, SendOptions};
+use whatsapp_rust::send::{SendError, SendOptions};
 use whatsapp_rust::store::error::StoreError;
 use whatsapp_rust::store::traits::Backend;
 use whatsapp_rust::types::events::{
     Event, EventHandler, EventInterest, EventKind, GroupUpdate, InboundMessage,
 };
-use whatsapp_rust::types::message::MessageInfo;
-use whatsapp_rust::wacore::proto_helpers::{MessageBuilderExt, MessageExt};
+use whatsapp_rust::types::message::{AddressingMode, MessageInfo};
+use whatsapp_rust::wacore::proto_helpers::{build_reaction_message, MessageBuilderExt, MessageExt};
+use whatsapp_rust::wacore::time::now_millis;
 use whatsapp_rust::waproto::buffa::MessageField;
 use whatsapp_rust::waproto::whatsapp as wa;
 use whatsapp_rust::waproto::whatsapp::message::protocol_message::Type as ProtocolType;
@@ -289,19 +290,20 @@ impl WhatsAppClient for RealWhatsApp {
                 self.send_confirmed(client, group.clone(), message, message_id)
                     .await?;
             }
-            // Edits and revokes are idempotent on WhatsApp's side: a retry after a
-            // crash applies the same change again, which shows nothing new.
+            // Edits, revokes and reactions are built here rather than through
+            // whatsapp-rust's `edit_message` / `revoke_message` / `send_reaction`,
+            // which pick their own stanza ids: under the id derived from the Matrix
+            // event they wait for the server ack like any message, and a retry
+            // after a crash is recognised by WhatsApp as the same stanza.
             Outgoing::Edit { target, text } => {
-                client
-                    .edit_message(group, target.clone(), wa::Message::text(text))
-                    .await
-                    .map_err(|error| send_error(&error))?;
+                let message = edit_message(&group, target, own_jid_in(client, &group).await?, text);
+                self.send_confirmed(client, group.clone(), message, message_id)
+                    .await?;
             }
             Outgoing::Revoke { target } => {
-                client
-                    .revoke_message(group, target.clone(), RevokeType::Sender)
-                    .await
-                    .map_err(|error| send_error(&error))?;
+                let message = revoke_message(&group, target);
+                self.send_confirmed(client, group.clone(), message, message_id)
+                    .await?;
             }
             // One reaction per number and message: a repeat replaces it with itself.
             Outgoing::React { target, emoji } => {
@@ -311,10 +313,9 @@ impl WhatsAppClient for RealWhatsApp {
                     id: Some(target.id.clone()),
                     participant: Some(participant_of(client, target)?),
                 };
-                client
-                    .send_reaction(group, key, emoji)
-                    .await
-                    .map_err(|error| send_error(&error))?;
+                let message = build_reaction_message(key, emoji.as_str(), now_millis());
+                self.send_confirmed(client, group.clone(), message, message_id)
+                    .await?;
             }
         }
         self.remember_sent(message_id);
@@ -420,6 +421,58 @@ fn reply_context(client: &Client, quoted: &Quoted) -> Result<wa::ContextInfo, Wh
         quoted_message: wa::Message::text("").into(),
         ..Default::default()
     })
+}
+
+/// The number's own address in `group`, as the group addresses its members (the
+/// LID in LID-addressed groups): edits name their author with it.
+async fn own_jid_in(client: &Client, group: &Jid) -> Result<String, WhatsAppError> {
+    let own_pn = client.pn().ok_or(WhatsAppError::NotLinked)?;
+    let lid_addressed = match client.groups().query_info(group).await {
+        Ok(info) => info.addressing_mode == AddressingMode::Lid,
+        Err(error) => return Err(group_error(&error)),
+    };
+    let own = match client.lid() {
+        Some(lid) if lid_addressed => lid,
+        _ => own_pn,
+    };
+    Ok(own.to_non_ad().to_string())
+}
+
+/// An edit of the number's message `target` in `group` (WhatsApp's wire form: a
+/// protocol message of type MESSAGE_EDIT carrying the new text).
+fn edit_message(group: &Jid, target: &str, own_jid: String, text: &str) -> wa::Message {
+    wa::Message {
+        protocol_message: MessageField::some(wa::message::ProtocolMessage {
+            key: MessageField::some(wa::MessageKey {
+                remote_jid: Some(group.to_string()),
+                from_me: Some(true),
+                id: Some(target.to_owned()),
+                participant: Some(own_jid),
+            }),
+            r#type: Some(ProtocolType::MESSAGE_EDIT),
+            edited_message: MessageField::some(wa::Message::text(text)),
+            timestamp_ms: Some(now_millis()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// A "delete for everyone" of the number's own message `target` in `group`.
+fn revoke_message(group: &Jid, target: &str) -> wa::Message {
+    wa::Message {
+        protocol_message: MessageField::some(wa::message::ProtocolMessage {
+            key: MessageField::some(wa::MessageKey {
+                remote_jid: Some(group.to_string()),
+                from_me: Some(true),
+                id: Some(target.to_owned()),
+                participant: None,
+            }),
+            r#type: Some(ProtocolType::REVOKE),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
 }
 
 /// The author of a quoted message as WhatsApp addresses it in a group.
