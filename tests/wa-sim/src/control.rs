@@ -114,7 +114,8 @@ pub async fn handle(sim: &Core, req: Request) -> Response {
         ("GET", ["members", phone, "messages"]) => match sim.members.get(phone) {
             Some(m) => {
                 let chat = http::query_param(req.query.as_deref(), "chat");
-                Response::json(200, json!({ "messages": m.received(chat.as_deref()) }))
+                let messages = in_server_order(&sim.world, m.received(chat.as_deref()));
+                Response::json(200, json!({ "messages": messages }))
             }
             None => Response::error(404, format!("no member {phone}")),
         },
@@ -414,4 +415,30 @@ fn group_participants(sim: &Core, jid: &str, body: &[u8]) -> Response {
         }
         None => Response::error(404, format!("no group {gid}@g.us")),
     }
+}
+
+/// A member's messages in the order the server routed them, which is the order a
+/// phone shows them in (a member's client may finish decrypting two messages in
+/// the other order). A message the server has no rank for stays right after the
+/// one before it.
+fn in_server_order(
+    world: &crate::state::World,
+    messages: Vec<crate::members::Received>,
+) -> Vec<crate::members::Received> {
+    let inner = world.lock();
+    let mut rank = 0;
+    let mut ranked: Vec<(u64, usize, crate::members::Received)> = Vec::new();
+    for (index, message) in messages.into_iter().enumerate() {
+        let sender = message.sender.split('@').next().unwrap_or_default();
+        if let Some(known) = inner
+            .routed_order
+            .get(&(sender.to_owned(), message.id.clone()))
+        {
+            rank = *known;
+        }
+        ranked.push((rank, index, message));
+    }
+    drop(inner);
+    ranked.sort_by_key(|(rank, index, _)| (*rank, *index));
+    ranked.into_iter().map(|(_, _, message)| message).collect()
 }

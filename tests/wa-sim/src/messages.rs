@@ -163,6 +163,10 @@ pub fn on_message(conn: &mut Conn, node: &Node) {
             conn.send(ack("message", &id, &to));
             return;
         }
+        let rank = inner.routed_order.len() as u64;
+        inner
+            .routed_order
+            .insert((from_key.0.clone(), id.clone()), rank);
     }
     if to.ends_with("@g.us") {
         let mut inner = conn.world.lock();

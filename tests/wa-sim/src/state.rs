@@ -177,6 +177,9 @@ pub struct Inner {
     /// message sent again under the same id (a retry after a lost ack) is acked and
     /// not delivered twice.
     pub routed_ids: std::collections::HashSet<(String, String, String)>,
+    /// `(sender phone, message id)` -> the rank in which the server routed it: the
+    /// order a phone shows messages in (member clients may decrypt out of order).
+    pub routed_order: HashMap<(String, String), u64>,
     next_lid: u64,
 }
 
