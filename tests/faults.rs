@@ -149,7 +149,12 @@ async fn metrics_show_the_waiting_queue_while_whatsapp_is_away() {
             .await
             .unwrap();
         assert_eq!(status, "HTTP/1.1 200 OK");
-        if body.contains("passerelle_queue_messages{direction=\"to_whatsapp\"} 3") {
+        let oldest_waits = body.lines().any(|l| {
+            l.strip_prefix("passerelle_queue_oldest_age_seconds{direction=\"to_whatsapp\"} ")
+                .and_then(|age| age.parse::<u64>().ok())
+                .is_some_and(|age| age >= 1)
+        });
+        if body.contains("passerelle_queue_messages{direction=\"to_whatsapp\"} 3") && oldest_waits {
             break body;
         }
         assert!(std::time::Instant::now() < deadline, "{body}");
