@@ -939,7 +939,10 @@ impl Bridge {
                     .matrix
                     .send_notice(
                         &item.room_id,
-                        &format!("This message could not be sent to WhatsApp: {error}"),
+                        &format!(
+                            "This message could not be sent to WhatsApp: {}",
+                            error.reason()
+                        ),
                     )
                     .await;
             }

@@ -1256,6 +1256,89 @@ async fn photos_voice_notes_documents_and_locations_cross_through_whatsapp_rust(
     scene.bridge.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn disappearing_messages_and_admins_only_mode_are_told_and_respected() {
+    init_test_logs();
+    let synapse = Synapse::shared();
+    let mut scene = linked_scene(synapse, "Réglages", false, "").await;
+    let room = scene.start().await;
+    let (sim, alice, jid) = (&scene.sim, &scene.alice, &scene.jid);
+    let settings = format!("{}groups/{jid}", sim.http_url());
+    bob_says(sim, jid, "bonjour").await;
+    alice
+        .wait_for(&room, "Bob's message", |s| s.body == "Bob: bonjour")
+        .await;
+
+    // Bob turns on disappearing messages: the room is told what that means here,
+    // and the number's messages disappear like everyone else's.
+    let (status, body) = control("PUT", settings.clone(), json!({"ephemeral": 604800})).await;
+    assert_eq!(status, 200, "{body}");
+    alice
+        .wait_for(&room, "the disappearing-messages line", |s| {
+            s.body
+                == "Bob turned on disappearing messages: new messages disappear from WhatsApp after 7 days. Their copies in this room stay."
+        })
+        .await;
+    alice.send_text(&room, "éphémère").await;
+    let relayed = wait_member_text(sim, BOB, jid, "*Alice*: éphémère").await;
+    assert_eq!(relayed["expiration"], 604800, "{relayed}");
+
+    // Only admins may send now, and the number is not one: Alice hears it and her
+    // next message comes back as a notice instead of vanishing.
+    let (status, body) = control("PUT", settings.clone(), json!({"admins_only": true})).await;
+    assert_eq!(status, 200, "{body}");
+    alice
+        .wait_for(&room, "the admins-only line", |s| {
+            s.body
+                .starts_with("Bob changed the group's settings: only admins can send messages now.")
+        })
+        .await;
+    alice.send_text(&room, "personne ne lira").await;
+    let notice = alice
+        .wait_for(&room, "the refusal", |s| {
+            s.msgtype == "m.notice" && s.body.contains("only admins can send messages")
+        })
+        .await;
+    assert_eq!(
+        notice.body,
+        "This message could not be sent to WhatsApp: only admins can send messages in this WhatsApp group"
+    );
+
+    // Back to normal: both told, and messages cross again without a timer.
+    let (status, body) = control(
+        "PUT",
+        settings,
+        json!({"admins_only": false, "ephemeral": 0}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    alice
+        .wait_for(&room, "everyone may send again", |s| {
+            s.body == "Bob changed the group's settings: everyone can send messages again."
+        })
+        .await;
+    alice
+        .wait_for(&room, "disappearing messages off", |s| {
+            s.body == "Bob turned off disappearing messages."
+        })
+        .await;
+    alice.send_text(&room, "de nouveau").await;
+    let relayed = wait_member_text(sim, BOB, jid, "*Alice*: de nouveau").await;
+    assert_eq!(relayed["expiration"], serde_json::Value::Null, "{relayed}");
+    let texts: Vec<serde_json::Value> = member_messages(sim, BOB, jid)
+        .await
+        .into_iter()
+        .filter(|m| m["from_me"] == false)
+        .map(|m| m["text"].clone())
+        .collect();
+    assert_eq!(
+        texts,
+        [json!("*Alice*: éphémère"), json!("*Alice*: de nouveau")],
+        "the refused message never reached WhatsApp"
+    );
+    scene.bridge.stop().await;
+}
+
 /// Everything member `phone` has in `chat`, in order.
 async fn member_messages(
     sim: &wa_sim::Simulator,

@@ -59,6 +59,17 @@ pub enum Shared {
         people: Vec<Mention>,
         by: Option<Mention>,
     },
+    /// A setting of the group changed (by the message's sender, when known).
+    Setting(GroupSetting),
+}
+
+/// A group setting that changes what the room can expect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupSetting {
+    /// New messages disappear after this many seconds (0: they stay).
+    Disappearing(u32),
+    /// Only admins may send messages (announcement mode), or everyone again.
+    OnlyAdminsSend(bool),
 }
 
 /// What happened to members of a WhatsApp group.
@@ -734,6 +745,11 @@ fn shared_for_matrix(shared: &Shared, name: &str) -> (String, String) {
             let html = format!("<em>{}</em>", escape_html(&body));
             (body, html)
         }
+        Shared::Setting(setting) => {
+            let body = setting_line(*setting, name);
+            let html = format!("<em>{}</em>", escape_html(&body));
+            (body, html)
+        }
         Shared::ViewOnce { kind } => {
             let what = with_article(&format!("view-once {kind}"));
             (
@@ -744,6 +760,42 @@ fn shared_for_matrix(shared: &Shared, name: &str) -> (String, String) {
                 ),
             )
         }
+    }
+}
+
+/// The room's line about a group setting `who` changed. Disappearing messages are
+/// told with what they mean here: the room keeps its copies (the bridge does not
+/// delete Matrix history).
+fn setting_line(setting: GroupSetting, who: &str) -> String {
+    match setting {
+        GroupSetting::Disappearing(0) => format!("{who} turned off disappearing messages."),
+        GroupSetting::Disappearing(seconds) => format!(
+            "{who} turned on disappearing messages: new messages disappear from WhatsApp after {}. Their copies in this room stay.",
+            duration_words(seconds)
+        ),
+        GroupSetting::OnlyAdminsSend(true) => format!(
+            "{who} changed the group's settings: only admins can send messages now. Messages from this room reach WhatsApp only if the bridge's number is an admin."
+        ),
+        GroupSetting::OnlyAdminsSend(false) => {
+            format!("{who} changed the group's settings: everyone can send messages again.")
+        }
+    }
+}
+
+/// `604800` -> `7 days`, `86400` -> `24 hours`, in the largest unit that divides.
+fn duration_words(seconds: u32) -> String {
+    let plural = |n: u32, unit: &str| {
+        if n == 1 {
+            format!("1 {unit}")
+        } else {
+            format!("{n} {unit}s")
+        }
+    };
+    match seconds {
+        s if s % 86_400 == 0 && s > 86_400 => plural(s / 86_400, "day"),
+        s if s % 3_600 == 0 => plural(s / 3_600, "hour"),
+        s if s % 60 == 0 => plural(s / 60, "minute"),
+        s => plural(s, "second"),
     }
 }
 
@@ -925,6 +977,38 @@ mod tests {
             media: None,
             location: None,
         }
+    }
+
+    #[test]
+    fn group_settings_read_as_lines_saying_what_they_mean_here() {
+        let relay = relay();
+        let mut message = wa("", Some("Bob"));
+        let mut line = |setting: GroupSetting| {
+            message.shared = Some(Shared::Setting(setting));
+            relay
+                .from_whatsapp(Some(&group(None)), &message, false)
+                .unwrap()
+                .body
+        };
+        assert_eq!(
+            line(GroupSetting::Disappearing(604_800)),
+            "Bob turned on disappearing messages: new messages disappear from WhatsApp after 7 days. Their copies in this room stay."
+        );
+        assert!(line(GroupSetting::Disappearing(86_400)).contains("after 24 hours."));
+        assert!(line(GroupSetting::Disappearing(7_776_000)).contains("after 90 days."));
+        assert_eq!(
+            line(GroupSetting::Disappearing(0)),
+            "Bob turned off disappearing messages."
+        );
+        assert!(line(GroupSetting::OnlyAdminsSend(true))
+            .starts_with("Bob changed the group's settings: only admins can send messages now."));
+        assert_eq!(
+            line(GroupSetting::OnlyAdminsSend(false)),
+            "Bob changed the group's settings: everyone can send messages again."
+        );
+        assert_eq!(duration_words(90), "90 seconds");
+        assert_eq!(duration_words(3_600), "1 hour");
+        assert_eq!(duration_words(120), "2 minutes");
     }
 
     #[test]

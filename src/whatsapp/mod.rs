@@ -38,6 +38,15 @@ impl WhatsAppError {
     pub fn is_retryable(&self) -> bool {
         !matches!(self, WhatsAppError::Rejected(_))
     }
+
+    /// Why, in words for the people whose message it was: a refusal's own reason
+    /// (without "WhatsApp refused:"), else the whole error.
+    pub fn reason(&self) -> String {
+        match self {
+            WhatsAppError::Rejected(reason) => reason.clone(),
+            other => other.to_string(),
+        }
+    }
 }
 
 /// The connection state of the linked device, as shown by `status` and to admins.

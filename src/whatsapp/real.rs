@@ -37,7 +37,7 @@ use super::{
 };
 use crate::relay::location::Location;
 use crate::relay::media::Media;
-use crate::relay::{MemberChange, Mention, Shared, WhatsAppRelation, WhatsAppText};
+use crate::relay::{GroupSetting, MemberChange, Mention, Shared, WhatsAppRelation, WhatsAppText};
 use whatsapp_rust::wacore::stanza::groups::GroupNotificationAction;
 
 /// WhatsApp Web version announced to the server: the one whatsapp-rust 0.7.0 ships as
@@ -89,6 +89,8 @@ pub struct RealWhatsApp {
     sent_ids: Mutex<RecentIds>,
     /// Sends waiting for WhatsApp's server ack, by message id.
     acks: ServerAcks,
+    /// What each group lets the number send, as last read.
+    rules: GroupRules,
 }
 
 impl RealWhatsApp {
@@ -127,15 +129,18 @@ impl RealWhatsApp {
                 logged_out,
                 sent_ids: Mutex::new(RecentIds::default()),
                 acks: ServerAcks::default(),
+                rules: GroupRules::default(),
             }));
         }
 
         let acks = ServerAcks::default();
+        let rules = GroupRules::default();
         let events = Events {
             sink: Arc::clone(&sink),
             logged_out: Arc::clone(&logged_out),
             client: Arc::new(OnceLock::new()),
             acks: acks.clone(),
+            rules: rules.clone(),
         };
         let events_client = Arc::clone(&events.client);
         let mut builder = Bot::builder()
@@ -162,6 +167,7 @@ impl RealWhatsApp {
             logged_out,
             sent_ids: Mutex::new(RecentIds::default()),
             acks,
+            rules,
         }))
     }
 
@@ -200,8 +206,55 @@ impl RealWhatsApp {
         message: wa::Message,
         message_id: &str,
     ) -> Result<(), WhatsAppError> {
+        self.send_confirmed_with(client, group, message, message_id, SendOptions::default())
+            .await
+    }
+
+    /// A new message (not an edit, deletion or reaction): refused here when only
+    /// admins may send and the number is not one (WhatsApp would refuse it), and
+    /// carrying the group's disappearing timer, so that the number's messages
+    /// disappear like everyone else's.
+    async fn send_new(
+        &self,
+        client: &Client,
+        group: Jid,
+        message: wa::Message,
+        message_id: &str,
+    ) -> Result<(), WhatsAppError> {
+        let rules = self.rules.of(client, &group).await?;
+        if rules.admins_only && !rules.number_is_admin {
+            return Err(WhatsAppError::Rejected(
+                "only admins can send messages in this WhatsApp group".to_owned(),
+            ));
+        }
+        let mut options = SendOptions::default();
+        let mut message = message;
+        if rules.disappear_after > 0 {
+            // A bare text has no context to carry the timer: send it as the
+            // extended form, which does.
+            if let Some(text) = message.conversation.take() {
+                message.extended_text_message =
+                    MessageField::some(wa::message::ExtendedTextMessage {
+                        text: Some(text),
+                        ..Default::default()
+                    });
+            }
+            options.ephemeral_expiration = Some(rules.disappear_after);
+        }
+        self.send_confirmed_with(client, group, message, message_id, options)
+            .await
+    }
+
+    async fn send_confirmed_with(
+        &self,
+        client: &Client,
+        group: Jid,
+        message: wa::Message,
+        message_id: &str,
+        options: SendOptions,
+    ) -> Result<(), WhatsAppError> {
         let ack = self.acks.expect(message_id);
-        let options = SendOptions::default().with_message_id(message_id);
+        let options = options.with_message_id(message_id);
         if let Err(error) = client
             .send_message_with_options(group, message, options)
             .await
@@ -266,7 +319,7 @@ impl WhatsAppClient for RealWhatsApp {
                     context,
                 )
                 .await?;
-                self.send_confirmed(client, group.clone(), message, message_id)
+                self.send_new(client, group.clone(), message, message_id)
                     .await?;
             }
             Outgoing::Location { location } => {
@@ -279,7 +332,7 @@ impl WhatsAppClient for RealWhatsApp {
                     }),
                     ..Default::default()
                 };
-                self.send_confirmed(client, group.clone(), message, message_id)
+                self.send_new(client, group.clone(), message, message_id)
                     .await?;
             }
             Outgoing::Text { text, reply_to } => {
@@ -287,7 +340,7 @@ impl WhatsAppClient for RealWhatsApp {
                     None => wa::Message::text(text),
                     Some(quoted) => reply_message(client, text, quoted)?,
                 };
-                self.send_confirmed(client, group.clone(), message, message_id)
+                self.send_new(client, group.clone(), message, message_id)
                     .await?;
             }
             // Edits, revokes and reactions are built here rather than through
@@ -692,36 +745,65 @@ fn member_change(update: &GroupUpdate) -> Option<WhatsAppText> {
         GroupNotificationAction::Demote { participants } => (MemberChange::Demoted, participants),
         _ => return None,
     };
-    let phone_of = |jid: &Jid, pn: Option<&Jid>| match pn {
-        Some(pn) => pn.user_base().to_owned(),
-        None => jid.user_base().to_owned(),
-    };
     let people = participants
         .iter()
         .map(|person| Mention {
-            phone: phone_of(&person.jid, person.phone_number.as_ref()),
+            phone: phone_or_lid(&person.jid, person.phone_number.as_ref()),
             name: person.display_name.clone().filter(|name| !name.is_empty()),
         })
         .collect();
-    let by = update.participant.as_ref().map(|actor| Mention {
-        phone: phone_of(actor, update.participant_pn.as_ref()),
-        name: None,
-    });
-    let id = format!(
+    let by = actor_phone(update).map(|phone| Mention { phone, name: None });
+    Some(WhatsAppText {
+        group_jid: update.group_jid.to_string(),
+        message_id: notification_message_id(update),
+        sender_phone: by.as_ref().map(|by| by.phone.clone()).unwrap_or_default(),
+        shared: Some(Shared::Members { change, people, by }),
+        ..WhatsAppText::default()
+    })
+}
+
+/// A group notification about a setting the room should know of: disappearing
+/// messages, announcement mode. Told once, like member changes.
+fn setting_change(update: &GroupUpdate) -> Option<WhatsAppText> {
+    let setting = match &update.action {
+        GroupNotificationAction::Ephemeral { expiration, .. } => {
+            GroupSetting::Disappearing(*expiration)
+        }
+        GroupNotificationAction::Announce => GroupSetting::OnlyAdminsSend(true),
+        GroupNotificationAction::NotAnnounce => GroupSetting::OnlyAdminsSend(false),
+        _ => return None,
+    };
+    Some(WhatsAppText {
+        group_jid: update.group_jid.to_string(),
+        message_id: notification_message_id(update),
+        sender_phone: actor_phone(update).unwrap_or_default(),
+        shared: Some(Shared::Setting(setting)),
+        ..WhatsAppText::default()
+    })
+}
+
+/// The id a group notification's line gets in the room: derived from the
+/// notification's, so a notification seen twice is told once.
+fn notification_message_id(update: &GroupUpdate) -> String {
+    format!(
         "gp2.{}.{}",
         update
             .notification_id
             .clone()
             .unwrap_or_else(|| update.timestamp.timestamp_millis().to_string()),
         update.action_index
-    );
-    Some(WhatsAppText {
-        group_jid: update.group_jid.to_string(),
-        message_id: id,
-        sender_phone: by.as_ref().map(|by| by.phone.clone()).unwrap_or_default(),
-        shared: Some(Shared::Members { change, people, by }),
-        ..WhatsAppText::default()
-    })
+    )
+}
+
+/// The phone number of who made a group change, when WhatsApp said.
+fn actor_phone(update: &GroupUpdate) -> Option<String> {
+    let actor = update.participant.as_ref()?;
+    Some(phone_or_lid(actor, update.participant_pn.as_ref()))
+}
+
+/// A person's phone number, from their phone-number JID when WhatsApp gave one.
+fn phone_or_lid(jid: &Jid, pn: Option<&Jid>) -> String {
+    pn.unwrap_or(jid).user_base().to_owned()
 }
 
 /// A contact, poll, vote or view-once message. View-once comes first: its file is
@@ -916,6 +998,7 @@ struct Events {
     /// Set once the client is built (the handler is registered before).
     client: Arc<OnceLock<Weak<Client>>>,
     acks: ServerAcks,
+    rules: GroupRules,
 }
 
 impl Events {
@@ -959,7 +1042,8 @@ impl EventHandler for Events {
                 return;
             }
             Event::GroupUpdate(update) => {
-                if let Some(message) = member_change(update) {
+                self.rules.forget(&update.group_jid.to_string());
+                if let Some(message) = member_change(update).or_else(|| setting_change(update)) {
                     if let Err(error) = self.sink.message(message) {
                         tracing::error!("group member change not stored: {error}");
                     }
@@ -980,6 +1064,9 @@ impl EventHandler for Events {
             }
             Event::Connected(_) => {
                 self.logged_out.store(false, Ordering::Release);
+                // Changes made while away come as notifications, but a group the
+                // number was away from long enough may only be read again.
+                self.rules.forget_all();
                 ConnectionState::Connected
             }
             Event::Disconnected(disconnected) => {
@@ -1045,6 +1132,68 @@ impl EventHandler for Events {
     }
 }
 
+/// What a group lets the number send, from its metadata.
+#[derive(Debug, Clone, Copy)]
+struct SendRules {
+    /// Announcement mode: only admins may send messages.
+    admins_only: bool,
+    number_is_admin: bool,
+    /// The group's disappearing-message timer in seconds (0 = off).
+    disappear_after: u32,
+}
+
+/// [`SendRules`] per group, read from WhatsApp when first needed and forgotten
+/// whenever the group changes (the next send reads them again).
+#[derive(Clone, Default)]
+struct GroupRules {
+    known: Arc<Mutex<HashMap<String, SendRules>>>,
+}
+
+impl GroupRules {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, SendRules>> {
+        self.known.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    async fn of(&self, client: &Client, group: &Jid) -> Result<SendRules, WhatsAppError> {
+        let key = group.to_string();
+        if let Some(rules) = self.lock().get(&key) {
+            return Ok(*rules);
+        }
+        let metadata = client
+            .groups()
+            .get_metadata(group)
+            .await
+            .map_err(|error| group_error(&error))?;
+        let own = [client.pn(), client.lid()];
+        let is_own = |jid: &Jid| {
+            own.iter()
+                .flatten()
+                .any(|mine| mine.user_base() == jid.user_base() && mine.server == jid.server)
+        };
+        let rules = SendRules {
+            admins_only: metadata.is_announcement,
+            number_is_admin: metadata.participants.iter().any(|person| {
+                person.is_admin()
+                    && (is_own(&person.jid) || person.phone_number.as_ref().is_some_and(is_own))
+            }),
+            disappear_after: metadata
+                .ephemeral
+                .and_then(|settings| settings.expiration)
+                .unwrap_or(0),
+        };
+        self.lock().insert(key, rules);
+        Ok(rules)
+    }
+
+    fn forget(&self, group: &str) {
+        self.lock().remove(group);
+    }
+
+    fn forget_all(&self) {
+        self.lock().clear();
+    }
+}
+
 /// How long a sent message may wait for WhatsApp's server ack before the send
 /// counts as failed (and is retried under the same id).
 const SERVER_ACK_TIMEOUT: Duration = Duration::from_secs(30);
@@ -1097,7 +1246,7 @@ impl ServerAcks {
             Ok(Ok(None)) => Ok(()),
             // 4xx: this message is refused (not a member, too large...); others pass.
             Ok(Ok(Some(code))) if code.starts_with('4') && code != "408" && code != "429" => Err(
-                WhatsAppError::Rejected(format!("WhatsApp refused the message (error {code})")),
+                WhatsAppError::Rejected(format!("WhatsApp refused it (error {code})")),
             ),
             Ok(Ok(Some(code))) => Err(WhatsAppError::Transient(format!(
                 "WhatsApp did not take the message (error {code})"

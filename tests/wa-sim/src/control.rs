@@ -41,6 +41,8 @@ struct ParticipantsBody {
 struct GroupInfoBody {
     subject: Option<String>,
     description: Option<String>,
+    admins_only: Option<bool>,
+    ephemeral: Option<u32>,
 }
 
 /// A send body: the address field (`from` or `to`) and the message fields
@@ -372,7 +374,10 @@ fn group_info(sim: &Core, jid: &str) -> Response {
 }
 
 fn group_update(sim: &Core, jid: &str, body: &[u8]) -> Response {
-    let body: GroupInfoBody = match parse(body, r#"{"subject": "...", "description": "..."}"#) {
+    let body: GroupInfoBody = match parse(
+        body,
+        r#"{"subject": "...", "description": "...", "admins_only": true, "ephemeral": 604800}"#,
+    ) {
         Ok(b) => b,
         Err(r) => return r,
     };
@@ -388,6 +393,7 @@ fn group_update(sim: &Core, jid: &str, body: &[u8]) -> Response {
         body.subject.as_deref(),
         body.description.as_deref(),
     );
+    crate::groups::set_settings(&mut inner, &gid, &creator, body.admins_only, body.ephemeral);
     Response::json(200, json!({}))
 }
 

@@ -22,6 +22,10 @@ pub struct Group {
     pub participants: Vec<String>,
     pub admins: Vec<String>,
     pub invite_code: String,
+    /// Announcement mode: only admins may send messages.
+    pub admins_only: bool,
+    /// Disappearing-message timer in seconds (0 = off).
+    pub ephemeral: u32,
 }
 
 impl Group {
@@ -45,6 +49,16 @@ impl Group {
                 }
             })
             .collect();
+        if self.admins_only {
+            children.push(NodeBuilder::new("announcement").build());
+        }
+        if self.ephemeral > 0 {
+            children.push(
+                NodeBuilder::new("ephemeral")
+                    .attr("expiration", self.ephemeral.to_string())
+                    .build(),
+            );
+        }
         if let Some(d) = &self.description {
             children.push(
                 NodeBuilder::new("description")
@@ -96,6 +110,8 @@ pub fn create(
         participants,
         admins: Vec::new(),
         invite_code: invite_code.clone(),
+        admins_only: false,
+        ephemeral: 0,
     };
     let jid = group.jid();
     inner.groups.insert(id, group);
@@ -231,6 +247,51 @@ pub fn set_info(
         notify(inner, gid, actor, a, &[]);
     }
     true
+}
+
+/// Turns announcement mode and/or the disappearing-message timer (seconds, 0 =
+/// off) on or off on behalf of `actor`, notifying members of each change.
+pub fn set_settings(
+    inner: &mut Inner,
+    gid: &str,
+    actor: &str,
+    admins_only: Option<bool>,
+    ephemeral: Option<u32>,
+) -> bool {
+    let Some(group) = inner.groups.get_mut(gid) else {
+        return false;
+    };
+    let mut actions = Vec::new();
+    if let Some(admins_only) = admins_only {
+        group.admins_only = admins_only;
+        let tag = if admins_only {
+            "announcement"
+        } else {
+            "not_announcement"
+        };
+        actions.push(NodeBuilder::new(tag).build());
+    }
+    if let Some(seconds) = ephemeral {
+        group.ephemeral = seconds;
+        actions.push(if seconds > 0 {
+            NodeBuilder::new("ephemeral")
+                .attr("expiration", seconds.to_string())
+                .build()
+        } else {
+            NodeBuilder::new("not_ephemeral").build()
+        });
+    }
+    for a in actions {
+        notify(inner, gid, actor, a, &[]);
+    }
+    true
+}
+
+/// Whether `phone` may send messages to the group: a participant, and an admin
+/// when announcement mode is on.
+pub fn may_send(group: &Group, phone: &str) -> bool {
+    group.participants.iter().any(|p| p == phone)
+        && (!group.admins_only || group.creator == phone || group.admins.iter().any(|a| a == phone))
 }
 
 /// `xmlns="w:g2"` from a logged-in device.
@@ -419,7 +480,7 @@ pub fn fan_out(
     let Some(group) = group_id(to).and_then(|g| inner.groups.get(g)) else {
         return false;
     };
-    if !group.participants.contains(&sender.0) {
+    if !may_send(group, &sender.0) {
         return false;
     }
     let participants = group.participants.clone();

@@ -58,6 +58,8 @@ pub struct Received {
     pub quoted_sender: Option<String>,
     /// Mentioned users (phone numbers in PN chats).
     pub mentions: Vec<String>,
+    /// Disappearing-message timer set on the message (seconds).
+    pub expiration: Option<u32>,
     /// Edit: id of the edited message (`text` is the new text).
     pub edit_of: Option<String>,
     /// The stanza's `edit` attribute when set: `1` edit, `7` sender revoke
@@ -102,6 +104,7 @@ impl Received {
             quoted_id: d.quoted_id.clone(),
             quoted_sender: d.quoted_sender.clone(),
             mentions: d.mentions.clone(),
+            expiration: d.expiration,
             edit_of: d.edit_of.clone(),
             edit_attr: None,
             revoke_of: d.revoke_of.clone(),

@@ -179,7 +179,9 @@ pub fn on_message(conn: &mut Conn, node: &Node) {
         drop(inner);
         let mut a = ack("message", &id, &to);
         if !routed {
-            log::warn!("message {id}: unknown group {to} or sender not in it");
+            log::warn!(
+                "message {id}: unknown group {to}, sender not in it, or only admins may send"
+            );
             a.attrs.insert("error", "403");
         }
         conn.send(a);

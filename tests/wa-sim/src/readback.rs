@@ -22,6 +22,8 @@ pub struct Described {
     pub quoted_sender: Option<String>,
     /// Mentioned users (user part of each JID: the phone number in PN chats).
     pub mentions: Vec<String>,
+    /// Disappearing-message timer the sender set on the message (seconds).
+    pub expiration: Option<u32>,
     pub edit_of: Option<String>,
     pub revoke_of: Option<String>,
     pub reaction_to: Option<String>,
@@ -150,6 +152,7 @@ pub fn describe(message: &wa::Message) -> Described {
         d.quoted_id = ctx.stanza_id.clone();
         d.quoted_sender = ctx.participant.as_deref().map(without_device);
         d.mentions = ctx.mentioned_jid.iter().map(|j| user_of(j)).collect();
+        d.expiration = ctx.expiration.filter(|seconds| *seconds > 0);
     }
     if let Some(pm) = m.protocol_message.as_option() {
         let target = pm.key.as_option().and_then(|k| k.id.clone());
