@@ -883,6 +883,7 @@ impl Bridge {
             let line = Outgoing::Text {
                 text: post.text.clone(),
                 reply_to: None,
+                mentions: Vec::new(),
             };
             let line_id = relay::whatsapp_id_for_event(&format!("{}#sender", item.source_id));
             if let Err(error) = client.send(&item.group_jid, &line_id, &line).await {
@@ -960,7 +961,7 @@ impl Bridge {
         post: &WhatsAppPost,
         outgoing: Outgoing,
     ) -> Option<Outgoing> {
-        let (Some(media), Outgoing::Text { text, reply_to }) = (&post.media, &outgoing) else {
+        let (Some(media), Outgoing::Text { text, reply_to, .. }) = (&post.media, &outgoing) else {
             return Some(outgoing);
         };
         let limit = self.active().config.relay.max_file_bytes;
@@ -998,6 +999,7 @@ impl Bridge {
         Some(Outgoing::Text {
             text,
             reply_to: reply_to.clone(),
+            mentions: Vec::new(),
         })
     }
 
@@ -1027,9 +1029,24 @@ impl Bridge {
         match &post.change {
             None => {
                 let reply_to = post.reply_to.as_deref().and_then(link_of).map(quoted);
+                // `@Name` of a person known in the group becomes a WhatsApp mention;
+                // not in a caption or a location's line, which carry no mentions.
+                let (text, mentions) = if post.media.is_none() && post.location.is_none() {
+                    let known =
+                        self.store
+                            .names_in_group(&item.group_jid)
+                            .unwrap_or_else(|error| {
+                                tracing::warn!("store: names: {error}");
+                                Vec::new()
+                            });
+                    relay::mentions::whatsapp_mentions(&post.text, &known)
+                } else {
+                    (post.text.clone(), Vec::new())
+                };
                 Ok(Outgoing::Text {
-                    text: post.text.clone(),
+                    text,
                     reply_to,
+                    mentions,
                 })
             }
             Some(WhatsAppChange::Edit { of }) => {

@@ -573,6 +573,11 @@ async fn replies_edits_deletions_reactions_and_mentions_cross_through_whatsapp_r
             s.body == "Bob: @Bob parle de lui"
         })
         .await;
+    // Alice names Bob: a real WhatsApp mention of his number (his phone shows his
+    // name); a name the bridge does not know stays as typed.
+    alice.send_text(&room, "merci @bob, et @Zoé").await;
+    let mention = wait_member_text(sim, BOB, jid, "*Alice*: merci @33611111111, et @Zoé").await;
+    assert_eq!(mention["mentions"], json!([BOB]), "{mention}");
 
     // Matrix -> WhatsApp: a reply quoting Bob's message, edited, then deleted.
     let mut content = RoomMessageEventContent::text_plain("bien reçu");

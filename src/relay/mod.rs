@@ -4,6 +4,7 @@
 pub mod format;
 pub mod location;
 pub mod media;
+pub mod mentions;
 pub mod pacing;
 pub mod template;
 
@@ -348,10 +349,12 @@ impl Relay {
             _ => {}
         }
         if let Some(kind) = &message.unsupported {
-            let note = format!(
-                "sent {} that passerelle does not relay yet: see it in WhatsApp",
-                with_article(kind)
-            );
+            let what = match kind.as_str() {
+                "other" => "a kind of message".to_owned(),
+                kind => with_article(kind),
+            };
+            let note =
+                format!("sent {what} that passerelle does not relay yet: see it in WhatsApp");
             return Ok(MatrixPost {
                 body: format!("{name} {note}."),
                 html: format!("<em>{} {}.</em>", escape_html(&name), escape_html(&note)),

@@ -3,7 +3,8 @@
 
 use rusqlite::OptionalExtension;
 
-use super::{Store, StoreError};
+use super::{Direction, Store, StoreError};
+use crate::relay::mentions::KnownPerson;
 
 impl Store {
     /// Remembers `push_name` for `sender` (a phone number or LID user part). Returns
@@ -22,6 +23,27 @@ impl Store {
             rusqlite::params![sender, push_name, now_unix],
         )?;
         Ok(changed > 0)
+    }
+
+    /// The people the bridge has relayed in `group_jid` (as far as its message map
+    /// still remembers) whose name it knows.
+    pub fn names_in_group(&self, group_jid: &str) -> Result<Vec<KnownPerson>, StoreError> {
+        let conn = self.lock();
+        let mut statement = conn.prepare(
+            "SELECT sender, push_name FROM whatsapp_names WHERE sender IN
+                 (SELECT DISTINCT sender FROM message_links
+                  WHERE group_jid = ?1 AND origin = ?2 AND sender <> '')
+             ORDER BY sender",
+        )?;
+        let people = statement
+            .query_map(rusqlite::params![group_jid, Direction::ToMatrix], |row| {
+                Ok(KnownPerson {
+                    phone: row.get(0)?,
+                    name: row.get(1)?,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(people)
     }
 
     /// The name last seen for `sender`.
@@ -53,5 +75,42 @@ mod tests {
             Some("Bobby")
         );
         assert_eq!(store.known_name("33622222222").unwrap(), None);
+    }
+
+    #[test]
+    fn the_names_of_a_group_are_those_of_people_relayed_from_it() {
+        use crate::store::{Direction, MessageLink};
+        let store = Store::open_in_memory().unwrap();
+        store.remember_name("33611111111", "Bob", 1).unwrap();
+        store.remember_name("33622222222", "Carol", 1).unwrap();
+        let link = |group: &str, wa_id: &str, sender: &str, origin| MessageLink {
+            group_jid: group.into(),
+            wa_id: wa_id.into(),
+            room_id: "!room".into(),
+            event_id: format!("${wa_id}"),
+            origin,
+            created_at: 1,
+            sender: sender.into(),
+        };
+        store
+            .record_link(&link("g1", "a", "33611111111", Direction::ToMatrix))
+            .unwrap();
+        store
+            .record_link(&link("g2", "b", "33622222222", Direction::ToMatrix))
+            .unwrap();
+        store
+            .record_link(&link(
+                "g1",
+                "c",
+                "@alice:example.org",
+                Direction::ToWhatsApp,
+            ))
+            .unwrap();
+        let names = store.names_in_group("g1").unwrap();
+        assert_eq!(names.len(), 1, "{names:?}");
+        assert_eq!(
+            (names[0].phone.as_str(), names[0].name.as_str()),
+            ("33611111111", "Bob")
+        );
     }
 }

@@ -317,7 +317,7 @@ impl WhatsAppClient for FakeClient {
     ) -> Result<(), WhatsAppError> {
         let mut file = None;
         let (text, relation) = match outgoing {
-            Outgoing::Text { text, reply_to } => (
+            Outgoing::Text { text, reply_to, .. } => (
                 text.clone(),
                 reply_to.as_ref().map(|quoted| WhatsAppRelation::Reply {
                     id: quoted.id.clone(),

@@ -106,6 +106,8 @@ pub enum Outgoing {
     Text {
         text: String,
         reply_to: Option<Quoted>,
+        /// Phone numbers mentioned (`@<number>` in `text`).
+        mentions: Vec<String>,
     },
     /// A new text for the number's own message `target`.
     Edit { target: String, text: String },

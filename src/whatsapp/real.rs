@@ -335,10 +335,14 @@ impl WhatsAppClient for RealWhatsApp {
                 self.send_new(client, group.clone(), message, message_id)
                     .await?;
             }
-            Outgoing::Text { text, reply_to } => {
-                let message = match reply_to {
-                    None => wa::Message::text(text),
-                    Some(quoted) => reply_message(client, text, quoted)?,
+            Outgoing::Text {
+                text,
+                reply_to,
+                mentions,
+            } => {
+                let message = match (reply_to, mentions.is_empty()) {
+                    (None, true) => wa::Message::text(text),
+                    _ => text_with_context(client, text, reply_to.as_ref(), mentions)?,
                 };
                 self.send_new(client, group.clone(), message, message_id)
                     .await?;
@@ -448,17 +452,27 @@ fn group_error(error: &GroupError) -> WhatsAppError {
     }
 }
 
-/// A text replying to `quoted`: WhatsApp clients find the quoted message by its id
-/// and sender (the participant), so no copy of its content is needed.
-fn reply_message(
+/// A text replying to `quoted` and/or mentioning numbers: WhatsApp clients find the
+/// quoted message by its id and sender (the participant), so no copy of its
+/// content is needed; a mention is `@<number>` in the text plus the number's JID.
+fn text_with_context(
     client: &Client,
     text: &str,
-    quoted: &Quoted,
+    quoted: Option<&Quoted>,
+    mentions: &[String],
 ) -> Result<wa::Message, WhatsAppError> {
+    let mut context = match quoted {
+        Some(quoted) => reply_context(client, quoted)?,
+        None => wa::ContextInfo::default(),
+    };
+    context.mentioned_jid = mentions
+        .iter()
+        .map(|phone| Jid::pn(phone.as_str()).to_string())
+        .collect();
     Ok(wa::Message {
         extended_text_message: wa::message::ExtendedTextMessage {
             text: Some(text.to_string()),
-            context_info: reply_context(client, quoted)?.into(),
+            context_info: context.into(),
             ..Default::default()
         }
         .into(),
