@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
-use crate::config::{self, Config, GroupFile, Problems};
+use crate::config::{self, Config, GroupFile, Problems, ReactionsToWhatsApp};
 use crate::control::{self, ControlError, ControlHandler};
 use crate::matrix::{MatrixEvents, MatrixSide, RoomSetup};
 use crate::metrics;
@@ -22,7 +22,7 @@ use crate::relay::{
 };
 use crate::secret_file;
 use crate::status;
-use crate::store::{Direction, MessageLink, NewOutboxItem, OutboxItem, Store};
+use crate::store::{Digest, DigestEntry, Direction, MessageLink, NewOutboxItem, OutboxItem, Store};
 use crate::whatsapp::fake::FakeNetwork;
 use crate::whatsapp::real::{RealOptions, RealWhatsApp};
 use crate::whatsapp::{
@@ -38,6 +38,10 @@ const WHATSAPP_REVOKE_WINDOW_SECS: i64 = 60 * 3600;
 /// Prefix of the link of a Matrix reaction relayed as the number's reaction:
 /// `mx-reaction:<target WhatsApp id>:<reaction id>`.
 const MATRIX_REACTION_LINK: &str = "mx-reaction:";
+
+/// Prefix of the link a Matrix reaction counted in a digest gets, followed by the
+/// WhatsApp message it reacts to and the outbox item's id.
+const MATRIX_DIGEST_LINK: &str = "mx-digest:";
 
 /// Longest wait between two retries of one outbox item.
 const MAX_RETRY_DELAY_MS: i64 = 60_000;
@@ -380,6 +384,9 @@ impl Bridge {
                     .unwrap_or_else(|e| e.into_inner())
                     .insert(group.whatsapp.clone());
                 tracing::info!(group = %group.name, room = %room_id, "group bridged");
+                if group.room.is_none() {
+                    self.sync_avatar(group, room_id.as_str()).await;
+                }
                 self.wake_to_matrix.notify_one();
             }
             Err(error) => {
@@ -414,7 +421,42 @@ impl Bridge {
                     tracing::debug!(group = %group.name, "no subject: {error}");
                 }
             }
+            self.sync_avatar(group, &room_id).await;
         }
+    }
+
+    /// Gives a created room its group's picture as avatar, when the picture changed
+    /// since the bridge last set it (WhatsApp's picture id, kept in the store, tells).
+    async fn sync_avatar(&self, group: &GroupFile, room_id: &str) {
+        let Some(client) = self.whatsapp() else {
+            return;
+        };
+        let picture = match client.group_picture(&group.whatsapp).await {
+            Ok(picture) => picture,
+            Err(error) => {
+                tracing::debug!(group = %group.name, "group picture not read: {error}");
+                return;
+            }
+        };
+        let key = format!("group_picture:{}", group.whatsapp);
+        let known = self.store.get_meta(&key).ok().flatten();
+        let current = picture.as_ref().map(|picture| picture.id.clone());
+        if known == current {
+            return;
+        }
+        let image = picture.map(|picture| picture.data);
+        if let Err(error) = self.matrix.set_room_avatar(room_id, image).await {
+            tracing::warn!(group = %group.name, "could not set the room avatar: {error}");
+            return;
+        }
+        let stored = match &current {
+            Some(id) => self.store.set_meta(&key, id),
+            None => self.store.delete_meta(&key).map(|_| ()),
+        };
+        if let Err(error) = stored {
+            tracing::warn!("store: {error}");
+        }
+        tracing::debug!(group = %group.name, "room avatar follows the group picture");
     }
 
     /// Tells `passerelle status` the service is alive.
@@ -898,9 +940,21 @@ impl Bridge {
         {
             Ok(()) => {
                 // A reaction is found again by its target when it is removed.
-                let wa_id = match &outgoing {
-                    Outgoing::React { target, .. } => {
+                let wa_id = match (&outgoing, &post.change) {
+                    (Outgoing::React { target, .. }, _) => {
                         format!("{MATRIX_REACTION_LINK}{}:{}", target.id, item.target_id)
+                    }
+                    // A reaction counted in a digest: found again by its target when
+                    // it is removed.
+                    (_, Some(WhatsAppChange::React { to, .. })) => {
+                        let target = self
+                            .store
+                            .link_for_event(&item.room_id, to)
+                            .ok()
+                            .flatten()
+                            .map(|link| link.wa_id)
+                            .unwrap_or_default();
+                        format!("{MATRIX_DIGEST_LINK}{target}:{}", item.target_id)
                     }
                     _ => item.target_id.clone(),
                 };
@@ -1073,6 +1127,16 @@ impl Bridge {
             }
             Some(WhatsAppChange::React { to, emoji }) => {
                 let target = link_of(to).ok_or(None)?;
+                if self.active().config.relay.reactions_to_whatsapp == ReactionsToWhatsApp::Digest {
+                    let entry = DigestEntry {
+                        reaction_event: item.source_id.clone(),
+                        user: post.sender.clone(),
+                        emoji: emoji.clone(),
+                    };
+                    return self
+                        .digest_outgoing(item, quoted(target), DigestChange::Add(entry))
+                        .await;
+                }
                 Ok(Outgoing::React {
                     target: quoted(target),
                     emoji: emoji.clone(),
@@ -1084,6 +1148,20 @@ impl Bridge {
                 let link = link_of(of)
                     .filter(|link| link.origin == Direction::ToWhatsApp)
                     .ok_or(None)?;
+                // A removed Matrix reaction counted in a digest: the digest says so.
+                if let Some((target, _)) = link
+                    .wa_id
+                    .strip_prefix(MATRIX_DIGEST_LINK)
+                    .and_then(|rest| rest.rsplit_once(':'))
+                {
+                    let target = match self.store.link_for_wa(&item.group_jid, target) {
+                        Ok(Some(target)) => target,
+                        _ => return Err(None),
+                    };
+                    return self
+                        .digest_outgoing(item, quoted(target), DigestChange::Remove(of.clone()))
+                        .await;
+                }
                 // A removed Matrix reaction: the number's reaction goes away.
                 if let Some((target, _)) = link
                     .wa_id
@@ -1119,6 +1197,97 @@ impl Bridge {
         }
     }
 
+    /// Reaction digest mode: applies `change` to the digest of `target`, and answers
+    /// what the number sends: a new reply to `target` listing the reactions, an edit
+    /// of the reply while WhatsApp allows edits, or its deletion when nothing is
+    /// left. The digest is saved first: a retry of the item computes the same send.
+    async fn digest_outgoing(
+        &self,
+        item: &OutboxItem,
+        target: Quoted,
+        change: DigestChange,
+    ) -> Result<Outgoing, Option<String>> {
+        let store_error = |error: crate::store::StoreError| {
+            tracing::error!("store: {error}");
+            None
+        };
+        let mut digest = self
+            .store
+            .digest(&item.group_jid, &target.id)
+            .map_err(store_error)?;
+        let was_empty = digest.entries.is_empty();
+        match change {
+            DigestChange::Add(entry) => {
+                if !digest
+                    .entries
+                    .iter()
+                    .any(|known| known.reaction_event == entry.reaction_event)
+                {
+                    digest.entries.push(entry);
+                }
+            }
+            DigestChange::Remove(reaction_event) => digest
+                .entries
+                .retain(|known| known.reaction_event != reaction_event),
+        }
+        let now = now_ms() / 1000;
+        let age = now - digest.reply_sent_at;
+        let has_reply = !digest.reply_id.is_empty();
+        let outgoing = if digest.reply_id == item.target_id
+            || (!digest.entries.is_empty()
+                && (was_empty || !has_reply || age > WHATSAPP_EDIT_WINDOW_SECS))
+        {
+            // A new reply (or this item's own, sent again under the same id).
+            digest.reply_id = item.target_id.clone();
+            digest.reply_sent_at = now;
+            Outgoing::Text {
+                text: self.digest_text(&item.room_id, &digest).await,
+                reply_to: Some(target.clone()),
+                mentions: Vec::new(),
+            }
+        } else if digest.entries.is_empty() {
+            // Nobody's reaction is left: the reply goes (again, on a retry: deleting
+            // twice changes nothing), as long as WhatsApp allows.
+            if !has_reply || age > WHATSAPP_REVOKE_WINDOW_SECS {
+                self.store
+                    .save_digest(&item.group_jid, &target.id, &digest)
+                    .map_err(store_error)?;
+                return Err(None);
+            }
+            Outgoing::Revoke {
+                target: digest.reply_id.clone(),
+            }
+        } else {
+            Outgoing::Edit {
+                target: digest.reply_id.clone(),
+                text: self.digest_text(&item.room_id, &digest).await,
+            }
+        };
+        self.store
+            .save_digest(&item.group_jid, &target.id, &digest)
+            .map_err(store_error)?;
+        Ok(outgoing)
+    }
+
+    /// `👍 Alice, Bob · ❤️ Carol`: each emoji once, in the order they came, with who
+    /// reacted so.
+    async fn digest_text(&self, room_id: &str, digest: &Digest) -> String {
+        let mut by_emoji: Vec<(String, Vec<String>)> = Vec::new();
+        for entry in &digest.entries {
+            let name = self.matrix.display_name(room_id, &entry.user).await;
+            match by_emoji.iter_mut().find(|(emoji, _)| *emoji == entry.emoji) {
+                Some((_, names)) if names.contains(&name) => {}
+                Some((_, names)) => names.push(name),
+                None => by_emoji.push((entry.emoji.clone(), vec![name])),
+            }
+        }
+        by_emoji
+            .iter()
+            .map(|(emoji, names)| format!("{} {}", relay::single_line(emoji), names.join(", ")))
+            .collect::<Vec<_>>()
+            .join(" · ")
+    }
+
     fn finish(&self, item: &OutboxItem, link: Option<&MessageLink>) {
         let done = match link {
             Some(link) => self.store.complete(item.seq, link),
@@ -1140,6 +1309,14 @@ impl Bridge {
     fn log_skip(skip: Skip, direction: &str) {
         tracing::debug!(?skip, direction, "not relayed");
     }
+}
+
+/// What happens to a reaction digest.
+enum DigestChange {
+    /// A Matrix reaction is counted in.
+    Add(DigestEntry),
+    /// The Matrix reaction with this event id was redacted.
+    Remove(String),
 }
 
 /// `post` preceded by a quote of `quoted` (its first line, shortened).
@@ -1329,6 +1506,10 @@ impl InboundSink for Bridge {
         };
         tracing::debug!(group = %group.name, ?change, "group changed in WhatsApp");
         self.spawn_with_self(|bridge| async move {
+            if change == GroupChange::Picture {
+                bridge.sync_avatar(&group, &room_id).await;
+                return;
+            }
             let result = match &change {
                 GroupChange::Subject(subject) => {
                     bridge.matrix.set_room_name(&room_id, subject).await
@@ -1339,6 +1520,7 @@ impl InboundSink for Bridge {
                         .set_room_topic(&room_id, description.as_deref().unwrap_or_default())
                         .await
                 }
+                GroupChange::Picture => Ok(()),
             };
             match result {
                 Ok(()) => tracing::debug!(group = %group.name, ?change, "group change mirrored"),

@@ -318,6 +318,79 @@ async fn reactions_can_be_switched_off_each_way() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn matrix_reactions_can_be_one_edited_digest_reply() {
+    use passerelle::whatsapp::fake::BRIDGE_PHONE;
+    let (mut bridge, alice, jid, room) = bridged_group("digest", "").await;
+    bridge.append_config("[relay]\nreactions_to_whatsapp = \"digest\"\n");
+    bridge.service().reload().await.unwrap();
+    let net = bridge.network.clone();
+    let bob_id = net.post(&jid, BOB, Some("Bob"), "qui vient samedi ?");
+    let mirrored = alice
+        .wait_for(&room, "Bob's message", |s| {
+            s.body == "Bob: qui vient samedi ?"
+        })
+        .await;
+    let joined = alice.wait_joined(&room).await;
+    let target = EventId::parse(&mirrored.event_id).unwrap();
+    let react = |emoji: &'static str| {
+        let joined = joined.clone();
+        let target = target.clone();
+        async move {
+            joined
+                .send(ReactionEventContent::new(Annotation::new(
+                    target,
+                    emoji.into(),
+                )))
+                .await
+                .unwrap()
+                .response
+                .event_id
+        }
+    };
+    let from_number = |m: &passerelle::whatsapp::fake::FakeMessage| m.sender_phone == BRIDGE_PHONE;
+
+    // The first reaction: one reply of the number to Bob's message.
+    let thumbs = react("👍").await;
+    let reply = wait_fake(&net, &jid, |m| from_number(m) && m.text == "👍 Alice").await;
+    assert_eq!(
+        reply.relation,
+        Some(WhatsAppRelation::Reply {
+            id: bob_id.clone(),
+            quoted: None
+        })
+    );
+    // The next ones edit that reply, and so do removals; the last removal deletes it.
+    let party = react("🎉").await;
+    let edited_to = |text: &'static str| {
+        let id = reply.id.clone();
+        move |m: &passerelle::whatsapp::fake::FakeMessage| {
+            from_number(m)
+                && m.text == text
+                && m.relation == Some(WhatsAppRelation::Edit { id: id.clone() })
+        }
+    };
+    wait_fake(&net, &jid, edited_to("👍 Alice · 🎉 Alice")).await;
+    joined.redact(&thumbs, None, None).await.unwrap();
+    wait_fake(&net, &jid, edited_to("🎉 Alice")).await;
+    joined.redact(&party, None, None).await.unwrap();
+    wait_fake(&net, &jid, |m| {
+        from_number(m)
+            && m.relation
+                == Some(WhatsAppRelation::Revoke {
+                    id: reply.id.clone(),
+                })
+    })
+    .await;
+    assert!(
+        !net.messages(&jid).iter().any(
+            |m| from_number(m) && matches!(m.relation, Some(WhatsAppRelation::Reaction { .. }))
+        ),
+        "no reaction of the number itself"
+    );
+    bridge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_group_name_and_description_follow_whatsapp() {
     let (mut bridge, alice, jid, room) = bridged_group("group-state", "").await;
     let net = bridge.network.clone();

@@ -665,6 +665,33 @@ async fn replies_edits_deletions_reactions_and_mentions_cross_through_whatsapp_r
         .wait_state(synapse, &room, "m.room.topic", "topic", "Pour tout se dire")
         .await;
 
+    // Bob gives the group a picture: it becomes the room's avatar, byte for byte;
+    // removing it removes the avatar.
+    let picture = one_pixel_png();
+    let picture_url = format!("{}groups/{jid}/picture", sim.http_url());
+    let upload = (picture_url.clone(), picture.clone());
+    let (status, _) = tokio::task::spawn_blocking(move || {
+        common::synapse::http_request("PUT", &upload.0, None, Some("image/png"), &upload.1).unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(status, 200);
+    let avatar = alice
+        .wait_state_matching(synapse, &room, "m.room.avatar", "a picture", |c| {
+            c["url"].is_string()
+        })
+        .await;
+    assert_eq!(avatar["info"]["mimetype"], "image/png", "{avatar}");
+    let shown = matrix_media(synapse, alice, avatar["url"].as_str().unwrap()).await;
+    assert_eq!(shown, picture);
+    let (status, body) = control("DELETE", picture_url, json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    alice
+        .wait_state_matching(synapse, &room, "m.room.avatar", "no picture", |c| {
+            c["url"].is_null()
+        })
+        .await;
+
     // The phone unlinks the bridge: Alice, an admin, hears it in a direct room, and
     // status says so.
     let (status, body) = control(
@@ -927,6 +954,15 @@ async fn homeserver_rate_limit_delays_but_keeps_every_whatsapp_message() {
     scene.bridge.stop().await;
 }
 
+/// A valid 1x1 PNG (a picture Synapse can thumbnail).
+fn one_pixel_png() -> Vec<u8> {
+    const HEX: &str = "89504e470d0a1a0a0000000d49484452000000010000000108060000001f15c4890000000d49444154789c6300010000000500010d0a2db40000000049454e44ae426082";
+    (0..HEX.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&HEX[i..i + 2], 16).unwrap())
+        .collect()
+}
+
 /// Bytes that look like nothing in particular (so a wrong file cannot match by luck).
 fn sample_file(seed: u8, len: usize) -> Vec<u8> {
     (0..len)
@@ -955,10 +991,13 @@ async fn matrix_file(
 ) -> (serde_json::Value, Vec<u8>) {
     let raw = user.raw_event(synapse, room, event).await;
     let content = raw["content"].clone();
-    let mxc = content["url"]
-        .as_str()
-        .expect("an unencrypted file")
-        .to_string();
+    let mxc = content["url"].as_str().expect("an unencrypted file");
+    let data = matrix_media(synapse, user, mxc).await;
+    (content, data)
+}
+
+/// The bytes behind an `mxc://` URI, through authenticated media.
+async fn matrix_media(synapse: &Synapse, user: &MatrixUser, mxc: &str) -> Vec<u8> {
     let path = mxc.strip_prefix("mxc://").expect("an mxc URI");
     let url = synapse.api(&format!("/_matrix/client/v1/media/download/{path}"));
     let token = user.client.access_token().unwrap();
@@ -968,7 +1007,7 @@ async fn matrix_file(
     .await
     .unwrap();
     assert_eq!(status, 200, "downloading {mxc}");
-    (content, data)
+    data
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -1160,19 +1199,27 @@ async fn photos_voice_notes_documents_and_locations_cross_through_whatsapp_rust(
     let sticker_at = messages.iter().position(|m| m["id"] == got["id"]).unwrap();
     assert_eq!(messages[sticker_at - 1]["text"], "* _Alice_ sent a sticker");
 
-    // Contacts, polls and view-once photos read as lines (a view-once file is never
-    // fetched, so it cannot stay in the room).
+    // A contact crosses as its card, a .vcf file, with a readable line as caption;
+    // polls and view-once photos read as lines (a view-once file is never fetched,
+    // so it cannot stay in the room).
+    let vcard =
+        "BEGIN:VCARD\nVERSION:3.0\nFN:Marie Dupont\nTEL;type=CELL:+33 6 12 34 56 78\nEND:VCARD";
     bob_sends(
         sim,
         jid,
-        json!({"contact": {"name": "Marie Dupont", "vcard": "BEGIN:VCARD\nVERSION:3.0\nFN:Marie Dupont\nTEL;type=CELL:+33 6 12 34 56 78\nEND:VCARD"}}),
+        json!({"contact": {"name": "Marie Dupont", "vcard": vcard}}),
     )
     .await;
-    alice
+    let card = alice
         .wait_for(&room, "Bob's contact", |s| {
             s.body == "Bob shared a contact, Marie Dupont: +33 6 12 34 56 78"
         })
         .await;
+    assert_eq!(card.msgtype, "m.file");
+    let (content, data) = matrix_file(synapse, alice, &room, &card.event_id).await;
+    assert_eq!(content["filename"], "Marie Dupont.vcf", "{content}");
+    assert_eq!(content["info"]["mimetype"], "text/vcard", "{content}");
+    assert_eq!(data, vcard.as_bytes());
     bob_sends(
         sim,
         jid,

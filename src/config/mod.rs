@@ -102,6 +102,9 @@ pub enum ReactionsToWhatsApp {
     /// message: the latest Matrix reaction wins).
     #[default]
     Reaction,
+    /// One reply of the number per reacted message, edited as reactions come and go
+    /// (`👍 Alice, Bob · ❤️ Carol`): who reacted stays visible.
+    Digest,
     /// Not relayed.
     Ignore,
 }
@@ -809,9 +812,10 @@ fn check_relay(src: &mut Source, raw: Option<RawRelay>) -> Option<RelayConfig> {
     let to_whatsapp = match choose(
         "reactions_to_whatsapp",
         raw.reactions_to_whatsapp,
-        &["reaction", "ignore"],
+        &["reaction", "digest", "ignore"],
     ) {
         0 => ReactionsToWhatsApp::Reaction,
+        1 => ReactionsToWhatsApp::Digest,
         _ => ReactionsToWhatsApp::Ignore,
     };
     let to_matrix = match choose(

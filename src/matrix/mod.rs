@@ -475,6 +475,41 @@ impl MatrixSide {
         Ok(())
     }
 
+    /// How `user_id` is named in WhatsApp lines: their display name in the room, else
+    /// their localpart.
+    pub async fn display_name(&self, room_id: &str, user_id: &str) -> String {
+        let shown = match (self.joined_room(room_id), UserId::parse(user_id)) {
+            (Ok(room), Ok(user)) => timeline::display_name_in(&room, &user).await,
+            _ => None,
+        };
+        crate::relay::matrix_display_name(user_id, shown.as_deref())
+    }
+
+    /// Sets the room avatar to `image` (JPEG or PNG bytes), or removes it (`None`).
+    pub async fn set_room_avatar(
+        &self,
+        room_id: &str,
+        image: Option<Vec<u8>>,
+    ) -> Result<(), MatrixError> {
+        let room = self.joined_room(room_id)?;
+        match image {
+            Some(data) => {
+                let mime = if data.starts_with(b"\x89PNG") {
+                    mime::IMAGE_PNG
+                } else {
+                    mime::IMAGE_JPEG
+                };
+                room.upload_avatar(&mime, data, None).await?;
+            }
+            // Not checked against the bot's store first: an avatar set a moment ago
+            // may not be there yet.
+            None => {
+                room.remove_avatar().await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Invites users into a room (used when a group file gains `invite` entries).
     pub async fn invite(&self, room_id: &str, users: &[String]) {
         let Some(room) = parse_room_id(room_id)

@@ -165,17 +165,8 @@ async fn to_matrix_text(room: &Room, event: &TimelineEvent, bot: &UserId) -> Opt
                 .clone()
                 .or_else(|| redaction.redacts.clone())?;
             return Some(MatrixText {
-                room_id: room.room_id().to_string(),
-                event_id: redaction.event_id.to_string(),
-                sender: redaction.sender.to_string(),
-                sender_display_name: None,
-                kind: MatrixKind::Text,
-                body: String::new(),
-                html: None,
-                is_reply: false,
                 relation: MatrixRelation::Redaction { of: of.to_string() },
-                media: None,
-                location: None,
+                ..without_text(room, redaction.event_id.as_str(), redaction.sender.as_str())
             });
         }
         AnySyncTimelineEvent::MessageLike(AnySyncMessageLikeEvent::Reaction(
@@ -185,20 +176,12 @@ async fn to_matrix_text(room: &Room, event: &TimelineEvent, bot: &UserId) -> Opt
                 return None;
             }
             return Some(MatrixText {
-                room_id: room.room_id().to_string(),
-                event_id: reaction.event_id.to_string(),
-                sender: reaction.sender.to_string(),
-                sender_display_name: None,
-                kind: MatrixKind::Text,
-                body: String::new(),
-                html: None,
-                is_reply: false,
+                sender_display_name: display_name_in(room, &reaction.sender).await,
                 relation: MatrixRelation::Reaction {
                     to: reaction.content.relates_to.event_id.to_string(),
                     key: reaction.content.relates_to.key.clone(),
                 },
-                media: None,
-                location: None,
+                ..without_text(room, reaction.event_id.as_str(), reaction.sender.as_str())
             });
         }
         AnySyncTimelineEvent::MessageLike(AnySyncMessageLikeEvent::Sticker(
@@ -207,22 +190,10 @@ async fn to_matrix_text(room: &Room, event: &TimelineEvent, bot: &UserId) -> Opt
             if sticker.sender == bot {
                 return None;
             }
-            let display_name = match room.get_member_no_sync(&sticker.sender).await {
-                Ok(Some(member)) => member.display_name().map(str::to_string),
-                _ => None,
-            };
             return Some(MatrixText {
-                room_id: room.room_id().to_string(),
-                event_id: sticker.event_id.to_string(),
-                sender: sticker.sender.to_string(),
-                sender_display_name: display_name,
-                kind: MatrixKind::Text,
-                body: String::new(),
-                html: None,
-                is_reply: false,
-                relation: MatrixRelation::None,
+                sender_display_name: display_name_in(room, &sticker.sender).await,
                 media: super::media::sticker_media(&sticker.content),
-                location: None,
+                ..without_text(room, sticker.event_id.as_str(), sticker.sender.as_str())
             });
         }
         _ => return None,
@@ -284,15 +255,11 @@ async fn to_matrix_text(room: &Room, event: &TimelineEvent, bot: &UserId) -> Opt
             None => (MatrixKind::Other, other.msgtype().to_string(), None, None),
         },
     };
-    let display_name = match room.get_member_no_sync(&message.sender).await {
-        Ok(Some(member)) => member.display_name().map(str::to_string),
-        _ => None,
-    };
     Some(MatrixText {
         room_id: room.room_id().to_string(),
         event_id: message.event_id.to_string(),
         sender: message.sender.to_string(),
-        sender_display_name: display_name,
+        sender_display_name: display_name_in(room, &message.sender).await,
         kind,
         body,
         html,
@@ -301,4 +268,30 @@ async fn to_matrix_text(room: &Room, event: &TimelineEvent, bot: &UserId) -> Opt
         media,
         location,
     })
+}
+
+/// `sender`'s display name in `room`, as the bot's store knows it.
+pub(super) async fn display_name_in(room: &Room, sender: &UserId) -> Option<String> {
+    match room.get_member_no_sync(sender).await {
+        Ok(Some(member)) => member.display_name().map(str::to_string),
+        _ => None,
+    }
+}
+
+/// An event of `sender` that carries no text (a redaction, a reaction, a sticker):
+/// the caller sets what it does carry.
+fn without_text(room: &Room, event_id: &str, sender: &str) -> MatrixText {
+    MatrixText {
+        room_id: room.room_id().to_string(),
+        event_id: event_id.to_owned(),
+        sender: sender.to_owned(),
+        sender_display_name: None,
+        kind: MatrixKind::Text,
+        body: String::new(),
+        html: None,
+        is_reply: false,
+        relation: MatrixRelation::None,
+        media: None,
+        location: None,
+    }
 }

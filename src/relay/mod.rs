@@ -367,10 +367,21 @@ impl Relay {
                 return Err(Skip::MemberNoticeOff);
             }
             let (body, html) = shared_for_matrix(shared, &name);
+            // A contact's card comes along as a file, the line as its caption.
+            let card = match shared {
+                Shared::Contact { .. } => message.media.clone(),
+                _ => None,
+            };
             return Ok(MatrixPost {
                 body,
                 html,
                 sender: message.sender_phone.clone(),
+                sender_name: if card.is_some() {
+                    name.clone()
+                } else {
+                    String::new()
+                },
+                media: card,
                 ..MatrixPost::default()
             });
         }
@@ -884,7 +895,7 @@ pub fn matrix_display_name(user_id: &str, display_name: Option<&str>) -> String 
     })
 }
 
-fn single_line(text: &str) -> String {
+pub fn single_line(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 

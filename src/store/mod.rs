@@ -1,13 +1,15 @@
 //! The bridge database `passerelle.db`: opening it safely (mode 0600, WAL, migrations)
 //! and the shared `Store` handle. What is stored lives in the submodules: `groups`
 //! (group<->room map), `links` (message id map), `outbox` (persistent send queues and
-//! dead letters), `meta` (service key/value state), `counters` (yearly report).
+//! dead letters), `meta` (service key/value state), `counters` (yearly report),
+//! `names` (WhatsApp names), `digests` (reaction digests).
 //!
 //! `Store` is `Send + Sync` (one SQLite connection behind a mutex) and meant to be
 //! shared as `Arc<Store>`. Every method is a short synchronous query, fine to call from
 //! async code directly.
 
 mod counters;
+mod digests;
 mod error;
 mod groups;
 mod links;
@@ -23,6 +25,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
 use rusqlite::Connection;
 
+pub use digests::{Digest, DigestEntry};
 pub use error::StoreError;
 pub use links::MessageLink;
 pub use outbox::{DeadLetter, NewOutboxItem, OutboxItem};

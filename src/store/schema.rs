@@ -98,9 +98,30 @@ const V4: &str = "
 ALTER TABLE message_links ADD COLUMN sender TEXT NOT NULL DEFAULT '';
 ";
 
+/// Version 5: reaction digests (`reactions_to_whatsapp = "digest"`): the number's
+/// reply listing the Matrix reactions to a WhatsApp message, and who reacted how.
+const V5: &str = "
+CREATE TABLE reaction_digests (
+    group_jid     TEXT NOT NULL,
+    target        TEXT NOT NULL,
+    reply_id      TEXT NOT NULL,
+    reply_sent_at INTEGER NOT NULL,
+    PRIMARY KEY (group_jid, target)
+) WITHOUT ROWID;
+CREATE TABLE reaction_digest_entries (
+    group_jid      TEXT NOT NULL,
+    target         TEXT NOT NULL,
+    position       INTEGER NOT NULL,
+    reaction_event TEXT NOT NULL,
+    user           TEXT NOT NULL,
+    emoji          TEXT NOT NULL,
+    PRIMARY KEY (group_jid, target, position)
+) WITHOUT ROWID;
+";
+
 /// All migrations, in order. The schema version of a fully migrated database is
 /// `MIGRATIONS.len()`.
-pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
+pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5];
 
 /// The current schema version.
 pub fn schema_version(conn: &Connection) -> Result<i64, StoreError> {

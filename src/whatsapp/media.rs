@@ -115,6 +115,95 @@ pub(super) fn media_of(message: &wa::Message) -> Option<(Media, String)> {
     Some((media, caption.unwrap_or_default()))
 }
 
+/// The card of a contact message (one or several contacts) as a `.vcf` file, named
+/// after the contact. The card travels inside its reference: nothing to download.
+pub(super) fn contact_card(message: &wa::Message) -> Option<Media> {
+    let mut reduced = wa::Message::default();
+    let (name, size) = if let Some(contact) = message.contact_message.as_option() {
+        reduced.contact_message = MessageField::some(wa::message::ContactMessage {
+            display_name: contact.display_name.clone(),
+            vcard: contact.vcard.clone(),
+            ..Default::default()
+        });
+        (
+            contact.display_name.clone(),
+            contact.vcard.as_deref().unwrap_or_default().len(),
+        )
+    } else if let Some(array) = message.contacts_array_message.as_option() {
+        reduced.contacts_array_message = MessageField::some(wa::message::ContactsArrayMessage {
+            display_name: array.display_name.clone(),
+            contacts: array
+                .contacts
+                .iter()
+                .map(|contact| wa::message::ContactMessage {
+                    display_name: contact.display_name.clone(),
+                    vcard: contact.vcard.clone(),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        });
+        let size = array
+            .contacts
+            .iter()
+            .map(|contact| contact.vcard.as_deref().unwrap_or_default().len() + 2)
+            .sum();
+        (array.display_name.clone(), size)
+    } else {
+        return None;
+    };
+    if size == 0 {
+        return None;
+    }
+    Some(Media {
+        kind: MediaKind::File,
+        source: base64::engine::general_purpose::STANDARD.encode(reduced.encode_to_vec()),
+        mime: "text/vcard".to_owned(),
+        file_name: Some(format!(
+            "{}.vcf",
+            file_safe(name.as_deref().unwrap_or("contact"))
+        )),
+        size: Some(size as u64),
+        seconds: None,
+    })
+}
+
+/// `name` usable as a file name: path and control characters replaced.
+fn file_safe(name: &str) -> String {
+    let cleaned: String = name
+        .trim()
+        .chars()
+        .map(|c| {
+            if c.is_control() || matches!(c, '/' | '\\' | ':' | '*' | '?' | '"' | '<' | '>' | '|') {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect();
+    let cleaned = cleaned.trim_matches('.').trim();
+    if cleaned.is_empty() {
+        "contact".to_owned()
+    } else {
+        cleaned.chars().take(80).collect()
+    }
+}
+
+/// The cards of a contact message, one after the other.
+fn vcards_of(message: &wa::Message) -> Option<Vec<u8>> {
+    if let Some(contact) = message.contact_message.as_option() {
+        return Some(contact.vcard.clone().unwrap_or_default().into_bytes());
+    }
+    let array = message.contacts_array_message.as_option()?;
+    let cards: Vec<&str> = array
+        .contacts
+        .iter()
+        .filter_map(|contact| contact.vcard.as_deref())
+        .map(str::trim_end)
+        .collect();
+    Some(format!("{}\r\n", cards.join("\r\n")).into_bytes())
+}
+
 /// Downloads and decrypts the file `media` refers to.
 pub(super) async fn download(client: &Client, media: &Media) -> Result<Vec<u8>, WhatsAppError> {
     let unreadable = || WhatsAppError::Rejected("unreadable WhatsApp media reference".to_owned());
@@ -122,6 +211,9 @@ pub(super) async fn download(client: &Client, media: &Media) -> Result<Vec<u8>, 
         .decode(&media.source)
         .map_err(|_| unreadable())?;
     let message = wa::Message::decode_from_slice(&bytes).map_err(|_| unreadable())?;
+    if let Some(cards) = vcards_of(&message) {
+        return Ok(cards);
+    }
     let result = if let Some(image) = message.image_message.as_option() {
         client.download(image).await
     } else if let Some(video) = message.video_message.as_option() {

@@ -143,6 +143,13 @@ pub trait WhatsAppClient: Send + Sync {
     /// The group's subject (its name), for naming the Matrix room.
     async fn group_subject(&self, group_jid: &str) -> Result<String, WhatsAppError>;
 
+    /// The group's current picture, `None` when it has none. Adapters without
+    /// pictures have none.
+    async fn group_picture(&self, group_jid: &str) -> Result<Option<GroupPicture>, WhatsAppError> {
+        let _ = group_jid;
+        Ok(None)
+    }
+
     /// The groups the linked number is a member of.
     async fn groups(&self) -> Result<Vec<GroupSummary>, WhatsAppError>;
 
@@ -167,6 +174,17 @@ pub enum GroupChange {
     Subject(String),
     /// The group's description; `None` when it was removed.
     Description(Option<String>),
+    /// The group's picture was set, changed or removed (read it with
+    /// [`WhatsAppClient::group_picture`]).
+    Picture,
+}
+
+/// A group's picture: WhatsApp's id for it (it changes with the picture) and the
+/// image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupPicture {
+    pub id: String,
+    pub data: Vec<u8>,
 }
 
 /// Receiving side of the boundary: implemented by the bridge.

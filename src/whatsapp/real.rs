@@ -32,12 +32,13 @@ use whatsapp_rust::{InboundDurabilityHook, Jid, Server};
 
 use super::store::SqliteBackend;
 use super::{
-    ConnectionState, GroupChange, GroupSummary, InboundSink, JoinOutcome, Outgoing, Quoted,
-    SinkError, WhatsAppClient, WhatsAppError,
+    ConnectionState, GroupChange, GroupPicture, GroupSummary, InboundSink, JoinOutcome, Outgoing,
+    Quoted, SinkError, WhatsAppClient, WhatsAppError,
 };
 use crate::relay::location::Location;
 use crate::relay::media::Media;
 use crate::relay::{GroupSetting, MemberChange, Mention, Shared, WhatsAppRelation, WhatsAppText};
+use whatsapp_rust::http::{HttpClient as _, HttpRequest};
 use whatsapp_rust::wacore::stanza::groups::GroupNotificationAction;
 
 /// WhatsApp Web version announced to the server: the one whatsapp-rust 0.7.0 ships as
@@ -49,6 +50,9 @@ pub(super) const PUSH_NAME: &str = "passerelle";
 
 /// How long `shutdown` waits for the client to flush and stop before aborting it.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Group pictures are small JPEGs (640 px); anything far larger is not one.
+const MAX_GROUP_PICTURE_BYTES: usize = 5 * 1024 * 1024;
 
 /// How many of our recently sent message ids are remembered, so that a retried send
 /// of an id that already went out is not sent a second time.
@@ -91,6 +95,8 @@ pub struct RealWhatsApp {
     acks: ServerAcks,
     /// What each group lets the number send, as last read.
     rules: GroupRules,
+    /// WhatsApp's HTTP client, for group pictures.
+    http: super::server::MediaHttp,
 }
 
 impl RealWhatsApp {
@@ -130,6 +136,7 @@ impl RealWhatsApp {
                 sent_ids: Mutex::new(RecentIds::default()),
                 acks: ServerAcks::default(),
                 rules: GroupRules::default(),
+                http: super::server::media_http_for(options.url.as_deref()),
             }));
         }
 
@@ -168,6 +175,7 @@ impl RealWhatsApp {
             sent_ids: Mutex::new(RecentIds::default()),
             acks,
             rules,
+            http: super::server::media_http_for(options.url.as_deref()),
         }))
     }
 
@@ -388,6 +396,37 @@ impl WhatsAppClient for RealWhatsApp {
             .await
             .map_err(|error| group_error(&error))?;
         Ok(metadata.subject)
+    }
+
+    async fn group_picture(&self, group_jid: &str) -> Result<Option<GroupPicture>, WhatsAppError> {
+        let group = parse_group_jid(group_jid)?;
+        let client = self.usable_client()?;
+        let picture = client
+            .contacts()
+            .get_profile_picture(&group, false)
+            .await
+            .map_err(|error| WhatsAppError::Transient(format!("group picture: {error}")))?;
+        let Some(picture) = picture else {
+            return Ok(None);
+        };
+        let response = self
+            .http
+            .execute(HttpRequest::get(picture.url.clone()))
+            .await
+            .map_err(|error| WhatsAppError::Transient(format!("group picture: {error:#}")))?;
+        match response.status_code {
+            200 if response.body.len() <= MAX_GROUP_PICTURE_BYTES => Ok(Some(GroupPicture {
+                id: picture.id,
+                data: response.body,
+            })),
+            200 => Err(WhatsAppError::Rejected(
+                "the group picture is larger than expected".to_owned(),
+            )),
+            404 | 410 => Ok(None),
+            status => Err(WhatsAppError::Transient(format!(
+                "group picture: HTTP {status}"
+            ))),
+        }
     }
 
     async fn groups(&self) -> Result<Vec<GroupSummary>, WhatsAppError> {
@@ -683,6 +722,8 @@ async fn group_text(client: &Client, inbound: &InboundMessage) -> Option<WhatsAp
         });
         (String::new(), None)
     } else if let Some(found) = shared_of(&inbound.message, base) {
+        // A contact also crosses as its card, a `.vcf` file.
+        media = super::media::contact_card(base);
         shared = Some(found);
         (String::new(), None)
     } else if let Some((found, caption)) = super::media::media_of(base) {
@@ -1076,6 +1117,11 @@ impl EventHandler for Events {
                     .group_changed(&update.group_jid.to_string(), change);
                 return;
             }
+            Event::PictureUpdate(update) if update.jid.server == Server::Group => {
+                self.sink
+                    .group_changed(&update.jid.to_string(), GroupChange::Picture);
+                return;
+            }
             Event::Connected(_) => {
                 self.logged_out.store(false, Ordering::Release);
                 // Changes made while away come as notifications, but a group the
@@ -1141,6 +1187,7 @@ impl EventHandler for Events {
             EventKind::ClientOutdated,
             EventKind::ConnectFailure,
             EventKind::GroupUpdate,
+            EventKind::PictureUpdate,
             EventKind::ServerAck,
         ])
     }

@@ -200,6 +200,26 @@ impl MatrixUser {
         field: &str,
         value: &str,
     ) {
+        self.wait_state_matching(
+            synapse,
+            room_id,
+            event_type,
+            &format!("{field} = {value:?}"),
+            |content| content[field] == value,
+        )
+        .await;
+    }
+
+    /// Waits until the content of the server's state event `event_type` (state key
+    /// "") of the room satisfies `ready`; returns that content.
+    pub async fn wait_state_matching(
+        &self,
+        synapse: &Synapse,
+        room_id: &str,
+        event_type: &str,
+        what: &str,
+        ready: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
         let token = self.client.access_token().expect("logged in");
         let url = synapse.api(&format!(
             "/_matrix/client/v3/rooms/{}/state/{event_type}/",
@@ -213,12 +233,12 @@ impl MatrixUser {
             })
             .await
             .unwrap();
-            if content[field] == value {
-                return;
+            if ready(&content) {
+                return content;
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "{event_type} never had {field} = {value:?}: {content}"
+                "{event_type} never had {what}: {content}"
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }

@@ -125,6 +125,14 @@ pub async fn handle(sim: &Core, req: Request) -> Response {
         ("POST", ["groups"]) => create_group(sim, &req.body),
         ("POST", ["groups", jid, "messages"]) => group_send(sim, jid, &req.body).await,
         ("GET", ["groups", jid]) => group_info(sim, jid),
+        ("PUT", ["groups", jid, "picture"]) => group_picture(sim, jid, Some(req.body)),
+        ("DELETE", ["groups", jid, "picture"]) => group_picture(sim, jid, None),
+        ("GET", ["pp", gid, picture_id]) => {
+            match crate::groups::picture_bytes(&sim.world.lock(), gid, picture_id) {
+                Some(data) => Response::bytes(200, data),
+                None => Response::error(404, "no such picture"),
+            }
+        }
         ("PUT", ["groups", jid]) => group_update(sim, jid, &req.body),
         ("POST", ["groups", jid, "participants"]) => group_participants(sim, jid, &req.body),
         ("GET", ["members", phone, "events"]) => match sim.members.get(phone) {
@@ -395,6 +403,22 @@ fn group_update(sim: &Core, jid: &str, body: &[u8]) -> Response {
     );
     crate::groups::set_settings(&mut inner, &gid, &creator, body.admins_only, body.ephemeral);
     Response::json(200, json!({}))
+}
+
+/// Sets (the request body: image bytes) or removes the group picture, by the creator.
+fn group_picture(sim: &Core, jid: &str, image: Option<Vec<u8>>) -> Response {
+    if image.as_ref().is_some_and(Vec::is_empty) {
+        return Response::error(400, "expected the picture's bytes as the body");
+    }
+    let gid = group_id(jid);
+    let mut inner = sim.world.lock();
+    let Some(creator) = inner.groups.get(&gid).map(|g| g.creator.clone()) else {
+        return Response::error(404, format!("no group {gid}@g.us"));
+    };
+    match crate::groups::set_picture(&mut inner, &gid, &creator, image) {
+        Some(id) => Response::json(200, json!({ "id": id })),
+        None => Response::error(404, format!("no group {gid}@g.us")),
+    }
 }
 
 fn group_participants(sim: &Core, jid: &str, body: &[u8]) -> Response {

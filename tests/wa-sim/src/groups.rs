@@ -26,6 +26,8 @@ pub struct Group {
     pub admins_only: bool,
     /// Disappearing-message timer in seconds (0 = off).
     pub ephemeral: u32,
+    /// The group picture: its id and the image, served at `/pp/{group id}/{picture id}`.
+    pub picture: Option<(String, Vec<u8>)>,
 }
 
 impl Group {
@@ -112,6 +114,7 @@ pub fn create(
         invite_code: invite_code.clone(),
         admins_only: false,
         ephemeral: 0,
+        picture: None,
     };
     let jid = group.jid();
     inner.groups.insert(id, group);
@@ -285,6 +288,87 @@ pub fn set_settings(
         notify(inner, gid, actor, a, &[]);
     }
     true
+}
+
+/// Sets (`Some(image)`) or removes the group picture on behalf of `actor`, and
+/// sends every participant device a `picture` notification. Returns the new
+/// picture id, or `None` for an unknown group.
+pub fn set_picture(
+    inner: &mut Inner,
+    gid: &str,
+    actor: &str,
+    image: Option<Vec<u8>>,
+) -> Option<Option<String>> {
+    inner.next_notification += 1;
+    let serial = inner.next_notification;
+    let group = inner.groups.get_mut(gid)?;
+    let picture_id = image
+        .as_ref()
+        .map(|_| format!("{}{serial:04}", group.creation));
+    group.picture = image.map(|data| (picture_id.clone().unwrap_or_default(), data));
+    let jid = group.jid();
+    let phones = group.participants.clone();
+    let change = match &picture_id {
+        Some(id) => NodeBuilder::new("set")
+            .attr("jid", jid.clone())
+            .attr("id", id.clone())
+            .attr("author", format!("{actor}@{SERVER}")),
+        None => NodeBuilder::new("delete")
+            .attr("jid", jid.clone())
+            .attr("author", format!("{actor}@{SERVER}")),
+    }
+    .build();
+    let node = NodeBuilder::new("notification")
+        .attr("from", jid)
+        .attr("type", "picture")
+        .attr("id", format!("sim-n{serial}"))
+        .attr("t", now())
+        .children([change])
+        .build();
+    let targets: Vec<DeviceKey> = inner
+        .devices
+        .keys()
+        .filter(|k| phones.contains(&k.0))
+        .cloned()
+        .collect();
+    for t in targets {
+        crate::messages::deliver(inner, &t, node.clone());
+    }
+    Some(picture_id)
+}
+
+/// `xmlns="w:profile:picture"` get of a group's picture: its id and URL (on the
+/// simulator's media host), or a 404 inside `<picture>` when it has none.
+pub fn on_picture_iq(conn: &mut Conn, id: &str, node: &Node) -> Node {
+    let target = attr(node, "target").unwrap_or_default();
+    let inner = conn.world.lock();
+    let picture = group_id(&target)
+        .and_then(|gid| inner.groups.get(gid))
+        .and_then(|group| Some((group.id.clone(), group.picture.as_ref()?.0.clone())));
+    let child = match picture {
+        Some((gid, picture_id)) => {
+            let path = format!("/pp/{gid}/{picture_id}");
+            NodeBuilder::new("picture")
+                .attr("id", picture_id)
+                .attr("type", "image")
+                .attr("url", format!("https://{}{path}", crate::media::MEDIA_HOST))
+                .attr("direct_path", path)
+                .build()
+        }
+        None => NodeBuilder::new("picture")
+            .children([NodeBuilder::new("error")
+                .attr("code", "404")
+                .attr("text", "item-not-found")
+                .build()])
+            .build(),
+    };
+    crate::iq::result(id, vec![child])
+}
+
+/// `GET /pp/{group id}/{picture id}`: the picture's bytes, while it is current.
+pub fn picture_bytes(inner: &Inner, gid: &str, picture_id: &str) -> Option<Vec<u8>> {
+    let (current, data) = inner.groups.get(gid)?.picture.as_ref()?;
+    (current == picture_id).then(|| data.clone())
 }
 
 /// Whether `phone` may send messages to the group: a participant, and an admin

@@ -99,6 +99,9 @@ pub async fn on_iq(conn: &mut Conn, node: &Node) {
         ("encrypt", _) if logged_in => keys::on_encrypt(conn, &id, node),
         ("usync", _) if logged_in => usync::on_usync(conn, &id, node),
         ("w:g2", _) if logged_in => groups::on_iq(conn, &id, node),
+        ("w:profile:picture", "picture") if logged_in && ty == "get" => {
+            groups::on_picture_iq(conn, &id, node)
+        }
         ("w:m", "media_conn") if logged_in => result(&id, vec![media::media_conn_node()]),
         _ => {
             log::warn!("unhandled iq xmlns={xmlns:?} type={ty} <{first_child}>: answering 501");
