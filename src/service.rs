@@ -43,6 +43,11 @@ const MATRIX_REACTION_LINK: &str = "mx-reaction:";
 /// WhatsApp message it reacts to and the outbox item's id.
 const MATRIX_DIGEST_LINK: &str = "mx-digest:";
 
+/// Prefix of the links of the bot's reactions standing for WhatsApp reactions
+/// (followed by the WhatsApp message and the emoji), and of the digest keeping who
+/// reacts how (followed by the message).
+const WHATSAPP_ANNOTATIONS: &str = "wa-annotation:";
+
 /// Longest wait between two retries of one outbox item.
 const MAX_RETRY_DELAY_MS: i64 = 60_000;
 /// How often groups whose room could not be set up are tried again.
@@ -830,6 +835,10 @@ impl Bridge {
                 }
                 None => Ok(None),
             },
+            Some(MatrixChange::Annotation { to, reactor, emoji }) => {
+                self.annotate(item, room_id, to, reactor, emoji).await?;
+                Ok(None)
+            }
             Some(MatrixChange::Reaction { to, key, removed }) => {
                 match (self.mirrored_event(item, key), removed) {
                     (Some(line), true) => {
@@ -858,6 +867,78 @@ impl Bridge {
                 }
             }
         }
+    }
+
+    /// Reactions shown as the bot's own (`reactions_to_matrix = "reaction"`):
+    /// `reactor` now reacts `emoji` (empty: no longer) to WhatsApp message `to`. The
+    /// bot reacts once per emoji while anyone still reacts so, and takes its reaction
+    /// back when nobody does. Who reacts how is kept like a digest; it is saved
+    /// after the sends, so a retry decides the same (and the transaction ids make
+    /// the sends idempotent).
+    async fn annotate(
+        &self,
+        item: &OutboxItem,
+        room_id: &str,
+        to: &str,
+        reactor: &str,
+        emoji: &str,
+    ) -> Result<(), crate::matrix::MatrixError> {
+        let Some(target_event) = self.mirrored_event(item, to) else {
+            return Ok(()); // never mirrored: nothing to react to
+        };
+        let digest_key = format!("{WHATSAPP_ANNOTATIONS}{to}");
+        let store_error =
+            |error: crate::store::StoreError| crate::matrix::MatrixError::Store(error.to_string());
+        let mut digest = self
+            .store
+            .digest(&item.group_jid, &digest_key)
+            .map_err(store_error)?;
+        let before = digest
+            .entries
+            .iter()
+            .find(|entry| entry.user == reactor)
+            .map(|entry| entry.emoji.clone());
+        digest.entries.retain(|entry| entry.user != reactor);
+        if !emoji.is_empty() {
+            digest.entries.push(DigestEntry {
+                reaction_event: item.source_id.clone(),
+                user: reactor.to_owned(),
+                emoji: emoji.to_owned(),
+            });
+        }
+        let link_of = |emoji: &str| format!("{WHATSAPP_ANNOTATIONS}{to}:{emoji}");
+        if let Some(before) = before.filter(|before| before != emoji) {
+            if !digest.entries.iter().any(|entry| entry.emoji == before) {
+                if let Some(annotation) = self.mirrored_event(item, &link_of(&before)) {
+                    let txn = format!("{}.undo", item.target_id);
+                    self.matrix.redact(room_id, &txn, &annotation).await?;
+                    if let Err(error) = self.store.forget_link(&item.group_jid, &link_of(&before)) {
+                        tracing::error!("store: {error}");
+                    }
+                }
+            }
+        }
+        if !emoji.is_empty() && self.mirrored_event(item, &link_of(emoji)).is_none() {
+            let annotation = self
+                .matrix
+                .annotate(room_id, &item.target_id, &target_event, emoji)
+                .await?;
+            let link = MessageLink {
+                group_jid: item.group_jid.clone(),
+                wa_id: link_of(emoji),
+                room_id: room_id.to_owned(),
+                event_id: annotation,
+                origin: Direction::ToMatrix,
+                created_at: now_ms() / 1000,
+                sender: String::new(),
+            };
+            if let Err(error) = self.store.record_link(&link) {
+                tracing::error!("store: {error}");
+            }
+        }
+        self.store
+            .save_digest(&item.group_jid, &digest_key, &digest)
+            .map_err(store_error)
     }
 
     async fn deliver_to_whatsapp(&self, item: OutboxItem) {

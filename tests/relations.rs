@@ -18,6 +18,7 @@ use passerelle::whatsapp::GroupChange;
 
 const BOB: &str = "33611111111";
 const CAROL: &str = "33622222222";
+const DAVE: &str = "33633333333";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn whatsapp_replies_edits_deletions_reactions_and_mentions_reach_matrix() {
@@ -386,6 +387,67 @@ async fn matrix_reactions_can_be_one_edited_digest_reply() {
             |m| from_number(m) && matches!(m.relation, Some(WhatsAppRelation::Reaction { .. }))
         ),
         "no reaction of the number itself"
+    );
+    bridge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whatsapp_reactions_can_be_the_bots_own_one_per_emoji() {
+    let synapse = Synapse::shared();
+    let (mut bridge, alice, jid, room) = bridged_group("bot-reactions", "").await;
+    bridge.append_config("[relay]\nreactions_to_matrix = \"reaction\"\n");
+    bridge.service().reload().await.unwrap();
+    let net = bridge.network.clone();
+    let bob_id = net.post(&jid, BOB, Some("Bob"), "on se voit quand ?");
+    let mirrored = alice
+        .wait_for(&room, "Bob's message", |s| {
+            s.body == "Bob: on se voit quand ?"
+        })
+        .await;
+    let react = |who: &str, emoji: &str| {
+        let relation = Some(WhatsAppRelation::Reaction {
+            id: bob_id.clone(),
+            emoji: emoji.into(),
+        });
+        net.post_related(&jid, who, None, "", relation, &[]);
+    };
+    let bot = bridge.bot_user.clone();
+    let wait_annotations = |expected: Vec<&'static str>| {
+        let (alice, room, event, bot) = (&alice, &room, &mirrored.event_id, &bot);
+        async move {
+            let expected: Vec<(String, String)> = expected
+                .iter()
+                .map(|key| (bot.clone(), key.to_string()))
+                .collect();
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+            loop {
+                let found = alice.annotations(synapse, room, event).await;
+                if found == expected {
+                    return;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "expected {expected:?}, found {found:?}"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+        }
+    };
+    // Two people react 👍: one reaction of the bot. One changes to ❤️: both show.
+    react(CAROL, "👍");
+    wait_annotations(vec!["👍"]).await;
+    react(DAVE, "👍");
+    react(CAROL, "❤️");
+    wait_annotations(vec!["❤️", "👍"]).await;
+    // The last 👍 goes: so does the bot's.
+    react(DAVE, "");
+    wait_annotations(vec!["❤️"]).await;
+    assert!(
+        !alice
+            .seen_in(&room)
+            .iter()
+            .any(|s| s.body.contains("reacted") || s.msgtype == "m.notice"),
+        "no reaction lines in this mode, and no refused (doubled) reaction"
     );
     bridge.stop().await;
 }

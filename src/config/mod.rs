@@ -116,6 +116,9 @@ pub enum ReactionsToMatrix {
     /// changes, removed with the reaction): who reacted stays visible.
     #[default]
     Line,
+    /// The bot's own reaction on the mirrored message, one per emoji (Matrix shows
+    /// the count, not who): compact, but who reacted is only seen in WhatsApp.
+    Reaction,
     /// Not relayed.
     Ignore,
 }
@@ -821,9 +824,10 @@ fn check_relay(src: &mut Source, raw: Option<RawRelay>) -> Option<RelayConfig> {
     let to_matrix = match choose(
         "reactions_to_matrix",
         raw.reactions_to_matrix,
-        &["line", "ignore"],
+        &["line", "reaction", "ignore"],
     ) {
         0 => ReactionsToMatrix::Line,
+        1 => ReactionsToMatrix::Reaction,
         _ => ReactionsToMatrix::Ignore,
     };
     let max_file_mb = match raw.max_file_mb {
@@ -1139,13 +1143,25 @@ level = "info,passerelle=debug,matrix_sdk=warn"
             ReactionsToWhatsApp::Ignore
         );
         assert_eq!(config.relay.reactions_to_matrix, ReactionsToMatrix::Ignore);
+        let config = parse(&format!(
+            "{MINIMAL}[relay]\nreactions_to_whatsapp = \"digest\"\nreactions_to_matrix = \"reaction\"\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            config.relay.reactions_to_whatsapp,
+            ReactionsToWhatsApp::Digest
+        );
+        assert_eq!(
+            config.relay.reactions_to_matrix,
+            ReactionsToMatrix::Reaction
+        );
         let (line, message) = problem(&format!(
             "{MINIMAL}[relay]\nreactions_to_matrix = \"emoji\"\n"
         ));
         assert_eq!(line, Some(5));
         assert_eq!(
             message,
-            "`reactions_to_matrix` must be one of \"line\", \"ignore\", not \"emoji\""
+            "`reactions_to_matrix` must be one of \"line\", \"reaction\", \"ignore\", not \"emoji\""
         );
     }
 

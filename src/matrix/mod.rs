@@ -16,7 +16,8 @@ use matrix_sdk::ruma::api::client::room::create_room;
 use matrix_sdk::ruma::api::client::room::Visibility;
 use matrix_sdk::ruma::api::client::sync::sync_events::v3::Filter;
 use matrix_sdk::ruma::api::error::ErrorKind;
-use matrix_sdk::ruma::events::relation::Reply;
+use matrix_sdk::ruma::events::reaction::ReactionEventContent;
+use matrix_sdk::ruma::events::relation::{Annotation, Reply};
 use matrix_sdk::ruma::events::room::member::{MembershipState, StrippedRoomMemberEvent};
 use matrix_sdk::ruma::events::room::message::{
     LocationMessageEventContent, MessageType, Relation, ReplacementMetadata,
@@ -577,6 +578,24 @@ impl MatrixSide {
         media: &crate::relay::media::Media,
     ) -> Result<Vec<u8>, MatrixError> {
         media::download(&self.client, media).await
+    }
+
+    /// The bot's reaction `key` to event `to`, idempotently under `txn_id`.
+    pub async fn annotate(
+        &self,
+        room_id: &str,
+        txn_id: &str,
+        to: &str,
+        key: &str,
+    ) -> Result<String, MatrixError> {
+        let room = self.joined_room(room_id)?;
+        let to = EventId::parse(to).map_err(|_| MatrixError::InvalidId(to.to_string()))?;
+        let content = ReactionEventContent::new(Annotation::new(to, key.to_owned()));
+        let response = room
+            .send(content)
+            .with_transaction_id(OwnedTransactionId::from(txn_id))
+            .await?;
+        Ok(response.response.event_id.to_string())
     }
 
     /// Replaces the text of the bot's event `of` (an `m.replace` edit).

@@ -174,6 +174,13 @@ pub enum MatrixChange {
         key: String,
         removed: bool,
     },
+    /// `reactor` now reacts `emoji` (empty: no longer) to `to`, shown as the bot's
+    /// own reaction on the mirrored event, one per emoji whoever reacted so.
+    Annotation {
+        to: String,
+        reactor: String,
+        emoji: String,
+    },
 }
 
 /// What the bot posts in a Matrix room (stored in the outbox as JSON; fields added
@@ -325,6 +332,19 @@ impl Relay {
                 if self.settings.reactions_to_matrix == ReactionsToMatrix::Ignore =>
             {
                 return Err(Skip::ReactionIgnored);
+            }
+            Some(WhatsAppRelation::Reaction { id, emoji })
+                if self.settings.reactions_to_matrix == ReactionsToMatrix::Reaction =>
+            {
+                return Ok(MatrixPost {
+                    change: Some(MatrixChange::Annotation {
+                        to: id.clone(),
+                        reactor: message.sender_phone.clone(),
+                        emoji: single_line(emoji),
+                    }),
+                    sender: message.sender_phone.clone(),
+                    ..MatrixPost::default()
+                });
             }
             Some(WhatsAppRelation::Reaction { id, emoji }) => {
                 let emoji = single_line(emoji);

@@ -244,6 +244,39 @@ impl MatrixUser {
         }
     }
 
+    /// The reactions (`sender`, `key`) the server has on `event_id`, redacted ones
+    /// left out.
+    pub async fn annotations(
+        &self,
+        synapse: &Synapse,
+        room_id: &str,
+        event_id: &str,
+    ) -> Vec<(String, String)> {
+        let token = self.client.access_token().expect("logged in");
+        let url = synapse.api(&format!(
+            "/_matrix/client/v1/rooms/{}/relations/{}/m.annotation",
+            urlencode(room_id),
+            urlencode(event_id)
+        ));
+        let (status, body) = tokio::task::spawn_blocking(move || {
+            super::synapse::http_json("GET", &url, Some(&token), None)
+        })
+        .await
+        .unwrap();
+        assert_eq!(status, 200, "{body}");
+        let mut found: Vec<(String, String)> = body["chunk"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|event| {
+                let key = event["content"]["m.relates_to"]["key"].as_str()?;
+                Some((event["sender"].as_str()?.to_owned(), key.to_owned()))
+            })
+            .collect();
+        found.sort();
+        found
+    }
+
     /// Waits until the server shows `event_id` as redacted.
     pub async fn wait_redacted(&self, synapse: &Synapse, room_id: &str, event_id: &str) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
