@@ -1309,7 +1309,7 @@ async fn photos_voice_notes_documents_and_locations_cross_through_whatsapp_rust(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn disappearing_messages_and_admins_only_mode_are_told_and_respected() {
+async fn group_calls_disappearing_messages_and_admins_only_mode_are_told_and_respected() {
     init_test_logs();
     let synapse = Synapse::shared();
     let mut scene = linked_scene(synapse, "Réglages", false, "").await;
@@ -1319,6 +1319,20 @@ async fn disappearing_messages_and_admins_only_mode_are_told_and_respected() {
     bob_says(sim, jid, "bonjour").await;
     alice
         .wait_for(&room, "Bob's message", |s| s.body == "Bob: bonjour")
+        .await;
+
+    // Bob calls the group: the room hears where to join (calls do not cross).
+    let (status, body) = control(
+        "POST",
+        format!("{}groups/{jid}/call", sim.http_url()),
+        json!({"from": BOB, "video": false}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    alice
+        .wait_for(&room, "the call line", |s| {
+            s.body == "Bob started a group call in WhatsApp: join it on a phone."
+        })
         .await;
 
     // Bob turns on disappearing messages: the room is told what that means here,

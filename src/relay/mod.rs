@@ -62,6 +62,8 @@ pub enum Shared {
     },
     /// A setting of the group changed (by the message's sender, when known).
     Setting(GroupSetting),
+    /// The sender started a group call (voice, or video).
+    Call { video: bool },
 }
 
 /// A group setting that changes what the room can expect.
@@ -779,6 +781,19 @@ fn shared_for_matrix(shared: &Shared, name: &str) -> (String, String) {
             let html = format!("<em>{}</em>", escape_html(&body));
             (body, html)
         }
+        Shared::Call { video } => {
+            let what = if *video {
+                "a group video call"
+            } else {
+                "a group call"
+            };
+            (
+                format!("{name} started {what} in WhatsApp: join it on a phone."),
+                format!(
+                    "<em><strong>{who}</strong> started {what} in WhatsApp: join it on a phone.</em>"
+                ),
+            )
+        }
         Shared::Setting(setting) => {
             let body = setting_line(*setting, name);
             let html = format!("<em>{}</em>", escape_html(&body));
@@ -1039,6 +1054,14 @@ mod tests {
         assert_eq!(
             line(GroupSetting::OnlyAdminsSend(false)),
             "Bob changed the group's settings: everyone can send messages again."
+        );
+        message.shared = Some(Shared::Call { video: true });
+        assert_eq!(
+            relay
+                .from_whatsapp(Some(&group(None)), &message, false)
+                .unwrap()
+                .body,
+            "Bob started a group video call in WhatsApp: join it on a phone."
         );
         assert_eq!(duration_words(90), "90 seconds");
         assert_eq!(duration_words(3_600), "1 hour");

@@ -25,6 +25,7 @@ use whatsapp_rust::types::events::{
 use whatsapp_rust::types::message::{AddressingMode, MessageInfo};
 use whatsapp_rust::wacore::proto_helpers::{build_reaction_message, MessageBuilderExt, MessageExt};
 use whatsapp_rust::wacore::time::now_millis;
+use whatsapp_rust::wacore::types::call::{CallAction, IncomingCall};
 use whatsapp_rust::waproto::buffa::MessageField;
 use whatsapp_rust::waproto::whatsapp as wa;
 use whatsapp_rust::waproto::whatsapp::message::protocol_message::Type as ProtocolType;
@@ -837,6 +838,32 @@ fn setting_change(update: &GroupUpdate) -> Option<WhatsAppText> {
     })
 }
 
+/// A group call someone started, as a line for the room (calls do not cross: the
+/// line says where to join). Its id is derived from the call's, so an offer seen
+/// twice (offline, then live) is told once. Calls to the number itself are no
+/// group's business and are left alone.
+fn group_call(call: &IncomingCall) -> Option<WhatsAppText> {
+    let CallAction::Offer {
+        call_id,
+        call_creator,
+        caller_pn,
+        is_video,
+        group_jid: Some(group),
+        ..
+    } = &call.action
+    else {
+        return None;
+    };
+    Some(WhatsAppText {
+        group_jid: group.to_string(),
+        message_id: format!("call.{call_id}"),
+        sender_phone: phone_or_lid(call_creator, caller_pn.as_ref()),
+        push_name: call.notify.clone().filter(|name| !name.is_empty()),
+        shared: Some(Shared::Call { video: *is_video }),
+        ..WhatsAppText::default()
+    })
+}
+
 /// The id a group notification's line gets in the room: derived from the
 /// notification's, so a notification seen twice is told once.
 fn notification_message_id(update: &GroupUpdate) -> String {
@@ -1117,6 +1144,14 @@ impl EventHandler for Events {
                     .group_changed(&update.group_jid.to_string(), change);
                 return;
             }
+            Event::IncomingCall(call) => {
+                if let Some(message) = group_call(call) {
+                    if let Err(error) = self.sink.message(message) {
+                        tracing::error!("group call notice not stored: {error}");
+                    }
+                }
+                return;
+            }
             Event::PictureUpdate(update) if update.jid.server == Server::Group => {
                 self.sink
                     .group_changed(&update.jid.to_string(), GroupChange::Picture);
@@ -1188,6 +1223,7 @@ impl EventHandler for Events {
             EventKind::ConnectFailure,
             EventKind::GroupUpdate,
             EventKind::PictureUpdate,
+            EventKind::IncomingCall,
             EventKind::ServerAck,
         ])
     }

@@ -124,6 +124,7 @@ pub async fn handle(sim: &Core, req: Request) -> Response {
         ("POST", ["members", phone, "messages"]) => send(sim, phone, &req.body).await,
         ("POST", ["groups"]) => create_group(sim, &req.body),
         ("POST", ["groups", jid, "messages"]) => group_send(sim, jid, &req.body).await,
+        ("POST", ["groups", jid, "call"]) => group_call(sim, jid, &req.body),
         ("GET", ["groups", jid]) => group_info(sim, jid),
         ("PUT", ["groups", jid, "picture"]) => group_picture(sim, jid, Some(req.body)),
         ("DELETE", ["groups", jid, "picture"]) => group_picture(sim, jid, None),
@@ -403,6 +404,30 @@ fn group_update(sim: &Core, jid: &str, body: &[u8]) -> Response {
     );
     crate::groups::set_settings(&mut inner, &gid, &creator, body.admins_only, body.ephemeral);
     Response::json(200, json!({}))
+}
+
+#[derive(Deserialize)]
+struct CallBody {
+    from: String,
+    #[serde(default)]
+    video: bool,
+}
+
+/// A participant starts a group call (every other participant's devices ring).
+fn group_call(sim: &Core, jid: &str, body: &[u8]) -> Response {
+    let body: CallBody = match parse(body, r#"{"from": "33611111111", "video": false}"#) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let gid = group_id(jid);
+    let mut inner = sim.world.lock();
+    if !inner.groups.contains_key(&gid) {
+        return Response::error(404, format!("no group {gid}@g.us"));
+    }
+    match crate::groups::start_call(&mut inner, &gid, &body.from, body.video) {
+        Some(call_id) => Response::json(200, json!({ "call_id": call_id })),
+        None => Response::error(400, format!("{} is not in the group", body.from)),
+    }
 }
 
 /// Sets (the request body: image bytes) or removes the group picture, by the creator.

@@ -337,6 +337,54 @@ pub fn set_picture(
     Some(picture_id)
 }
 
+/// `caller` starts a group call: every other participant device gets the `<call>`
+/// offer naming the group (as WhatsApp rings them). Returns the call id, or
+/// `None` when the group is unknown or the caller not in it.
+pub fn start_call(inner: &mut Inner, gid: &str, caller: &str, video: bool) -> Option<String> {
+    let group = inner.groups.get(gid)?;
+    if !group.participants.iter().any(|p| p == caller) {
+        return None;
+    }
+    let jid = group.jid();
+    let phones = group.participants.clone();
+    inner.next_notification += 1;
+    let call_id = format!("SIMCALL{:012}", inner.next_notification);
+    let stanza_id = format!("sim-c{}", inner.next_notification);
+    let mut offer = NodeBuilder::new("offer")
+        .attr("call-id", call_id.clone())
+        .attr("call-creator", format!("{caller}@{SERVER}"))
+        .attr("group-jid", jid);
+    let mut media = vec![
+        NodeBuilder::new("audio")
+            .attr("enc", "opus")
+            .attr("rate", "16000")
+            .build(),
+    ];
+    if video {
+        media.push(NodeBuilder::new("video").attr("enc", "vp8").build());
+    }
+    offer = offer.children(media);
+    let offer = offer.build();
+    let targets: Vec<DeviceKey> = inner
+        .devices
+        .keys()
+        .filter(|k| phones.contains(&k.0) && k.0 != caller)
+        .cloned()
+        .collect();
+    for target in targets {
+        let node = NodeBuilder::new("call")
+            .attr("from", format!("{caller}@{SERVER}"))
+            .attr("id", stanza_id.clone())
+            .attr("t", now())
+            .attr("platform", "android")
+            .attr("version", "2.25.1.1")
+            .children([offer.clone()])
+            .build();
+        crate::messages::deliver(inner, &target, node);
+    }
+    Some(call_id)
+}
+
 /// `xmlns="w:profile:picture"` get of a group's picture: its id and URL (on the
 /// simulator's media host), or a 404 inside `<picture>` when it has none.
 pub fn on_picture_iq(conn: &mut Conn, id: &str, node: &Node) -> Node {
