@@ -175,19 +175,29 @@ impl MatrixUser {
         room_id: &str,
         event_id: &str,
     ) -> serde_json::Value {
+        let (status, body) = self
+            .get(
+                synapse,
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/event/{}",
+                    urlencode(room_id),
+                    urlencode(event_id)
+                ),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    /// `GET path` on the homeserver as this user: the status and the JSON answer.
+    async fn get(&self, synapse: &Synapse, path: &str) -> (u16, serde_json::Value) {
         let token = self.client.access_token().expect("logged in");
-        let url = synapse.api(&format!(
-            "/_matrix/client/v3/rooms/{}/event/{}",
-            urlencode(room_id),
-            urlencode(event_id)
-        ));
-        let (status, body) = tokio::task::spawn_blocking(move || {
+        let url = synapse.api(path);
+        tokio::task::spawn_blocking(move || {
             super::synapse::http_json("GET", &url, Some(&token), None)
         })
         .await
-        .unwrap();
-        assert_eq!(status, 200, "{body}");
-        body
+        .unwrap()
     }
 
     /// Waits until the server's state event `event_type` (state key "") of the room
@@ -220,19 +230,13 @@ impl MatrixUser {
         what: &str,
         ready: impl Fn(&serde_json::Value) -> bool,
     ) -> serde_json::Value {
-        let token = self.client.access_token().expect("logged in");
-        let url = synapse.api(&format!(
+        let path = format!(
             "/_matrix/client/v3/rooms/{}/state/{event_type}/",
             urlencode(room_id)
-        ));
+        );
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
-            let (url, token) = (url.clone(), token.clone());
-            let (_, content) = tokio::task::spawn_blocking(move || {
-                super::synapse::http_json("GET", &url, Some(&token), None)
-            })
-            .await
-            .unwrap();
+            let (_, content) = self.get(synapse, &path).await;
             if ready(&content) {
                 return content;
             }
@@ -252,17 +256,16 @@ impl MatrixUser {
         room_id: &str,
         event_id: &str,
     ) -> Vec<(String, String)> {
-        let token = self.client.access_token().expect("logged in");
-        let url = synapse.api(&format!(
-            "/_matrix/client/v1/rooms/{}/relations/{}/m.annotation",
-            urlencode(room_id),
-            urlencode(event_id)
-        ));
-        let (status, body) = tokio::task::spawn_blocking(move || {
-            super::synapse::http_json("GET", &url, Some(&token), None)
-        })
-        .await
-        .unwrap();
+        let (status, body) = self
+            .get(
+                synapse,
+                &format!(
+                    "/_matrix/client/v1/rooms/{}/relations/{}/m.annotation",
+                    urlencode(room_id),
+                    urlencode(event_id)
+                ),
+            )
+            .await;
         assert_eq!(status, 200, "{body}");
         let mut found: Vec<(String, String)> = body["chunk"]
             .as_array()

@@ -147,6 +147,11 @@ pub fn notify(inner: &mut Inner, gid: &str, actor: &str, action: Node, also: &[S
         .attr("t", now())
         .children([action])
         .build();
+    deliver_to_phones(inner, &phones, &node);
+}
+
+/// Delivers `node` to every device of the users `phones`.
+fn deliver_to_phones(inner: &mut Inner, phones: &[String], node: &Node) {
     let targets: Vec<DeviceKey> = inner
         .devices
         .keys()
@@ -325,15 +330,7 @@ pub fn set_picture(
         .attr("t", now())
         .children([change])
         .build();
-    let targets: Vec<DeviceKey> = inner
-        .devices
-        .keys()
-        .filter(|k| phones.contains(&k.0))
-        .cloned()
-        .collect();
-    for t in targets {
-        crate::messages::deliver(inner, &t, node.clone());
-    }
+    deliver_to_phones(inner, &phones, &node);
     Some(picture_id)
 }
 
