@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use async_trait::async_trait;
 
 use super::{
-    ConnectionState, GroupChange, GroupSummary, InboundSink, JoinOutcome, Outgoing, WhatsAppClient,
-    WhatsAppError,
+    ConnectionState, GroupChange, GroupSummary, InboundSink, JoinOutcome, Outgoing, Quoted,
+    WhatsAppClient, WhatsAppError,
 };
 use crate::relay::media::Media;
 use crate::relay::{Mention, WhatsAppRelation, WhatsAppText};
@@ -316,14 +316,14 @@ impl WhatsAppClient for FakeClient {
         outgoing: &Outgoing,
     ) -> Result<(), WhatsAppError> {
         let mut file = None;
+        let reply = |reply_to: &Option<Quoted>| {
+            reply_to.as_ref().map(|quoted| WhatsAppRelation::Reply {
+                id: quoted.id.clone(),
+                quoted: None,
+            })
+        };
         let (text, relation) = match outgoing {
-            Outgoing::Text { text, reply_to, .. } => (
-                text.clone(),
-                reply_to.as_ref().map(|quoted| WhatsAppRelation::Reply {
-                    id: quoted.id.clone(),
-                    quoted: None,
-                }),
-            ),
+            Outgoing::Text { text, reply_to, .. } => (text.clone(), reply(reply_to)),
             Outgoing::Location { location } => (location.describe(), None),
             Outgoing::Media {
                 media,
@@ -332,13 +332,7 @@ impl WhatsAppClient for FakeClient {
                 reply_to,
             } => {
                 file = Some((media.clone(), data.clone()));
-                (
-                    caption.clone().unwrap_or_default(),
-                    reply_to.as_ref().map(|quoted| WhatsAppRelation::Reply {
-                        id: quoted.id.clone(),
-                        quoted: None,
-                    }),
-                )
+                (caption.clone().unwrap_or_default(), reply(reply_to))
             }
             Outgoing::Edit { target, text } => (
                 text.clone(),
