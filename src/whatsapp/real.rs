@@ -206,19 +206,6 @@ impl RealWhatsApp {
         Ok(client)
     }
 
-    /// Sends `message` under `message_id` and returns once WhatsApp's server
-    /// acknowledged it (see [`ServerAcks`]).
-    async fn send_confirmed(
-        &self,
-        client: &Client,
-        group: Jid,
-        message: wa::Message,
-        message_id: &str,
-    ) -> Result<(), WhatsAppError> {
-        self.send_confirmed_with(client, group, message, message_id, SendOptions::default())
-            .await
-    }
-
     /// A new message (not an edit, deletion or reaction): refused here when only
     /// admins may send and the number is not one (WhatsApp would refuse it), and
     /// carrying the group's disappearing timer, so that the number's messages
@@ -227,7 +214,7 @@ impl RealWhatsApp {
         &self,
         client: &Client,
         group: Jid,
-        message: wa::Message,
+        mut message: wa::Message,
         message_id: &str,
     ) -> Result<(), WhatsAppError> {
         let rules = self.rules.of(client, &group).await?;
@@ -237,7 +224,6 @@ impl RealWhatsApp {
             ));
         }
         let mut options = SendOptions::default();
-        let mut message = message;
         if rules.disappear_after > 0 {
             // A bare text has no context to carry the timer: send it as the
             // extended form, which does.
@@ -250,11 +236,13 @@ impl RealWhatsApp {
             }
             options.ephemeral_expiration = Some(rules.disappear_after);
         }
-        self.send_confirmed_with(client, group, message, message_id, options)
+        self.send_confirmed(client, group, message, message_id, options)
             .await
     }
 
-    async fn send_confirmed_with(
+    /// Sends `message` under `message_id` and returns once WhatsApp's server
+    /// acknowledged it (see [`ServerAcks`]).
+    async fn send_confirmed(
         &self,
         client: &Client,
         group: Jid,
@@ -363,13 +351,25 @@ impl WhatsAppClient for RealWhatsApp {
             // after a crash is recognised by WhatsApp as the same stanza.
             Outgoing::Edit { target, text } => {
                 let message = edit_message(&group, target, own_jid_in(client, &group).await?, text);
-                self.send_confirmed(client, group.clone(), message, message_id)
-                    .await?;
+                self.send_confirmed(
+                    client,
+                    group.clone(),
+                    message,
+                    message_id,
+                    SendOptions::default(),
+                )
+                .await?;
             }
             Outgoing::Revoke { target } => {
                 let message = revoke_message(&group, target);
-                self.send_confirmed(client, group.clone(), message, message_id)
-                    .await?;
+                self.send_confirmed(
+                    client,
+                    group.clone(),
+                    message,
+                    message_id,
+                    SendOptions::default(),
+                )
+                .await?;
             }
             // One reaction per number and message: a repeat replaces it with itself.
             Outgoing::React { target, emoji } => {
@@ -380,8 +380,14 @@ impl WhatsAppClient for RealWhatsApp {
                     participant: Some(participant_of(client, target)?),
                 };
                 let message = build_reaction_message(key, emoji.as_str(), now_millis());
-                self.send_confirmed(client, group.clone(), message, message_id)
-                    .await?;
+                self.send_confirmed(
+                    client,
+                    group.clone(),
+                    message,
+                    message_id,
+                    SendOptions::default(),
+                )
+                .await?;
             }
         }
         self.remember_sent(message_id);

@@ -343,11 +343,16 @@ pub fn start_call(inner: &mut Inner, gid: &str, caller: &str, video: bool) -> Op
         return None;
     }
     let jid = group.jid();
-    let phones = group.participants.clone();
+    let others: Vec<String> = group
+        .participants
+        .iter()
+        .filter(|p| *p != caller)
+        .cloned()
+        .collect();
     inner.next_notification += 1;
     let call_id = format!("SIMCALL{:012}", inner.next_notification);
     let stanza_id = format!("sim-c{}", inner.next_notification);
-    let mut offer = NodeBuilder::new("offer")
+    let offer = NodeBuilder::new("offer")
         .attr("call-id", call_id.clone())
         .attr("call-creator", format!("{caller}@{SERVER}"))
         .attr("group-jid", jid);
@@ -360,25 +365,15 @@ pub fn start_call(inner: &mut Inner, gid: &str, caller: &str, video: bool) -> Op
     if video {
         media.push(NodeBuilder::new("video").attr("enc", "vp8").build());
     }
-    offer = offer.children(media);
-    let offer = offer.build();
-    let targets: Vec<DeviceKey> = inner
-        .devices
-        .keys()
-        .filter(|k| phones.contains(&k.0) && k.0 != caller)
-        .cloned()
-        .collect();
-    for target in targets {
-        let node = NodeBuilder::new("call")
-            .attr("from", format!("{caller}@{SERVER}"))
-            .attr("id", stanza_id.clone())
-            .attr("t", now())
-            .attr("platform", "android")
-            .attr("version", "2.25.1.1")
-            .children([offer.clone()])
-            .build();
-        crate::messages::deliver(inner, &target, node);
-    }
+    let node = NodeBuilder::new("call")
+        .attr("from", format!("{caller}@{SERVER}"))
+        .attr("id", stanza_id)
+        .attr("t", now())
+        .attr("platform", "android")
+        .attr("version", "2.25.1.1")
+        .children([offer.children(media).build()])
+        .build();
+    deliver_to_phones(inner, &others, &node);
     Some(call_id)
 }
 
