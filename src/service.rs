@@ -17,12 +17,14 @@ use crate::matrix::{MatrixEvents, MatrixSide, RoomSetup};
 use crate::metrics;
 use crate::relay::pacing::{Pacer, Wait};
 use crate::relay::{
-    self, MatrixChange, MatrixPost, MatrixText, Mention, Relay, Shared, Skip, WhatsAppChange,
-    WhatsAppPost, WhatsAppText,
+    self, MatrixChange, MatrixPost, MatrixText, Mention, PollVoter, Relay, Shared, Skip,
+    WhatsAppChange, WhatsAppPost, WhatsAppText,
 };
 use crate::secret_file;
 use crate::status;
-use crate::store::{Digest, DigestEntry, Direction, MessageLink, NewOutboxItem, OutboxItem, Store};
+use crate::store::{
+    Digest, DigestEntry, Direction, MessageLink, NewOutboxItem, OutboxItem, PollVote, Store,
+};
 use crate::whatsapp::fake::FakeNetwork;
 use crate::whatsapp::real::{RealOptions, RealWhatsApp};
 use crate::whatsapp::{
@@ -1467,6 +1469,45 @@ impl Bridge {
 }
 
 impl Bridge {
+    /// A vote read from a poll: records it (a voter's latest vote counts) and fills
+    /// the ballot in with everyone's current vote and the names to show, for the
+    /// poll's line to be edited with its tally.
+    fn count_vote(&self, message: &mut WhatsAppText) -> Result<(), crate::store::StoreError> {
+        let Some(Shared::PollVote(Some(ballot))) = &mut message.shared else {
+            return Ok(());
+        };
+        self.store.record_poll_vote(
+            &message.group_jid,
+            &ballot.poll_id,
+            &PollVote {
+                voter: message.sender_phone.clone(),
+                choices: ballot.choices.clone(),
+                voted_at_ms: ballot.voted_at_ms,
+            },
+        )?;
+        let name_of = |phone: &str| -> Result<String, crate::store::StoreError> {
+            Ok(self
+                .store
+                .known_name(phone)?
+                .unwrap_or_else(|| format!("+{phone}")))
+        };
+        ballot.creator_name = self.store.known_name(&ballot.creator_phone)?;
+        ballot.tally = self
+            .store
+            .poll_votes(&message.group_jid, &ballot.poll_id)?
+            .into_iter()
+            .map(|vote| {
+                Ok(PollVoter {
+                    name: name_of(&vote.voter)?,
+                    choices: vote.choices,
+                })
+            })
+            .collect::<Result<_, crate::store::StoreError>>()?;
+        Ok(())
+    }
+}
+
+impl Bridge {
     /// Runs `work` on the runtime with a strong handle on the bridge, for callbacks
     /// that only have `&self`; does nothing outside a runtime or once it is gone.
     fn spawn_with_self<F, Fut>(&self, work: F)
@@ -1535,6 +1576,8 @@ impl InboundSink for Bridge {
         let group = active.groups.get(&message.group_jid);
         if group.is_some() {
             self.resolve_sender_name(&mut message);
+            self.count_vote(&mut message)
+                .map_err(|e| SinkError(e.to_string()))?;
         }
         let own = self
             .store

@@ -479,16 +479,8 @@ async fn a_message_received_before_a_kill_9_is_relayed_once_after_restart() {
 
 /// Bob's client sends `body` (the control API's send fields) to the group; returns
 /// the WhatsApp message id.
-async fn bob_sends(sim: &wa_sim::Simulator, jid: &str, mut body: serde_json::Value) -> String {
-    body["from"] = json!(BOB);
-    let (status, answer) = control(
-        "POST",
-        format!("{}groups/{jid}/messages", sim.http_url()),
-        body,
-    )
-    .await;
-    assert_eq!(status, 200, "{answer}");
-    answer["id"].as_str().unwrap().to_string()
+async fn bob_sends(sim: &wa_sim::Simulator, jid: &str, body: serde_json::Value) -> String {
+    member_sends(sim, BOB, jid, body).await
 }
 
 /// Waits until member `phone`'s client received a message matching `found` in `chat`
@@ -1403,6 +1395,121 @@ async fn group_calls_disappearing_messages_and_admins_only_mode_are_told_and_res
         "the refused message never reached WhatsApp"
     );
     scene.bridge.stop().await;
+}
+
+/// Member `phone` sends `body` (a control-API send body) to group `jid`; returns
+/// the message id.
+async fn member_sends(
+    sim: &wa_sim::Simulator,
+    phone: &str,
+    jid: &str,
+    mut body: serde_json::Value,
+) -> String {
+    body["from"] = json!(phone);
+    let (status, answer) = control(
+        "POST",
+        format!("{}groups/{jid}/messages", sim.http_url()),
+        body,
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    answer["id"].as_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn poll_votes_are_read_with_the_polls_secret_and_tallied_on_its_line() {
+    init_test_logs();
+    let synapse = Synapse::shared();
+    let mut scene = linked_scene(synapse, "Sondage", false, "").await;
+    let room = scene.start().await;
+    let (sim, alice, jid) = (&scene.sim, &scene.alice, &scene.jid);
+    let (status, body) = control(
+        "POST",
+        format!("{}members", sim.http_url()),
+        json!({"phone": CAROL, "name": "Carol"}),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = control(
+        "POST",
+        format!("{}groups/{jid}/participants", sim.http_url()),
+        json!({ "add": [CAROL] }),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+
+    let poll = bob_sends(
+        sim,
+        jid,
+        json!({"poll": {"question": "Quel jour ?", "options": ["Samedi", "Dimanche"]}}),
+    )
+    .await;
+    let line = alice
+        .wait_for(&room, "Bob's poll", |s| {
+            s.body == "Bob started a poll: Quel jour ?\n1. Samedi\n2. Dimanche\n(Vote in WhatsApp.)"
+        })
+        .await;
+    // Carol has the poll on her phone before she votes.
+    wait_member_message(sim, CAROL, jid, "Bob's poll", |m| m["id"] == json!(poll)).await;
+
+    // Each vote (encrypted with the poll's secret by whatsapp-rust's polls().vote)
+    // edits the poll's line with the tally; a voter's latest vote counts.
+    let tally = |samedi: &str, dimanche: &str, voted: &str| {
+        format!(
+            "Bob started a poll: Quel jour ?\n1. Samedi {samedi}\n2. Dimanche {dimanche}\n\
+             (Vote in WhatsApp: {voted}.)"
+        )
+    };
+    let steps = [
+        (
+            CAROL,
+            vec!["Samedi"],
+            tally("(1: Carol)", "(0)", "1 person voted"),
+        ),
+        (
+            BOB,
+            vec!["Dimanche"],
+            tally("(1: Carol)", "(1: Bob)", "2 people voted"),
+        ),
+        (
+            BOB,
+            vec!["Samedi"],
+            tally("(2: Carol, Bob)", "(0)", "2 people voted"),
+        ),
+        (CAROL, vec![], tally("(1: Bob)", "(0)", "1 person voted")),
+    ];
+    for (voter, options, expected) in &steps {
+        member_sends(
+            sim,
+            voter,
+            jid,
+            json!({"vote": {"poll": poll, "options": options}}),
+        )
+        .await;
+        let edit = alice
+            .wait_for(&room, "the poll's tally", |s| &s.body == expected)
+            .await;
+        assert_eq!(
+            edit.relation,
+            Some(("replace".into(), line.event_id.clone())),
+            "a vote edits the poll's line"
+        );
+    }
+    let html = alice
+        .seen_in(&room)
+        .into_iter()
+        .rfind(|s| s.relation.is_some())
+        .and_then(|s| s.html)
+        .unwrap();
+    assert!(html.contains("<li>Samedi <em>(1: Bob)</em></li>"), "{html}");
+    // Votes are not lines of their own: the poll and its four edits, nothing else.
+    let bot_events: Vec<_> = alice
+        .seen_in(&room)
+        .into_iter()
+        .skip_while(|s| s.event_id != line.event_id)
+        .filter(|s| s.sender == scene.bridge.bot_user)
+        .collect();
+    assert_eq!(bot_events.len(), 1 + steps.len(), "{bot_events:#?}");
 }
 
 /// Everything member `phone` has in `chat`, in order.

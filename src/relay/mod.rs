@@ -48,8 +48,9 @@ pub enum Shared {
         question: String,
         options: Vec<String>,
     },
-    /// A vote in a poll (its choice is encrypted for the poll's author only).
-    PollVote,
+    /// A vote in a poll: what it says when the bridge saw the poll and could read
+    /// the vote (votes are encrypted with the poll's secret), else nothing.
+    PollVote(Option<Box<PollBallot>>),
     /// A photo, video or voice note that can be opened once, on a phone only: its
     /// file is never fetched.
     ViewOnce { kind: String },
@@ -64,6 +65,32 @@ pub enum Shared {
     Setting(GroupSetting),
     /// The sender started a group call (voice, or video).
     Call { video: bool },
+}
+
+/// A vote read from a poll the bridge saw, with the poll it answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PollBallot {
+    pub poll_id: String,
+    pub question: String,
+    pub options: Vec<String>,
+    /// Phone number of who started the poll.
+    pub creator_phone: String,
+    /// The options the voter picks now (none: they took their vote back).
+    pub choices: Vec<String>,
+    /// When the voter voted (ms since the epoch): a voter's latest vote counts.
+    pub voted_at_ms: i64,
+    /// Filled in by the service from what it recorded before the relay reads the
+    /// ballot: the poll creator's name, and every voter's current vote.
+    pub creator_name: Option<String>,
+    pub tally: Vec<PollVoter>,
+}
+
+/// One voter's current vote, as the poll's tally shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PollVoter {
+    pub name: String,
+    /// Empty when they took their vote back.
+    pub choices: Vec<String>,
 }
 
 /// A group setting that changes what the room can expect.
@@ -380,6 +407,28 @@ impl Relay {
             return Ok(MatrixPost {
                 body: format!("{name} {note}."),
                 html: format!("<em>{} {}.</em>", escape_html(&name), escape_html(&note)),
+                sender: message.sender_phone.clone(),
+                ..MatrixPost::default()
+            });
+        }
+        if let Some(Shared::PollVote(Some(ballot))) = &message.shared {
+            // The poll's line shows the tally: the vote edits it.
+            let creator = match ballot.creator_name.as_deref().map(single_line) {
+                Some(name) if !name.is_empty() => name,
+                _ => format!("+{}", ballot.creator_phone),
+            };
+            let (body, html) = poll_lines(
+                &creator,
+                &ballot.question,
+                &ballot.options,
+                Some(&ballot.tally),
+            );
+            return Ok(MatrixPost {
+                body,
+                html,
+                change: Some(MatrixChange::Edit {
+                    of: ballot.poll_id.clone(),
+                }),
                 sender: message.sender_phone.clone(),
                 ..MatrixPost::default()
             });
@@ -722,24 +771,8 @@ fn shared_for_matrix(shared: &Shared, name: &str) -> (String, String) {
                 ),
             )
         }
-        Shared::Poll { question, options } => {
-            let question = single_line(question);
-            let mut body = format!("{name} started a poll: {question}");
-            let mut items = String::new();
-            for (number, option) in options.iter().enumerate() {
-                body.push_str(&format!("\n{}. {}", number + 1, single_line(option)));
-                items.push_str(&format!("<li>{}</li>", escape_html(&single_line(option))));
-            }
-            body.push_str("\n(Vote in WhatsApp.)");
-            (
-                body,
-                format!(
-                    "<strong>{who}</strong> started a poll: {}<ol>{items}</ol><em>Vote in WhatsApp.</em>",
-                    escape_html(&question)
-                ),
-            )
-        }
-        Shared::PollVote => (
+        Shared::Poll { question, options } => poll_lines(name, question, options, None),
+        Shared::PollVote(_) => (
             format!("{name} voted in a poll: the results are in WhatsApp."),
             format!(
                 "<em><strong>{who}</strong> voted in a poll: the results are in WhatsApp.</em>"
@@ -810,6 +843,52 @@ fn shared_for_matrix(shared: &Shared, name: &str) -> (String, String) {
             )
         }
     }
+}
+
+/// A poll's line: its question and options, and once votes came, how many people
+/// picked each option and who (`tally`: every voter's current vote).
+fn poll_lines(
+    name: &str,
+    question: &str,
+    options: &[String],
+    tally: Option<&[PollVoter]>,
+) -> (String, String) {
+    let question = single_line(question);
+    let mut body = format!("{name} started a poll: {question}");
+    let mut html = format!(
+        "<strong>{}</strong> started a poll: {}<ol>",
+        escape_html(name),
+        escape_html(&question)
+    );
+    for (number, option) in options.iter().enumerate() {
+        let option_text = single_line(option);
+        body.push_str(&format!("\n{}. {option_text}", number + 1));
+        html.push_str(&format!("<li>{}", escape_html(&option_text)));
+        if let Some(tally) = tally {
+            let voters: Vec<String> = tally
+                .iter()
+                .filter(|voter| voter.choices.contains(option))
+                .map(|voter| single_line(&voter.name))
+                .collect();
+            let count = if voters.is_empty() {
+                "(0)".to_owned()
+            } else {
+                format!("({}: {})", voters.len(), voters.join(", "))
+            };
+            body.push_str(&format!(" {count}"));
+            html.push_str(&format!(" <em>{}</em>", escape_html(&count)));
+        }
+        html.push_str("</li>");
+    }
+    let footer = match tally.map(|tally| tally.iter().filter(|v| !v.choices.is_empty()).count()) {
+        None => "Vote in WhatsApp.".to_owned(),
+        Some(0) => "Vote in WhatsApp: nobody has voted.".to_owned(),
+        Some(1) => "Vote in WhatsApp: 1 person voted.".to_owned(),
+        Some(voters) => format!("Vote in WhatsApp: {voters} people voted."),
+    };
+    body.push_str(&format!("\n({footer})"));
+    html.push_str(&format!("</ol><em>{}</em>", escape_html(&footer)));
+    (body, html)
 }
 
 /// The room's line about a group setting `who` changed. Disappearing messages are
@@ -1134,11 +1213,72 @@ mod tests {
             post.body,
             "Carol and +33611111111 are now admins of the group."
         );
-        let post = line(Shared::PollVote);
+        // A vote in a poll the bridge never saw (or could not read) is still told.
+        let post = line(Shared::PollVote(None));
         assert_eq!(
             post.body,
             "Bob voted in a poll: the results are in WhatsApp."
         );
+        assert_eq!(post.change, None);
+    }
+
+    #[test]
+    fn a_vote_edits_the_polls_line_with_its_tally() {
+        let relay = relay();
+        let voter = |name: &str, choices: &[&str]| PollVoter {
+            name: name.into(),
+            choices: choices.iter().map(|c| c.to_string()).collect(),
+        };
+        let mut ballot = PollBallot {
+            poll_id: "3EB0POLL".into(),
+            question: "Quel jour ?".into(),
+            options: vec!["Samedi".into(), "Dimanche".into(), "Lundi <3".into()],
+            creator_phone: "33611111111".into(),
+            choices: vec!["Samedi".into()],
+            voted_at_ms: 1,
+            creator_name: Some("Bob".into()),
+            tally: vec![
+                voter("Carol", &["Samedi"]),
+                voter("Dan", &[]),
+                voter("Eve", &["Samedi", "Lundi <3"]),
+            ],
+        };
+        let mut message = wa("", Some("Carol"));
+        message.shared = Some(Shared::PollVote(Some(Box::new(ballot.clone()))));
+        let post = relay
+            .from_whatsapp(Some(&group(None)), &message, false)
+            .unwrap();
+        assert_eq!(
+            post.change,
+            Some(MatrixChange::Edit {
+                of: "3EB0POLL".into()
+            })
+        );
+        assert_eq!(
+            post.body,
+            "Bob started a poll: Quel jour ?\n1. Samedi (2: Carol, Eve)\n2. Dimanche (0)\n\
+             3. Lundi <3 (1: Eve)\n(Vote in WhatsApp: 2 people voted.)"
+        );
+        assert_eq!(
+            post.html,
+            "<strong>Bob</strong> started a poll: Quel jour ?<ol>\
+             <li>Samedi <em>(2: Carol, Eve)</em></li><li>Dimanche <em>(0)</em></li>\
+             <li>Lundi &lt;3 <em>(1: Eve)</em></li></ol>\
+             <em>Vote in WhatsApp: 2 people voted.</em>"
+        );
+        // Everyone took their vote back; the creator's name is unknown.
+        ballot.creator_name = None;
+        ballot.tally = vec![voter("Carol", &[])];
+        message.shared = Some(Shared::PollVote(Some(Box::new(ballot))));
+        let post = relay
+            .from_whatsapp(Some(&group(None)), &message, false)
+            .unwrap();
+        assert!(
+            post.body.starts_with("+33611111111 started a poll"),
+            "{}",
+            post.body
+        );
+        assert!(post.body.ends_with("(Vote in WhatsApp: nobody has voted.)"));
     }
 
     #[test]

@@ -119,9 +119,22 @@ CREATE TABLE reaction_digest_entries (
 ) WITHOUT ROWID;
 ";
 
+/// Version 6: votes in WhatsApp polls (each voter's latest choice, a JSON array of
+/// option names; empty when they took their vote back), for the poll's tally line.
+const V6: &str = "
+CREATE TABLE poll_votes (
+    group_jid TEXT NOT NULL,
+    poll_id   TEXT NOT NULL,
+    voter     TEXT NOT NULL,
+    choices   TEXT NOT NULL,
+    voted_at  INTEGER NOT NULL,
+    PRIMARY KEY (group_jid, poll_id, voter)
+) WITHOUT ROWID;
+";
+
 /// All migrations, in order. The schema version of a fully migrated database is
 /// `MIGRATIONS.len()`.
-pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5];
+pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6];
 
 /// The current schema version.
 pub fn schema_version(conn: &Connection) -> Result<i64, StoreError> {

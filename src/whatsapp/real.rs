@@ -18,11 +18,12 @@ use whatsapp_rust::client::Client;
 use whatsapp_rust::features::{GroupError, JoinGroupResult};
 use whatsapp_rust::send::{SendError, SendOptions};
 use whatsapp_rust::store::error::StoreError;
-use whatsapp_rust::store::traits::Backend;
+use whatsapp_rust::store::traits::DeviceStore as _;
 use whatsapp_rust::types::events::{
     Event, EventHandler, EventInterest, EventKind, GroupUpdate, InboundMessage,
 };
 use whatsapp_rust::types::message::{AddressingMode, MessageInfo};
+use whatsapp_rust::wacore::poll::{compute_option_hash, PollVoteCiphertext};
 use whatsapp_rust::wacore::proto_helpers::{build_reaction_message, MessageBuilderExt, MessageExt};
 use whatsapp_rust::wacore::time::now_millis;
 use whatsapp_rust::wacore::types::call::{CallAction, IncomingCall};
@@ -31,14 +32,16 @@ use whatsapp_rust::waproto::whatsapp as wa;
 use whatsapp_rust::waproto::whatsapp::message::protocol_message::Type as ProtocolType;
 use whatsapp_rust::{InboundDurabilityHook, Jid, Server};
 
-use super::store::SqliteBackend;
+use super::store::{PollRecord, SqliteBackend};
 use super::{
     ConnectionState, GroupChange, GroupPicture, GroupSummary, InboundSink, JoinOutcome, Outgoing,
     Quoted, SinkError, WhatsAppClient, WhatsAppError,
 };
 use crate::relay::location::Location;
 use crate::relay::media::Media;
-use crate::relay::{GroupSetting, MemberChange, Mention, Shared, WhatsAppRelation, WhatsAppText};
+use crate::relay::{
+    GroupSetting, MemberChange, Mention, PollBallot, Shared, WhatsAppRelation, WhatsAppText,
+};
 use whatsapp_rust::http::{HttpClient as _, HttpRequest};
 use whatsapp_rust::wacore::stanza::groups::GroupNotificationAction;
 
@@ -117,7 +120,7 @@ impl RealWhatsApp {
     /// first.
     pub async fn start_with_backend(
         options: RealOptions,
-        backend: Arc<dyn Backend>,
+        backend: Arc<SqliteBackend>,
         sink: Arc<dyn InboundSink>,
     ) -> Result<Arc<RealWhatsApp>, RealError> {
         let transport = super::server::transport_for(options.url.as_deref())?;
@@ -149,8 +152,10 @@ impl RealWhatsApp {
             client: Arc::new(OnceLock::new()),
             acks: acks.clone(),
             rules: rules.clone(),
+            polls: Arc::clone(&backend),
         };
         let events_client = Arc::clone(&events.client);
+        let polls = Arc::clone(&backend);
         let mut builder = Bot::builder()
             .with_backend_arc(backend)
             .with_version(WHATSAPP_WEB_VERSION)
@@ -158,6 +163,7 @@ impl RealWhatsApp {
             .skip_history_sync()
             .with_inbound_durability_hook(SinkHook {
                 sink: Arc::clone(&sink),
+                polls,
             })
             .with_event_handler(events)
             .with_http_client(super::server::media_http_for(options.url.as_deref()));
@@ -601,7 +607,7 @@ fn participant_of(client: &Client, quoted: &Quoted) -> Result<String, WhatsAppEr
 
 /// The store holding the device identity and Signal keys.
 /// The device identity and Signal keys: `whatsapp.db` in the state directory (0600).
-fn open_backend(state_dir: &Path) -> Result<Arc<dyn Backend>, RealError> {
+fn open_backend(state_dir: &Path) -> Result<Arc<SqliteBackend>, RealError> {
     let backend =
         SqliteBackend::open(&state_dir.join("whatsapp.db")).map_err(RealError::KeyStore)?;
     Ok(Arc::new(backend))
@@ -650,6 +656,8 @@ fn chain_error(error: &(dyn std::error::Error + 'static)) -> WhatsAppError {
 /// (the sink therefore sees some messages twice and must ignore repeats).
 struct SinkHook {
     sink: Arc<dyn InboundSink>,
+    /// The key store, where the polls seen are kept to read their votes.
+    polls: Arc<SqliteBackend>,
 }
 
 #[async_trait]
@@ -661,7 +669,7 @@ impl InboundDurabilityHook for SinkHook {
     ) -> anyhow::Result<()> {
         let mut texts = Vec::with_capacity(batch.len());
         for inbound in batch {
-            if let Some(text) = group_text(&client, inbound).await {
+            if let Some(text) = group_text(&client, &self.polls, inbound).await {
                 texts.push(text);
             }
         }
@@ -687,7 +695,11 @@ fn deliver(sink: &dyn InboundSink, texts: Vec<WhatsAppText>) -> Result<(), SinkE
 /// The domain form of an incoming message, if it is something a person said in a
 /// group (a text, a reply, an edit, a deletion, a reaction, or a kind that is
 /// announced as not relayed yet).
-async fn group_text(client: &Client, inbound: &InboundMessage) -> Option<WhatsAppText> {
+async fn group_text(
+    client: &Client,
+    polls: &SqliteBackend,
+    inbound: &InboundMessage,
+) -> Option<WhatsAppText> {
     let info = &inbound.info;
     if info.source.chat.server != Server::Group {
         tracing::debug!("skipping WhatsApp message outside a group");
@@ -728,7 +740,14 @@ async fn group_text(client: &Client, inbound: &InboundMessage) -> Option<WhatsAp
             emoji: reaction.text.clone().unwrap_or_default(),
         });
         (String::new(), None)
+    } else if let Some(update) = base.poll_update_message.as_option() {
+        let ballot = read_vote(client, polls, info, update).await;
+        shared = Some(Shared::PollVote(ballot.map(Box::new)));
+        (String::new(), None)
     } else if let Some(found) = shared_of(&inbound.message, base) {
+        if let Shared::Poll { question, options } = &found {
+            remember_poll(polls, info, &inbound.message, base, question, options);
+        }
         // A contact also crosses as its card, a `.vcf` file.
         media = super::media::contact_card(base);
         shared = Some(found);
@@ -947,9 +966,110 @@ fn shared_of(outer: &wa::Message, base: &wa::Message) -> Option<Shared> {
                 .collect(),
         });
     }
-    base.poll_update_message
-        .is_set()
-        .then_some(Shared::PollVote)
+    None
+}
+
+/// Keeps what it takes to read a poll's votes later: its secret (which phones put in
+/// the poll's `messageContextInfo`), creator and options.
+fn remember_poll(
+    polls: &SqliteBackend,
+    info: &MessageInfo,
+    outer: &wa::Message,
+    base: &wa::Message,
+    question: &str,
+    options: &[String],
+) {
+    let secret = [outer, base].into_iter().find_map(|message| {
+        message
+            .message_context_info
+            .as_option()
+            .and_then(|context| context.message_secret.clone())
+    });
+    let Some(secret) = secret else {
+        tracing::debug!("poll without a secret: its votes cannot be read");
+        return;
+    };
+    let record = PollRecord {
+        chat: info.source.chat.to_string(),
+        poll_id: info.id.clone(),
+        creator: info.source.sender.to_non_ad().to_string(),
+        secret,
+        question: question.to_owned(),
+        options: options.to_vec(),
+    };
+    if let Err(error) = polls.remember_poll(&record, now_millis() / 1000) {
+        tracing::warn!("could not keep a poll to read its votes: {error}");
+    }
+}
+
+/// Reads a vote: which options of which poll the voter picks now. `None` when the
+/// poll was never seen here (sent before the number was linked) or the vote cannot
+/// be decrypted; the room is then told that a vote was cast.
+async fn read_vote(
+    client: &Client,
+    polls: &SqliteBackend,
+    info: &MessageInfo,
+    update: &wa::message::PollUpdateMessage,
+) -> Option<PollBallot> {
+    let poll_id = update
+        .poll_creation_message_key
+        .as_option()
+        .and_then(|key| key.id.clone())?;
+    let poll = match polls.poll(&info.source.chat.to_string(), &poll_id) {
+        Ok(Some(poll)) => poll,
+        Ok(None) => {
+            tracing::debug!("vote in a poll this bridge never saw");
+            return None;
+        }
+        Err(error) => {
+            tracing::warn!("could not look a poll up to read a vote: {error}");
+            return None;
+        }
+    };
+    let vote = update.vote.as_option()?;
+    let ciphertext = PollVoteCiphertext {
+        enc_payload: vote.enc_payload.as_deref()?,
+        enc_iv: vote.enc_iv.as_deref()?,
+    };
+    let creator: Jid = poll.creator.parse().ok()?;
+    let hashes = match client
+        .polls()
+        .decrypt_vote(
+            ciphertext,
+            &poll.secret,
+            &poll_id,
+            &creator,
+            &info.source.sender,
+        )
+        .await
+    {
+        Ok(hashes) => hashes,
+        Err(error) => {
+            tracing::warn!("could not read a vote in a poll: {error}");
+            return None;
+        }
+    };
+    let choices = poll
+        .options
+        .iter()
+        .filter(|option| {
+            let hash = compute_option_hash(option);
+            hashes.iter().any(|picked| picked.as_slice() == hash)
+        })
+        .cloned()
+        .collect();
+    Some(PollBallot {
+        poll_id,
+        question: poll.question,
+        options: poll.options,
+        creator_phone: phone_of(client, &creator).await,
+        choices,
+        voted_at_ms: update
+            .sender_timestamp_ms
+            .unwrap_or_else(|| info.timestamp.timestamp_millis()),
+        creator_name: None,
+        tally: Vec::new(),
+    })
 }
 
 /// The phone numbers of a vCard (its `TEL` lines).
@@ -1087,6 +1207,8 @@ struct Events {
     client: Arc<OnceLock<Weak<Client>>>,
     acks: ServerAcks,
     rules: GroupRules,
+    /// The key store, where polls are kept (see [`SinkHook`]).
+    polls: Arc<SqliteBackend>,
 }
 
 impl Events {
@@ -1101,10 +1223,11 @@ impl Events {
             return;
         };
         let sink = Arc::clone(&self.sink);
+        let polls = Arc::clone(&self.polls);
         runtime.spawn(async move {
             let mut texts = Vec::with_capacity(inbound.len());
             for message in &inbound {
-                if let Some(text) = group_text(&client, message).await {
+                if let Some(text) = group_text(&client, &polls, message).await {
                     texts.push(text);
                 }
             }

@@ -130,7 +130,35 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX msg_secrets_by_expiry ON msg_secrets (expires_at) WHERE expires_at != 0;
     ",
+    // 2: passerelle's own: the polls seen in groups, to read their votes (each vote
+    // is encrypted with its poll's secret). `options` is a JSON array of names.
+    "
+    CREATE TABLE polls (
+        chat TEXT NOT NULL,
+        poll_id TEXT NOT NULL,
+        creator TEXT NOT NULL,
+        secret BLOB NOT NULL,
+        question TEXT NOT NULL,
+        options TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (chat, poll_id)
+    );
+    ",
 ];
+
+/// A poll seen in a group, kept to read its votes: WhatsApp encrypts each vote with
+/// a key derived from the poll's secret, its id, its creator and the voter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PollRecord {
+    /// The group's JID.
+    pub chat: String,
+    pub poll_id: String,
+    /// The creator's JID, as WhatsApp addressed them (phone number or LID).
+    pub creator: String,
+    pub secret: Vec<u8>,
+    pub question: String,
+    pub options: Vec<String>,
+}
 
 /// Everything that can go wrong in the WhatsApp key store. At the `Backend` boundary
 /// it becomes wacore's `StoreError`.
@@ -298,6 +326,60 @@ impl SqliteBackend {
             Ok(value)
         };
         run(&mut conn).map_err(StoreError::from)
+    }
+}
+
+/// Polls, passerelle's own table in this file (the secrets are key material).
+impl SqliteBackend {
+    /// Keeps a poll (a poll seen again keeps its first record).
+    pub fn remember_poll(&self, poll: &PollRecord, now_secs: i64) -> Result<(), WaStoreError> {
+        let options = to_json("poll options", &poll.options)?;
+        self.lock().execute(
+            "INSERT OR IGNORE INTO polls
+                 (chat, poll_id, creator, secret, question, options, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                poll.chat,
+                poll.poll_id,
+                poll.creator,
+                poll.secret,
+                poll.question,
+                options,
+                now_secs
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// The poll `poll_id` of group `chat`, if it was seen.
+    pub fn poll(&self, chat: &str, poll_id: &str) -> Result<Option<PollRecord>, WaStoreError> {
+        let row = self
+            .lock()
+            .query_row(
+                "SELECT creator, secret, question, options FROM polls
+                 WHERE chat = ?1 AND poll_id = ?2",
+                params![chat, poll_id],
+                |row| {
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        row.get::<_, Vec<u8>>(1)?,
+                        row.get::<_, String>(2)?,
+                        row.get::<_, String>(3)?,
+                    ))
+                },
+            )
+            .optional()?;
+        let Some((creator, secret, question, options)) = row else {
+            return Ok(None);
+        };
+        Ok(Some(PollRecord {
+            chat: chat.to_owned(),
+            poll_id: poll_id.to_owned(),
+            creator,
+            secret,
+            question,
+            options: from_json("poll options", &options)?,
+        }))
     }
 }
 
@@ -2230,6 +2312,42 @@ mod tests {
             matches!(err, WaStoreError::SchemaTooNew { found: 99, .. }),
             "{err:?}"
         );
+    }
+
+    #[test]
+    fn polls_survive_a_reopen_and_a_store_of_the_first_schema_gains_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("whatsapp.db");
+        // A key store written before polls were kept (schema version 1).
+        {
+            let mut conn = Connection::open(&path).unwrap();
+            let tx = conn.transaction().unwrap();
+            tx.execute_batch(MIGRATIONS[0]).unwrap();
+            tx.pragma_update(None, "user_version", 1).unwrap();
+            tx.commit().unwrap();
+        }
+        let poll = PollRecord {
+            chat: "120363000000000001@g.us".into(),
+            poll_id: "3EB0POLL".into(),
+            creator: "33611111111@s.whatsapp.net".into(),
+            secret: vec![7; 32],
+            question: "Quel jour ?".into(),
+            options: vec!["Samedi".into(), "Dimanche".into()],
+        };
+        let b = SqliteBackend::open(&path).unwrap();
+        assert_eq!(b.poll(&poll.chat, &poll.poll_id).unwrap(), None);
+        b.remember_poll(&poll, 1).unwrap();
+        // Seen again (redelivered): the first record stays.
+        let mut again = poll.clone();
+        again.secret = vec![9; 32];
+        b.remember_poll(&again, 2).unwrap();
+        drop(b);
+        let b = SqliteBackend::open(&path).unwrap();
+        assert_eq!(
+            b.poll(&poll.chat, &poll.poll_id).unwrap(),
+            Some(poll.clone())
+        );
+        assert_eq!(b.poll("other@g.us", &poll.poll_id).unwrap(), None);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -1,6 +1,7 @@
 //! The body of a send request (`POST /members/{phone}/messages`,
 //! `POST /groups/{jid}/messages`), checked: exactly one kind of message (text,
-//! one media, location, edit, revoke or reaction) with the options that make
+//! one media, location, contact, poll, vote, edit, revoke or reaction) with the
+//! options that make
 //! sense for it, or a clear error for a 400. The member turns the result into a
 //! waproto `Message` (see `members.rs`), since replies and reactions need what
 //! it received.
@@ -34,6 +35,7 @@ struct Fields {
     edit_of: Option<String>,
     revoke: Option<String>,
     reaction: Option<ReactionFields>,
+    vote: Option<VoteFields>,
 }
 
 #[derive(Deserialize)]
@@ -55,6 +57,14 @@ struct ContactFields {
 #[serde(deny_unknown_fields)]
 struct PollFields {
     question: String,
+    options: Vec<String>,
+}
+
+/// A vote in a poll: the options picked (none: the vote is taken back).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VoteFields {
+    poll: String,
     options: Vec<String>,
 }
 
@@ -115,6 +125,12 @@ pub enum Body {
     Reaction {
         to: Target,
         emoji: String,
+    },
+    /// A vote in poll `poll` (a message the member received or sent), sent
+    /// with whatsapp-rust's `polls().vote`; no options takes the vote back.
+    Vote {
+        poll: String,
+        options: Vec<String>,
     },
 }
 
@@ -186,6 +202,7 @@ impl Outgoing {
             ("edit_of", f.edit_of.is_some()),
             ("revoke", f.revoke.is_some()),
             ("reaction", f.reaction.is_some()),
+            ("vote", f.vote.is_some()),
         ] {
             if set {
                 kinds.push(name);
@@ -218,7 +235,7 @@ impl Outgoing {
         only("seconds", f.seconds.is_some(), &["audio", "video"])?;
         only("file_name", f.file_name.is_some(), &["document"])?;
         only("view_once", f.view_once.is_some(), &["image", "video"])?;
-        if let Some(k @ ("revoke" | "reaction")) = kind
+        if let Some(k @ ("revoke" | "reaction" | "vote")) = kind
             && (f.text.is_some() || f.reply_to.is_some() || f.mentions.is_some())
         {
             return Err(format!("{k} takes no text, reply_to or mentions"));
@@ -314,6 +331,11 @@ impl Outgoing {
             Body::Revoke {
                 of: non_empty_id("revoke", of)?,
             }
+        } else if let Some(v) = f.vote {
+            Body::Vote {
+                poll: non_empty_id("vote.poll", v.poll)?,
+                options: v.options,
+            }
         } else if let Some(r) = f.reaction {
             Body::Reaction {
                 to: Target {
@@ -325,7 +347,7 @@ impl Outgoing {
         } else {
             Body::Text(text.ok_or(
                 "need text, a media (image, video, audio, document, sticker), location, \
-                 edit_of, revoke or reaction",
+                 contact, poll, vote, edit_of, revoke or reaction",
             )?)
         };
         Ok(Outgoing {
@@ -395,6 +417,10 @@ mod tests {
         assert!(err(json!({"txt": "t"})).contains("unknown field"));
         assert!(err(json!({"location": {"lat": 91, "lon": 0}})).contains("out of range"));
         assert!(err(json!({})).contains("need text"));
+        assert!(
+            err(json!({"vote": {"poll": "P", "options": []}, "text": "t"}))
+                .contains("vote takes no")
+        );
     }
 
     #[test]

@@ -44,7 +44,7 @@ pub struct Received {
     pub sender: String,
     pub from_me: bool,
     /// `text`, `image`, `video`, `audio`, `ptt`, `document`, `sticker`,
-    /// `location`, `reaction`, `edit`, `revoke` or `other`.
+    /// `location`, `poll`, `poll_vote`, `reaction`, `edit`, `revoke` or `other`.
     pub kind: String,
     /// Text, caption of a media message, or the new text of an edit.
     pub text: Option<String>,
@@ -318,6 +318,12 @@ impl Member {
                 ..Default::default()
             },
             Body::Poll { question, options } => wa::Message {
+                // whatsapp-rust's `polls().create` shape: the poll's secret rides
+                // in messageContextInfo; voters derive their vote keys from it.
+                message_context_info: MessageField::some(wa::MessageContextInfo {
+                    message_secret: Some(poll_secret()),
+                    ..Default::default()
+                }),
                 poll_creation_message_v3: MessageField::some(wa::message::PollCreationMessage {
                     name: Some(question),
                     options: options
@@ -409,6 +415,9 @@ impl Member {
                 };
                 whatsapp_rust::wacore::proto_helpers::build_reaction_message(key, emoji, now_ms())
             }
+            Body::Vote { poll, options } => {
+                return self.vote(chat, &chat_str, &poll, options).await;
+            }
         };
         let sent = self
             .client
@@ -429,6 +438,79 @@ impl Member {
             Arc::new(message),
             &edit_attr,
             media_sha256,
+        );
+        Ok(id)
+    }
+
+    /// Votes in poll `poll` with whatsapp-rust's own `polls().vote` (the
+    /// choice encrypted with the poll's secret, as phones do) and logs the vote
+    /// by the poll it answers (the log keeps no ciphertext: nobody reads it back).
+    async fn vote(
+        &self,
+        chat: Jid,
+        chat_str: &str,
+        poll: &str,
+        options: Vec<String>,
+    ) -> Result<String, SendFailure> {
+        let bad = |e: String| SendFailure::BadRequest(format!("vote: {e}"));
+        let Some((entry, Some(message))) = self.lookup(poll, chat_str)? else {
+            return Err(bad(format!("this member has no message {poll}")));
+        };
+        let base = readback::unwrap(&message);
+        let creation = [
+            &base.poll_creation_message,
+            &base.poll_creation_message_v2,
+            &base.poll_creation_message_v3,
+        ]
+        .into_iter()
+        .find_map(|p| p.as_option())
+        .ok_or_else(|| bad(format!("message {poll} is not a poll")))?;
+        if let Some(unknown) = options.iter().find(|o| {
+            !creation
+                .options
+                .iter()
+                .any(|c| c.option_name.as_deref() == Some(o.as_str()))
+        }) {
+            return Err(bad(format!("poll {poll} has no option {unknown:?}")));
+        }
+        let secret = [&message.message_context_info, &base.message_context_info]
+            .into_iter()
+            .find_map(|c| c.as_option().and_then(|c| c.message_secret.clone()))
+            .ok_or_else(|| bad(format!("poll {poll} carries no message secret")))?;
+        let creator: Jid = entry
+            .sender
+            .parse()
+            .map_err(|e| bad(format!("poll sender {}: {e}", entry.sender)))?;
+        let sent = self
+            .client
+            .polls()
+            .vote(chat, poll, &creator, &secret, &options)
+            .await
+            .map_err(|e| SendFailure::Failed(format!("vote failed: {e}")))?;
+        let id = sent.message_id.to_string();
+        let logged = wa::Message {
+            poll_update_message: MessageField::some(wa::message::PollUpdateMessage {
+                poll_creation_message_key: MessageField::some(wa::MessageKey {
+                    remote_jid: Some(chat_str.to_owned()),
+                    id: Some(poll.to_owned()),
+                    participant: Some(entry.sender.clone()),
+                    from_me: Some(entry.from_me),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        record(
+            &self.log,
+            &self.client,
+            id.clone(),
+            chat_str.to_owned(),
+            self.own_jid(),
+            true,
+            now_ms() / 1000,
+            Arc::new(logged),
+            &EditAttribute::default(),
+            None,
         );
         Ok(id)
     }
@@ -617,6 +699,14 @@ fn text_message(text: String, context: Option<wa::ContextInfo>) -> wa::Message {
         None => wa::Message::text(text),
         Some(c) => wa::Message::text_with_context(text, c),
     }
+}
+
+/// A fresh 32-byte poll secret (what `polls().create` draws).
+fn poll_secret() -> Vec<u8> {
+    use rand::Rng as _;
+    let mut secret = vec![0u8; 32];
+    rand::make_rng::<rand::rngs::StdRng>().fill_bytes(&mut secret);
+    secret
 }
 
 fn now_ms() -> i64 {

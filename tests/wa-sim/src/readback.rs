@@ -211,6 +211,17 @@ pub fn describe(message: &wa::Message) -> Described {
         d.kind = "location";
         d.lat = x.degrees_latitude;
         d.lon = x.degrees_longitude;
+    } else if [
+        &m.poll_creation_message,
+        &m.poll_creation_message_v2,
+        &m.poll_creation_message_v3,
+    ]
+    .iter()
+    .any(|p| p.is_set())
+    {
+        d.kind = "poll";
+    } else if m.poll_update_message.is_set() {
+        d.kind = "poll_vote";
     } else if d.text.is_some() {
         d.kind = "text";
     }
