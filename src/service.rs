@@ -841,7 +841,7 @@ impl Bridge {
                 self.annotate(item, room_id, to, reactor, emoji).await?;
                 Ok(None)
             }
-            Some(MatrixChange::Reaction { to, key, removed }) => {
+            Some(MatrixChange::ReplyLine { to, key, removed }) => {
                 match (self.mirrored_event(item, key), removed) {
                     (Some(line), true) => {
                         self.matrix.redact(room_id, txn, &line).await?;
@@ -969,11 +969,16 @@ impl Bridge {
         let Some(outgoing) = self.attach_matrix_file(&item, &post, outgoing).await else {
             return;
         };
-        let outgoing = match (&post.location, outgoing) {
-            (Some(location), Outgoing::Text { .. }) => Outgoing::Location {
+        let outgoing = match (&post.location, &post.poll, outgoing) {
+            (Some(location), _, Outgoing::Text { .. }) => Outgoing::Location {
                 location: location.clone(),
             },
-            (_, outgoing) => outgoing,
+            (_, Some(poll), Outgoing::Text { .. }) => Outgoing::Poll {
+                question: poll.question.clone(),
+                options: poll.options.clone(),
+                max_selections: poll.max_selections,
+            },
+            (_, _, outgoing) => outgoing,
         };
         let group_rate = self
             .active()
@@ -1003,7 +1008,9 @@ impl Bridge {
         // an id of its own derived from the event (a retry sends it once).
         if matches!(
             outgoing,
-            Outgoing::Media { caption: None, .. } | Outgoing::Location { .. }
+            Outgoing::Media { caption: None, .. }
+                | Outgoing::Location { .. }
+                | Outgoing::Poll { .. }
         ) {
             let line = Outgoing::Text {
                 text: post.text.clone(),
@@ -1492,6 +1499,9 @@ impl Bridge {
                 .unwrap_or_else(|| format!("+{phone}")))
         };
         ballot.creator_name = self.store.known_name(&ballot.creator_phone)?;
+        ballot.asked_in_matrix = self
+            .store
+            .is_bridge_wa_message(&message.group_jid, &ballot.poll_id)?;
         ballot.tally = self
             .store
             .poll_votes(&message.group_jid, &ballot.poll_id)?
@@ -1795,6 +1805,15 @@ impl MatrixEvents for Bridge {
                     "{}: {} messages are not relayed to WhatsApp yet; texts, files, stickers and locations are.",
                     message.sender,
                     message.body.trim_start_matches("m.")
+                );
+                let _ = self.matrix.send_notice(&message.room_id, &notice).await;
+                return;
+            }
+            Err(Skip::PollDoesNotFit) => {
+                let notice = format!(
+                    "{}: WhatsApp polls have 2 to {} different options; this poll was not relayed.",
+                    message.sender,
+                    relay::MatrixPoll::MAX_OPTIONS
                 );
                 let _ = self.matrix.send_notice(&message.room_id, &notice).await;
                 return;

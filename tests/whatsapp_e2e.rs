@@ -1510,6 +1510,130 @@ async fn poll_votes_are_read_with_the_polls_secret_and_tallied_on_its_line() {
         .filter(|s| s.sender == scene.bridge.bot_user)
         .collect();
     assert_eq!(bot_events.len(), 1 + steps.len(), "{bot_events:#?}");
+
+    // A poll asked in Matrix becomes the number's WhatsApp poll, after Alice's
+    // line; WhatsApp votes in it show as the bot's reply line (the poll's event is
+    // Alice's, not the bot's to edit); Matrix votes and the end cross as lines
+    // answering the poll (the number's one vote is nobody's to cast).
+    use matrix_sdk::ruma::events::poll::unstable_end::UnstablePollEndEventContent;
+    use matrix_sdk::ruma::events::poll::unstable_response::UnstablePollResponseEventContent;
+    use matrix_sdk::ruma::events::poll::unstable_start::{
+        NewUnstablePollStartEventContent, UnstablePollAnswer, UnstablePollStartContentBlock,
+        UnstablePollStartEventContent,
+    };
+    let matrix_room = alice.wait_joined(&room).await;
+    let answers = |names: &[&str]| {
+        let answers: Vec<UnstablePollAnswer> = names
+            .iter()
+            .enumerate()
+            .map(|(n, name)| UnstablePollAnswer::new(format!("a{n}"), *name))
+            .collect();
+        answers.try_into().unwrap()
+    };
+    let asked = matrix_room
+        .send(UnstablePollStartEventContent::New(
+            NewUnstablePollStartEventContent::plain_text(
+                "Sortie ?",
+                UnstablePollStartContentBlock::new("Sortie ?", answers(&["Vélo", "Piscine"])),
+            ),
+        ))
+        .await
+        .expect("Alice asks a poll")
+        .response
+        .event_id;
+    let number_poll = wait_member_message(sim, BOB, jid, "Alice's poll", |m| {
+        m["kind"] == "poll" && m["from_me"] != true
+    })
+    .await;
+    assert_eq!(number_poll["text"], "Sortie ?", "{number_poll}");
+    assert_eq!(number_poll["options"], json!(["Vélo", "Piscine"]));
+    assert_eq!(number_poll["selectable"], 1);
+    let messages = member_messages(sim, BOB, jid).await;
+    let poll_at = messages
+        .iter()
+        .position(|m| m["id"] == number_poll["id"])
+        .unwrap();
+    assert_eq!(messages[poll_at - 1]["text"], "* _Alice_ started a poll");
+    let number_poll = number_poll["id"].as_str().unwrap().to_owned();
+
+    for (options, expected) in [
+        (
+            ["Vélo"],
+            "Votes in WhatsApp:\n1. Vélo (1: Bob)\n2. Piscine (0)",
+        ),
+        (
+            ["Piscine"],
+            "Votes in WhatsApp:\n1. Vélo (0)\n2. Piscine (1: Bob)",
+        ),
+    ] {
+        bob_sends(
+            sim,
+            jid,
+            json!({"vote": {"poll": number_poll, "options": options}}),
+        )
+        .await;
+        alice
+            .wait_for(&room, "WhatsApp's votes", |s| s.body == expected)
+            .await;
+    }
+    let tally_lines: Vec<_> = alice
+        .seen_in(&room)
+        .into_iter()
+        .filter(|s| s.body.starts_with("Votes in WhatsApp:"))
+        .collect();
+    assert_eq!(
+        tally_lines.len(),
+        2,
+        "one line, then its edit: {tally_lines:#?}"
+    );
+    assert_eq!(
+        tally_lines[0].relation,
+        Some(("reply".into(), asked.to_string())),
+        "the line answers Alice's poll"
+    );
+    assert_eq!(
+        tally_lines[1].relation,
+        Some(("replace".into(), tally_lines[0].event_id.clone()))
+    );
+
+    matrix_room
+        .send(UnstablePollResponseEventContent::new(
+            vec!["a1".into()],
+            asked.clone(),
+        ))
+        .await
+        .expect("Alice votes");
+    matrix_room
+        .send(UnstablePollEndEventContent::new(
+            "The poll has ended. Top answer: Piscine",
+            asked.clone(),
+        ))
+        .await
+        .expect("Alice ends the poll");
+    for line in ["* _Alice_ voted: Piscine", "* _Alice_ ended the poll"] {
+        let got = wait_member_message(sim, BOB, jid, line, |m| m["text"] == line).await;
+        assert_eq!(got["quoted_id"], json!(number_poll), "{got}");
+    }
+
+    // WhatsApp polls have at most 12 options: a bigger one is refused with a notice.
+    let names: Vec<String> = (1..=13).map(|n| format!("choix {n}")).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    matrix_room
+        .send(UnstablePollStartEventContent::New(
+            NewUnstablePollStartEventContent::new(UnstablePollStartContentBlock::new(
+                "Trop ?",
+                answers(&names),
+            )),
+        ))
+        .await
+        .expect("Alice asks a big poll");
+    alice
+        .wait_for(&room, "the refusal", |s| {
+            s.msgtype == "m.notice"
+                && s.body
+                    .contains("WhatsApp polls have 2 to 12 different options")
+        })
+        .await;
 }
 
 /// Everything member `phone` has in `chat`, in order.

@@ -8,20 +8,24 @@ use std::sync::Arc;
 
 use matrix_sdk::deserialized_responses::TimelineEvent;
 use matrix_sdk::room::{MessagesOptions, Room};
+use matrix_sdk::ruma::events::message::TextContentBlock;
+use matrix_sdk::ruma::events::poll::unstable_start::UnstablePollStartEventContent;
 use matrix_sdk::ruma::events::reaction::SyncReactionEvent;
 use matrix_sdk::ruma::events::room::message::{
     FormattedBody, MessageFormat, MessageType, Relation, SyncRoomMessageEvent,
 };
 use matrix_sdk::ruma::events::room::redaction::SyncRoomRedactionEvent;
 use matrix_sdk::ruma::events::sticker::SyncStickerEvent;
-use matrix_sdk::ruma::events::{AnySyncMessageLikeEvent, AnySyncTimelineEvent};
-use matrix_sdk::ruma::UserId;
+use matrix_sdk::ruma::events::{
+    AnySyncMessageLikeEvent, AnySyncTimelineEvent, SyncMessageLikeEvent,
+};
+use matrix_sdk::ruma::{EventId, UserId};
 use matrix_sdk::sync::JoinedRoomUpdate;
 use matrix_sdk::RoomState;
 
 use super::MatrixEvents;
 use crate::relay::location::Location;
-use crate::relay::{MatrixKind, MatrixRelation, MatrixText};
+use crate::relay::{MatrixKind, MatrixPoll, MatrixRelation, MatrixText};
 use crate::store::Store;
 
 /// How far back a gap is filled at most (events), so a room with years of history
@@ -196,6 +200,7 @@ async fn to_matrix_text(room: &Room, event: &TimelineEvent, bot: &UserId) -> Opt
                 ..without_text(room, sticker.event_id.as_str(), sticker.sender.as_str())
             });
         }
+        AnySyncTimelineEvent::MessageLike(event) => return poll_event(room, &event, bot).await,
         _ => return None,
     };
     if message.sender == bot {
@@ -267,7 +272,137 @@ async fn to_matrix_text(room: &Room, event: &TimelineEvent, bot: &UserId) -> Opt
         relation,
         media,
         location,
+        poll: None,
     })
+}
+
+/// An MSC3381 poll event (the unstable `org.matrix.msc3381.poll.*` Element sends, or
+/// the stable `m.poll.*`): a poll started, a vote (with the options picked by
+/// name), or the end of a poll. `None` for other events.
+async fn poll_event(
+    room: &Room,
+    event: &AnySyncMessageLikeEvent,
+    bot: &UserId,
+) -> Option<MatrixText> {
+    if event.sender() == bot {
+        return None;
+    }
+    let mut text = without_text(room, event.event_id().as_str(), event.sender().as_str());
+    match event {
+        AnySyncMessageLikeEvent::UnstablePollStart(SyncMessageLikeEvent::Original(start)) => {
+            match &start.content {
+                UnstablePollStartEventContent::New(new) => {
+                    let block = &new.poll_start;
+                    text.poll = Some(MatrixPoll {
+                        question: block.question.text.clone(),
+                        options: block.answers.iter().map(|a| a.text.clone()).collect(),
+                        max_selections: u32::try_from(block.max_selections).unwrap_or(1),
+                    });
+                }
+                // A replacement (or a form this version does not know).
+                _ => edited_poll(&mut text),
+            }
+        }
+        AnySyncMessageLikeEvent::PollStart(SyncMessageLikeEvent::Original(start)) => {
+            if start.content.relates_to.is_some() {
+                edited_poll(&mut text);
+            } else {
+                let block = &start.content.poll;
+                let plain = |t: &TextContentBlock| t.find_plain().unwrap_or_default().to_owned();
+                text.poll = Some(MatrixPoll {
+                    question: plain(&block.question.text),
+                    options: block.answers.iter().map(|a| plain(&a.text)).collect(),
+                    max_selections: u32::try_from(block.max_selections).unwrap_or(1),
+                });
+            }
+        }
+        AnySyncMessageLikeEvent::UnstablePollResponse(SyncMessageLikeEvent::Original(vote)) => {
+            let poll = vote.content.relates_to.event_id.clone();
+            text.body = picked_options(room, &poll, &vote.content.poll_response.answers).await;
+            text.relation = MatrixRelation::PollVote {
+                poll: poll.to_string(),
+            };
+        }
+        AnySyncMessageLikeEvent::PollResponse(SyncMessageLikeEvent::Original(vote)) => {
+            let poll = vote.content.relates_to.event_id.clone();
+            text.body = picked_options(room, &poll, &vote.content.selections).await;
+            text.relation = MatrixRelation::PollVote {
+                poll: poll.to_string(),
+            };
+        }
+        AnySyncMessageLikeEvent::UnstablePollEnd(SyncMessageLikeEvent::Original(end)) => {
+            text.relation = MatrixRelation::PollEnd {
+                poll: end.content.relates_to.event_id.to_string(),
+            };
+        }
+        AnySyncMessageLikeEvent::PollEnd(SyncMessageLikeEvent::Original(end)) => {
+            text.relation = MatrixRelation::PollEnd {
+                poll: end.content.relates_to.event_id.to_string(),
+            };
+        }
+        _ => return None,
+    }
+    text.sender_display_name = display_name_in(room, event.sender()).await;
+    Some(text)
+}
+
+/// An edited poll: WhatsApp polls cannot change, so the sender is told it did not
+/// cross.
+fn edited_poll(text: &mut MatrixText) {
+    text.kind = MatrixKind::Other;
+    text.body = "edited poll".to_owned();
+}
+
+/// The names of the options `picked` (answer ids) of the poll `poll`, read from the
+/// poll's event; comma-separated, empty for none.
+async fn picked_options(room: &Room, poll: &EventId, picked: &[String]) -> String {
+    if picked.is_empty() {
+        return String::new();
+    }
+    let answers: Vec<(String, String)> = match room.load_or_fetch_event(poll, None).await {
+        Ok(event) => match event.raw().deserialize() {
+            Ok(AnySyncTimelineEvent::MessageLike(AnySyncMessageLikeEvent::UnstablePollStart(
+                SyncMessageLikeEvent::Original(start),
+            ))) => start
+                .content
+                .poll_start()
+                .answers
+                .iter()
+                .map(|a| (a.id.clone(), a.text.clone()))
+                .collect(),
+            Ok(AnySyncTimelineEvent::MessageLike(AnySyncMessageLikeEvent::PollStart(
+                SyncMessageLikeEvent::Original(start),
+            ))) => start
+                .content
+                .poll
+                .answers
+                .iter()
+                .map(|a| {
+                    (
+                        a.id.clone(),
+                        a.text.find_plain().unwrap_or_default().to_owned(),
+                    )
+                })
+                .collect(),
+            _ => Vec::new(),
+        },
+        Err(error) => {
+            tracing::warn!(room = %room.room_id(), "could not read a poll's options: {error}");
+            Vec::new()
+        }
+    };
+    picked
+        .iter()
+        .map(|id| {
+            answers
+                .iter()
+                .find(|(answer, _)| answer == id)
+                .map(|(_, name)| name.clone())
+                // An option the poll does not list (or an unreadable poll).
+                .unwrap_or_else(|| "an option".to_owned())
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// `sender`'s display name in `room`, as the bot's store knows it.
@@ -293,5 +428,6 @@ fn without_text(room: &Room, event_id: &str, sender: &str) -> MatrixText {
         relation: MatrixRelation::None,
         media: None,
         location: None,
+        poll: None,
     }
 }

@@ -80,9 +80,12 @@ pub struct PollBallot {
     /// When the voter voted (ms since the epoch): a voter's latest vote counts.
     pub voted_at_ms: i64,
     /// Filled in by the service from what it recorded before the relay reads the
-    /// ballot: the poll creator's name, and every voter's current vote.
+    /// ballot: the poll creator's name, every voter's current vote, and whether the
+    /// poll was asked in Matrix (its tally is then a reply line of the bot's, since
+    /// the poll's event is not the bot's to edit).
     pub creator_name: Option<String>,
     pub tally: Vec<PollVoter>,
+    pub asked_in_matrix: bool,
 }
 
 /// One voter's current vote, as the poll's tally shows it.
@@ -161,6 +164,35 @@ pub enum MatrixRelation {
     Redaction { of: String },
     /// A reaction (`m.annotation`) with `key` to `to`.
     Reaction { to: String, key: String },
+    /// A vote in the Matrix poll `poll`; the event's body is the options picked
+    /// (comma-separated; empty when the vote was taken back).
+    PollVote { poll: String },
+    /// The Matrix poll `poll` was ended.
+    PollEnd { poll: String },
+}
+
+/// A poll started in Matrix (MSC3381 `poll.start`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MatrixPoll {
+    pub question: String,
+    pub options: Vec<String>,
+    /// How many options one may pick (at least 1).
+    pub max_selections: u32,
+}
+
+impl MatrixPoll {
+    /// The most options a WhatsApp poll has.
+    pub const MAX_OPTIONS: usize = 12;
+
+    /// Whether WhatsApp can hold this poll: 2 to 12 options, all different, with
+    /// a question.
+    pub fn fits_whatsapp(&self) -> bool {
+        let mut seen = std::collections::HashSet::new();
+        (2..=Self::MAX_OPTIONS).contains(&self.options.len())
+            && self.options.iter().all(|option| seen.insert(option.trim()))
+            && self.options.iter().all(|option| !option.trim().is_empty())
+            && !self.question.trim().is_empty()
+    }
 }
 
 /// A text message event received in a bridged Matrix room.
@@ -183,6 +215,8 @@ pub struct MatrixText {
     pub media: Option<Media>,
     /// The point of an `m.location` (`body` is then empty).
     pub location: Option<Location>,
+    /// A poll started (`body` is then empty).
+    pub poll: Option<MatrixPoll>,
 }
 
 /// What a Matrix post does besides posting a new message. Targets are WhatsApp
@@ -195,10 +229,12 @@ pub enum MatrixChange {
     Edit { of: String },
     /// Redact the event mirroring `of`.
     Redact { of: String },
-    /// A reaction line (the post's text) about `to`, one event per message and
-    /// sender, found again by `key`: posted as a reply, edited when the emoji
-    /// changes, redacted when `removed`.
-    Reaction {
+    /// A line of the bot (the post's text) about `to`, found again by `key`: posted
+    /// as a reply, edited when it changes, redacted when `removed`. One per message
+    /// and sender for reactions shown as lines; one per poll for the WhatsApp votes
+    /// in a poll asked in Matrix.
+    #[serde(rename = "reaction")]
+    ReplyLine {
         to: String,
         key: String,
         removed: bool,
@@ -279,6 +315,9 @@ pub struct WhatsAppPost {
     /// A location to send; `text` is then a line of its own sent just before it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub location: Option<Location>,
+    /// A poll to send; `text` is then a line of its own sent just before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub poll: Option<MatrixPoll>,
 }
 
 /// Why a message was not relayed. Logged at debug level only (never with content).
@@ -304,6 +343,9 @@ pub enum Skip {
     ReactionIgnored,
     /// A member change, with `[relay] member_notices = false`.
     MemberNoticeOff,
+    /// A Matrix poll WhatsApp cannot hold (not 2 to 12 different options): the
+    /// sender is told.
+    PollDoesNotFit,
 }
 
 /// The longest text WhatsApp accepts in one message (characters).
@@ -386,7 +428,7 @@ impl Relay {
                     ),
                     reply_to: Some(id.clone()),
                     quoted: None,
-                    change: Some(MatrixChange::Reaction {
+                    change: Some(MatrixChange::ReplyLine {
                         to: id.clone(),
                         key: reaction_key(id, &message.sender_phone),
                         removed: emoji.is_empty(),
@@ -412,6 +454,20 @@ impl Relay {
             });
         }
         if let Some(Shared::PollVote(Some(ballot))) = &message.shared {
+            if ballot.asked_in_matrix {
+                let (body, html) = tally_lines(&ballot.options, &ballot.tally);
+                return Ok(MatrixPost {
+                    body,
+                    html,
+                    change: Some(MatrixChange::ReplyLine {
+                        to: ballot.poll_id.clone(),
+                        key: format!("poll-tally:{}", ballot.poll_id),
+                        removed: false,
+                    }),
+                    sender: message.sender_phone.clone(),
+                    ..MatrixPost::default()
+                });
+            }
             // The poll's line shows the tally: the vote edits it.
             let creator = match ballot.creator_name.as_deref().map(single_line) {
                 Some(name) if !name.is_empty() => name,
@@ -645,13 +701,55 @@ impl Relay {
         let body =
             format::matrix_to_whatsapp(&message.body, message.html.as_deref(), message.is_reply);
         let name = matrix_display_name(&message.sender, message.sender_display_name.as_deref());
-        if let Some(location) = &message.location {
-            let text = for_whatsapp(
+        let sender_line = |what: &str| {
+            for_whatsapp(
                 &self.templates.to_whatsapp_emote,
                 &name,
                 &message.sender,
-                "shared a location",
-            );
+                what,
+            )
+        };
+        // Poll votes and ends are lines answering the number's poll: the number
+        // has one vote, which is nobody's to cast.
+        match &message.relation {
+            MatrixRelation::PollVote { poll } => {
+                let picked = single_line(&message.body);
+                let what = if picked.is_empty() {
+                    "took back their vote".to_owned()
+                } else {
+                    format!("voted: {picked}")
+                };
+                return Ok(WhatsAppPost {
+                    text: sender_line(&what),
+                    reply_to: Some(poll.clone()),
+                    sender: message.sender.clone(),
+                    ..WhatsAppPost::default()
+                });
+            }
+            MatrixRelation::PollEnd { poll } => {
+                return Ok(WhatsAppPost {
+                    text: sender_line("ended the poll"),
+                    reply_to: Some(poll.clone()),
+                    sender: message.sender.clone(),
+                    ..WhatsAppPost::default()
+                });
+            }
+            _ => {}
+        }
+        if let Some(poll) = &message.poll {
+            if !poll.fits_whatsapp() {
+                return Err(Skip::PollDoesNotFit);
+            }
+            return Ok(WhatsAppPost {
+                text: sender_line("started a poll"),
+                sender: message.sender.clone(),
+                sender_name: name,
+                poll: Some(poll.clone()),
+                ..WhatsAppPost::default()
+            });
+        }
+        if let Some(location) = &message.location {
+            let text = sender_line("shared a location");
             return Ok(WhatsAppPost {
                 text,
                 sender: message.sender.clone(),
@@ -690,7 +788,9 @@ impl Relay {
             }
             MatrixRelation::None
             | MatrixRelation::Redaction { .. }
-            | MatrixRelation::Reaction { .. } => {}
+            | MatrixRelation::Reaction { .. }
+            | MatrixRelation::PollVote { .. }
+            | MatrixRelation::PollEnd { .. } => {}
         }
         Ok(post)
     }
@@ -860,6 +960,24 @@ fn poll_lines(
         escape_html(name),
         escape_html(&question)
     );
+    let (items, items_html) = option_lines(options, tally);
+    body.push_str(&items);
+    html.push_str(&items_html);
+    let footer = match tally.map(|tally| tally.iter().filter(|v| !v.choices.is_empty()).count()) {
+        None => "Vote in WhatsApp.".to_owned(),
+        Some(0) => "Vote in WhatsApp: nobody has voted.".to_owned(),
+        Some(1) => "Vote in WhatsApp: 1 person voted.".to_owned(),
+        Some(voters) => format!("Vote in WhatsApp: {voters} people voted."),
+    };
+    body.push_str(&format!("\n({footer})"));
+    html.push_str(&format!("</ol><em>{}</em>", escape_html(&footer)));
+    (body, html)
+}
+
+/// A poll's options as numbered lines (`\n1. Samedi (2: Carol, Bob)`) and HTML list
+/// items, with how many people picked each and who when `tally` is given.
+fn option_lines(options: &[String], tally: Option<&[PollVoter]>) -> (String, String) {
+    let (mut body, mut html) = (String::new(), String::new());
     for (number, option) in options.iter().enumerate() {
         let option_text = single_line(option);
         body.push_str(&format!("\n{}. {option_text}", number + 1));
@@ -880,15 +998,17 @@ fn poll_lines(
         }
         html.push_str("</li>");
     }
-    let footer = match tally.map(|tally| tally.iter().filter(|v| !v.choices.is_empty()).count()) {
-        None => "Vote in WhatsApp.".to_owned(),
-        Some(0) => "Vote in WhatsApp: nobody has voted.".to_owned(),
-        Some(1) => "Vote in WhatsApp: 1 person voted.".to_owned(),
-        Some(voters) => format!("Vote in WhatsApp: {voters} people voted."),
-    };
-    body.push_str(&format!("\n({footer})"));
-    html.push_str(&format!("</ol><em>{}</em>", escape_html(&footer)));
     (body, html)
+}
+
+/// The bot's reply to a poll asked in Matrix: how WhatsApp voted in it (Matrix
+/// votes are the poll's own, shown by Matrix clients).
+fn tally_lines(options: &[String], tally: &[PollVoter]) -> (String, String) {
+    let (items, items_html) = option_lines(options, Some(tally));
+    (
+        format!("Votes in WhatsApp:{items}"),
+        format!("<em>Votes in WhatsApp:</em><ol>{items_html}</ol>"),
+    )
 }
 
 /// The room's line about a group setting `who` changed. Disappearing messages are
@@ -1104,7 +1224,56 @@ mod tests {
             relation: MatrixRelation::None,
             media: None,
             location: None,
+            poll: None,
         }
+    }
+
+    #[test]
+    fn matrix_polls_votes_and_ends_cross_as_the_numbers_poll_and_lines() {
+        let relay = relay();
+        let group = group(None);
+        let mut message = mx("@alice:x", Some("Alice"), MatrixKind::Text, "");
+        let poll = MatrixPoll {
+            question: "Quel jour ?".into(),
+            options: vec!["Samedi".into(), "Dimanche".into()],
+            max_selections: 1,
+        };
+        message.poll = Some(poll.clone());
+        let post = relay.from_matrix(Some(&group), &message, false).unwrap();
+        assert_eq!(post.text, "* _Alice_ started a poll");
+        assert_eq!(post.poll, Some(poll.clone()));
+        // WhatsApp polls have 2 to 12 different options.
+        let thirteen: Vec<String> = (0..13).map(|n| n.to_string()).collect();
+        for options in [
+            vec!["Oui".to_owned()],
+            vec!["Oui".into(), "Oui".into()],
+            thirteen,
+        ] {
+            let mut misfit = poll.clone();
+            misfit.options = options;
+            message.poll = Some(misfit);
+            assert_eq!(
+                relay.from_matrix(Some(&group), &message, false),
+                Err(Skip::PollDoesNotFit)
+            );
+        }
+        message.poll = None;
+        message.body = "Samedi".into();
+        message.relation = MatrixRelation::PollVote {
+            poll: "$poll".into(),
+        };
+        let post = relay.from_matrix(Some(&group), &message, false).unwrap();
+        assert_eq!(post.text, "* _Alice_ voted: Samedi");
+        assert_eq!(post.reply_to.as_deref(), Some("$poll"));
+        message.body = String::new();
+        let post = relay.from_matrix(Some(&group), &message, false).unwrap();
+        assert_eq!(post.text, "* _Alice_ took back their vote");
+        message.relation = MatrixRelation::PollEnd {
+            poll: "$poll".into(),
+        };
+        let post = relay.from_matrix(Some(&group), &message, false).unwrap();
+        assert_eq!(post.text, "* _Alice_ ended the poll");
+        assert_eq!(post.reply_to.as_deref(), Some("$poll"));
     }
 
     #[test]
@@ -1237,6 +1406,7 @@ mod tests {
             choices: vec!["Samedi".into()],
             voted_at_ms: 1,
             creator_name: Some("Bob".into()),
+            asked_in_matrix: false,
             tally: vec![
                 voter("Carol", &["Samedi"]),
                 voter("Dan", &[]),
@@ -1269,7 +1439,7 @@ mod tests {
         // Everyone took their vote back; the creator's name is unknown.
         ballot.creator_name = None;
         ballot.tally = vec![voter("Carol", &[])];
-        message.shared = Some(Shared::PollVote(Some(Box::new(ballot))));
+        message.shared = Some(Shared::PollVote(Some(Box::new(ballot.clone()))));
         let post = relay
             .from_whatsapp(Some(&group(None)), &message, false)
             .unwrap();
@@ -1279,6 +1449,25 @@ mod tests {
             post.body
         );
         assert!(post.body.ends_with("(Vote in WhatsApp: nobody has voted.)"));
+        // A poll asked in Matrix: the tally is the bot's reply line, one per poll.
+        ballot.asked_in_matrix = true;
+        ballot.tally = vec![voter("Carol", &["Dimanche"])];
+        message.shared = Some(Shared::PollVote(Some(Box::new(ballot))));
+        let post = relay
+            .from_whatsapp(Some(&group(None)), &message, false)
+            .unwrap();
+        assert_eq!(
+            post.body,
+            "Votes in WhatsApp:\n1. Samedi (0)\n2. Dimanche (1: Carol)\n3. Lundi <3 (0)"
+        );
+        assert_eq!(
+            post.change,
+            Some(MatrixChange::ReplyLine {
+                to: "3EB0POLL".into(),
+                key: "poll-tally:3EB0POLL".into(),
+                removed: false
+            })
+        );
     }
 
     #[test]
@@ -1574,7 +1763,7 @@ mod tests {
         assert_eq!(post.reply_to.as_deref(), Some("M1"));
         assert_eq!(
             post.change,
-            Some(MatrixChange::Reaction {
+            Some(MatrixChange::ReplyLine {
                 to: "M1".into(),
                 key: reaction_key("M1", "33611111111"),
                 removed: false

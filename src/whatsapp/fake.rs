@@ -325,6 +325,9 @@ impl WhatsAppClient for FakeClient {
         let (text, relation) = match outgoing {
             Outgoing::Text { text, reply_to, .. } => (text.clone(), reply(reply_to)),
             Outgoing::Location { location } => (location.describe(), None),
+            Outgoing::Poll {
+                question, options, ..
+            } => (format!("{question}: {}", options.join(" / ")), None),
             Outgoing::Media {
                 media,
                 data,

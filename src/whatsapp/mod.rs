@@ -117,6 +117,14 @@ pub enum Outgoing {
     React { target: Quoted, emoji: String },
     /// A point on the map.
     Location { location: Location },
+    /// A poll of the number's: `question`, 2 to 12 `options`, of which one may pick
+    /// up to `max_selections`. Its votes come back readable (the poll's secret is
+    /// kept).
+    Poll {
+        question: String,
+        options: Vec<String>,
+        max_selections: u32,
+    },
     /// A file (`data`, described by `media`), with a caption where WhatsApp shows
     /// one for its kind, maybe as a reply.
     Media {

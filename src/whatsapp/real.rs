@@ -101,6 +101,8 @@ pub struct RealWhatsApp {
     rules: GroupRules,
     /// WhatsApp's HTTP client, for group pictures.
     http: super::server::MediaHttp,
+    /// The key store, where the number's polls are kept with their secret.
+    polls: Arc<SqliteBackend>,
 }
 
 impl RealWhatsApp {
@@ -141,6 +143,7 @@ impl RealWhatsApp {
                 acks: ServerAcks::default(),
                 rules: GroupRules::default(),
                 http: super::server::media_http_for(options.url.as_deref()),
+                polls: backend,
             }));
         }
 
@@ -156,6 +159,7 @@ impl RealWhatsApp {
         };
         let events_client = Arc::clone(&events.client);
         let polls = Arc::clone(&backend);
+        let own_polls = Arc::clone(&backend);
         let mut builder = Bot::builder()
             .with_backend_arc(backend)
             .with_version(WHATSAPP_WEB_VERSION)
@@ -183,6 +187,7 @@ impl RealWhatsApp {
             acks,
             rules,
             http: super::server::media_http_for(options.url.as_deref()),
+            polls: own_polls,
         }))
     }
 
@@ -268,6 +273,39 @@ impl RealWhatsApp {
         self.acks.wait(message_id, ack).await
     }
 
+    /// The secret of the number's poll `message_id`: the one kept from a first
+    /// attempt (a retry must send the same poll), else a new random one, kept before
+    /// the poll goes out so that no vote arrives unreadable.
+    async fn poll_secret(
+        &self,
+        client: &Client,
+        group: &Jid,
+        message_id: &str,
+        question: &str,
+        options: &[String],
+    ) -> Result<Vec<u8>, WhatsAppError> {
+        let store_error =
+            |error: super::store::WaStoreError| WhatsAppError::Transient(error.to_string());
+        let chat = group.to_string();
+        if let Some(kept) = self.polls.poll(&chat, message_id).map_err(store_error)? {
+            return Ok(kept.secret);
+        }
+        let mut secret = vec![0u8; 32];
+        rand::Rng::fill_bytes(&mut rand::rng(), &mut secret);
+        let record = PollRecord {
+            chat,
+            poll_id: message_id.to_owned(),
+            creator: own_jid_in(client, group).await?,
+            secret: secret.clone(),
+            question: question.to_owned(),
+            options: options.to_vec(),
+        };
+        self.polls
+            .remember_poll(&record, now_millis() / 1000)
+            .map_err(store_error)?;
+        Ok(secret)
+    }
+
     fn already_sent(&self, message_id: &str) -> bool {
         self.sent_ids
             .lock()
@@ -335,6 +373,18 @@ impl WhatsAppClient for RealWhatsApp {
                     }),
                     ..Default::default()
                 };
+                self.send_new(client, group.clone(), message, message_id)
+                    .await?;
+            }
+            Outgoing::Poll {
+                question,
+                options,
+                max_selections,
+            } => {
+                let secret = self
+                    .poll_secret(client, &group, message_id, question, options)
+                    .await?;
+                let message = poll_message(question, options, *max_selections, secret);
                 self.send_new(client, group.clone(), message, message_id)
                     .await?;
             }
@@ -555,6 +605,49 @@ async fn own_jid_in(client: &Client, group: &Jid) -> Result<String, WhatsAppErro
         _ => own_pn,
     };
     Ok(own.to_non_ad().to_string())
+}
+
+/// The number's poll (whatsapp-rust's `polls().create` shape, under our own id):
+/// single-choice polls as `pollCreationMessageV3`, others as the first version, as
+/// WhatsApp Web sends them; the secret voters derive their keys from rides in
+/// `messageContextInfo`.
+fn poll_message(
+    question: &str,
+    options: &[String],
+    max_selections: u32,
+    secret: Vec<u8>,
+) -> wa::Message {
+    let poll = wa::message::PollCreationMessage {
+        name: Some(question.to_owned()),
+        options: options
+            .iter()
+            .map(|option| wa::message::poll_creation_message::Option {
+                option_name: Some(option.clone()),
+                option_hash: None,
+            })
+            .collect(),
+        selectable_options_count: Some(max_selections.clamp(1, options.len() as u32)),
+        poll_content_type: Some(wa::message::PollContentType::TEXT),
+        ..Default::default()
+    };
+    let single = max_selections <= 1;
+    wa::Message {
+        poll_creation_message_v3: if single {
+            MessageField::some(poll.clone())
+        } else {
+            MessageField::none()
+        },
+        poll_creation_message: if single {
+            MessageField::none()
+        } else {
+            MessageField::some(poll)
+        },
+        message_context_info: MessageField::some(wa::MessageContextInfo {
+            message_secret: Some(secret),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
 }
 
 /// An edit of the number's message `target` in `group` (WhatsApp's wire form: a
@@ -1069,6 +1162,7 @@ async fn read_vote(
             .unwrap_or_else(|| info.timestamp.timestamp_millis()),
         creator_name: None,
         tally: Vec::new(),
+        asked_in_matrix: false,
     })
 }
 

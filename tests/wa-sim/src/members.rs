@@ -80,6 +80,9 @@ pub struct Received {
     pub lat: Option<f64>,
     pub lon: Option<f64>,
     pub name: Option<String>,
+    /// Poll: its options (`text` is the question) and how many one may pick.
+    pub options: Vec<String>,
+    pub selectable: Option<u32>,
 }
 
 impl Received {
@@ -116,6 +119,8 @@ impl Received {
             lat: d.lat,
             lon: d.lon,
             name: d.name.clone(),
+            options: d.options.clone(),
+            selectable: d.selectable,
         }
     }
 }

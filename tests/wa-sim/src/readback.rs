@@ -34,6 +34,9 @@ pub struct Described {
     pub lat: Option<f64>,
     pub lon: Option<f64>,
     pub name: Option<String>,
+    /// Poll: its options (`text` is the question) and how many one may pick.
+    pub options: Vec<String>,
+    pub selectable: Option<u32>,
     /// The media to download, if any.
     pub media: Option<Media>,
 }
@@ -211,15 +214,22 @@ pub fn describe(message: &wa::Message) -> Described {
         d.kind = "location";
         d.lat = x.degrees_latitude;
         d.lon = x.degrees_longitude;
-    } else if [
+    } else if let Some(p) = [
         &m.poll_creation_message,
         &m.poll_creation_message_v2,
         &m.poll_creation_message_v3,
     ]
-    .iter()
-    .any(|p| p.is_set())
+    .into_iter()
+    .find_map(|p| p.as_option())
     {
         d.kind = "poll";
+        d.text = p.name.clone();
+        d.options = p
+            .options
+            .iter()
+            .filter_map(|o| o.option_name.clone())
+            .collect();
+        d.selectable = p.selectable_options_count;
     } else if m.poll_update_message.is_set() {
         d.kind = "poll_vote";
     } else if d.text.is_some() {
