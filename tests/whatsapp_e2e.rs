@@ -1636,6 +1636,89 @@ async fn poll_votes_are_read_with_the_polls_secret_and_tallied_on_its_line() {
         .await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn room_renames_topics_avatars_invites_kicks_and_bans_never_reach_the_whatsapp_group() {
+    init_test_logs();
+    let synapse = Synapse::shared();
+    // Alice is a room admin (power 100): Synapse lets her change everything.
+    let mut scene = linked_scene(synapse, "Sécurité", true, "").await;
+    let room = scene.start().await;
+    let (sim, alice, jid) = (&scene.sim, &scene.alice, &scene.jid);
+    let group = format!("{}groups/{jid}", sim.http_url());
+    let get = |url: String| async move {
+        tokio::task::spawn_blocking(move || http_json("GET", &url, None, None))
+            .await
+            .unwrap()
+    };
+    let (status, before) = get(group.clone()).await;
+    assert_eq!(status, 200, "{before}");
+    bob_says(sim, jid, "bonjour").await;
+    alice
+        .wait_for(&room, "Bob's message", |s| s.body == "Bob: bonjour")
+        .await;
+
+    let matrix_room = alice.wait_joined(&room).await;
+    let dave = MatrixUser::new(synapse, &unique("dave"), Some("Dave")).await;
+    let dave_id = matrix_sdk::ruma::UserId::parse(dave.user_id.as_str()).unwrap();
+    matrix_room
+        .set_name("Autre nom".into())
+        .await
+        .expect("Alice renames the room");
+    matrix_room
+        .set_room_topic("Autre sujet")
+        .await
+        .expect("Alice sets the topic");
+    matrix_room
+        .upload_avatar(&mime::IMAGE_PNG, one_pixel_png(), None)
+        .await
+        .expect("Alice sets an avatar");
+    matrix_room
+        .invite_user_by_id(&dave_id)
+        .await
+        .expect("Alice invites Dave");
+    dave.wait_joined(&room).await;
+    matrix_room
+        .kick_user(&dave_id, Some("test"))
+        .await
+        .expect("Alice kicks Dave");
+    matrix_room
+        .ban_user(&dave_id, Some("test"))
+        .await
+        .expect("Alice bans Dave");
+
+    // A text after all that, as a barrier: once Bob has it, anything the bridge
+    // would have done about the room's changes was done before it.
+    alice.send_text(&room, "fin").await;
+    wait_member_text(sim, BOB, jid, "*Alice*: fin").await;
+    let (status, after) = get(group).await;
+    assert_eq!(status, 200, "{after}");
+    assert_eq!(after, before, "the WhatsApp group did not change");
+    let (status, events) = get(format!("{}members/{BOB}/events", sim.http_url())).await;
+    assert_eq!(status, 200, "{events}");
+    assert!(
+        events["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| !e["actor"]
+                .as_str()
+                .unwrap_or_default()
+                .contains(BRIDGE_PHONE)),
+        "the number changed nothing in the group: {events}"
+    );
+    let from_number: Vec<serde_json::Value> = member_messages(sim, BOB, jid)
+        .await
+        .into_iter()
+        .filter(|m| m["from_me"] != true)
+        .map(|m| m["text"].clone())
+        .collect();
+    assert_eq!(
+        from_number,
+        vec![json!("*Alice*: fin")],
+        "only Alice's words crossed"
+    );
+}
+
 /// Everything member `phone` has in `chat`, in order.
 async fn member_messages(
     sim: &wa_sim::Simulator,
