@@ -1719,6 +1719,157 @@ async fn room_renames_topics_avatars_invites_kicks_and_bans_never_reach_the_what
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn formatting_emotes_notices_and_reaction_modes_cross_through_whatsapp_rust() {
+    init_test_logs();
+    use matrix_sdk::ruma::events::reaction::ReactionEventContent;
+    use matrix_sdk::ruma::events::relation::Annotation;
+    use matrix_sdk::ruma::events::room::message::RoomMessageEventContent;
+    use matrix_sdk::ruma::EventId;
+    let synapse = Synapse::shared();
+    let mut scene = linked_scene(
+        synapse,
+        "Formats",
+        false,
+        "\n[relay]\nreactions_to_whatsapp = \"digest\"\nreactions_to_matrix = \"reaction\"",
+    )
+    .await;
+    let room = scene.start().await;
+    let (sim, alice, jid) = (&scene.sim, &scene.alice, &scene.jid);
+    let bot = scene.bridge.bot_user.clone();
+
+    // WhatsApp formatting -> Matrix HTML.
+    let formatted = bob_sends(
+        sim,
+        jid,
+        json!({"text": "*gras*, _ital_ et ~barré~\n> cité\n```let x = 1;```"}),
+    )
+    .await;
+    let seen = alice
+        .wait_for(&room, "Bob's formatted message", |s| {
+            s.body.contains("gras")
+        })
+        .await;
+    assert_eq!(
+        seen.body,
+        "Bob: *gras*, _ital_ et ~barré~\n> cité\n```let x = 1;```"
+    );
+    assert_eq!(
+        seen.html.as_deref(),
+        Some(
+            "<strong>Bob</strong>: <strong>gras</strong>, <em>ital</em> et <del>barré</del>\
+             <blockquote>cité</blockquote><pre><code>let x = 1;</code></pre>"
+        )
+    );
+
+    // Matrix HTML -> WhatsApp formatting; unsafe HTML degrades to its text.
+    alice
+        .send(
+            &room,
+            RoomMessageEventContent::text_html(
+                "fort doux barré code",
+                "<strong>fort</strong> <em>doux</em> <del>barré</del> <code>code</code>\
+                 <blockquote>cité</blockquote><ul><li>un</li><li>deux</li></ul>\
+                 <ol><li>premier</li></ol><pre><code>bloc</code></pre><script>alert(1)</script>",
+            ),
+        )
+        .await;
+    let got = wait_member_message(sim, BOB, jid, "Alice's formatted message", |m| {
+        m["from_me"] != true && m["text"].as_str().is_some_and(|t| t.contains("fort"))
+    })
+    .await;
+    assert_eq!(
+        got["text"],
+        "*Alice*: *fort* _doux_ ~barré~ `code`\n> cité\n- un\n- deux\n1. premier\n```bloc```"
+    );
+
+    // An emote reads as one; a notice (what bots send) is not relayed.
+    alice
+        .send(&room, RoomMessageEventContent::emote_plain("fait signe"))
+        .await;
+    wait_member_text(sim, BOB, jid, "* _Alice_ fait signe").await;
+    alice
+        .send(
+            &room,
+            RoomMessageEventContent::notice_plain("je suis un bot"),
+        )
+        .await;
+
+    // reactions_to_whatsapp = "digest": Alice's reaction is the number's one reply
+    // to Bob's message, deleted when she takes it back.
+    let matrix_room = alice.wait_joined(&room).await;
+    let reaction = matrix_room
+        .send(ReactionEventContent::new(Annotation::new(
+            EventId::parse(&seen.event_id).unwrap(),
+            "👍".into(),
+        )))
+        .await
+        .unwrap()
+        .response
+        .event_id;
+    let digest = wait_member_text(sim, BOB, jid, "👍 Alice").await;
+    assert_eq!(digest["quoted_id"], json!(formatted), "{digest}");
+    matrix_room.redact(&reaction, None, None).await.unwrap();
+    wait_member_message(sim, BOB, jid, "the digest's deletion", |m| {
+        m["kind"] == "revoke" && m["revoke_of"] == digest["id"]
+    })
+    .await;
+
+    // reactions_to_matrix = "reaction": Bob's reaction is the bot's own, taken back
+    // with his.
+    let annotations_become = |expected: Vec<(String, String)>| {
+        let (alice, room, event) = (alice, &room, &seen.event_id);
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let found = alice.annotations(synapse, room, event).await;
+                if found == expected {
+                    return;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "expected {expected:?}, found {found:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    bob_sends(
+        sim,
+        jid,
+        json!({"reaction": {"to": formatted, "emoji": "❤️"}}),
+    )
+    .await;
+    annotations_become(vec![(bot.clone(), "❤️".to_owned())]).await;
+    bob_sends(
+        sim,
+        jid,
+        json!({"reaction": {"to": formatted, "emoji": ""}}),
+    )
+    .await;
+    annotations_become(Vec::new()).await;
+
+    // A barrier: once Bob has this, the notice would have come before it.
+    alice.send_text(&room, "fin").await;
+    wait_member_text(sim, BOB, jid, "*Alice*: fin").await;
+    assert!(
+        !member_messages(sim, BOB, jid)
+            .await
+            .iter()
+            .any(|m| m["text"]
+                .as_str()
+                .is_some_and(|t| t.contains("je suis un bot"))),
+        "notices are not relayed"
+    );
+    assert!(
+        !alice
+            .seen_in(&room)
+            .iter()
+            .any(|s| s.body.contains("reacted")),
+        "no reaction lines in this mode"
+    );
+}
+
 /// Everything member `phone` has in `chat`, in order.
 async fn member_messages(
     sim: &wa_sim::Simulator,
