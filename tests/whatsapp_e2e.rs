@@ -4,7 +4,8 @@
 //! Covers `passerelle login` by QR, relaying both ways, the admin commands `groups`
 //! and `join`, messages sent while the service was stopped, media, relations, and
 //! the fault tests that involve WhatsApp (homeserver outage and rate limit during a
-//! WhatsApp burst, SIGKILL, dropped connections, lost stanzas).
+//! WhatsApp burst, SIGKILL, dropped connections, lost stanzas), polls, formatting,
+//! reaction modes, relay safety, and rooms with Matrix end-to-end encryption.
 #![recursion_limit = "256"]
 
 mod common;
@@ -1868,6 +1869,128 @@ async fn formatting_emotes_notices_and_reaction_modes_cross_through_whatsapp_rus
             .any(|s| s.body.contains("reacted")),
         "no reaction lines in this mode"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_encrypted_room_relays_texts_and_files_both_ways_through_whatsapp_rust() {
+    init_test_logs();
+    use base64::Engine as _;
+    use matrix_sdk::attachment::AttachmentConfig;
+    use matrix_sdk::media::{MediaFormat, MediaRequestParameters};
+    use matrix_sdk::ruma::api::client::room::create_room;
+    use matrix_sdk::ruma::events::room::encryption::RoomEncryptionEventContent;
+    use matrix_sdk::ruma::events::room::message::{MessageType, SyncRoomMessageEvent};
+    use matrix_sdk::ruma::events::room::MediaSource;
+    use matrix_sdk::ruma::events::{
+        AnySyncMessageLikeEvent, AnySyncTimelineEvent, InitialStateEvent,
+    };
+    use matrix_sdk::ruma::{EventId, OwnedUserId};
+
+    let synapse = Synapse::shared();
+    let sim = wa_sim::Simulator::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let alice = MatrixUser::new(synapse, &unique("alice"), Some("Alice")).await;
+    let mut bridge = TestBridge::new(synapse, &[&alice.user_id]);
+    bridge.append_config(&format!("[whatsapp]\nserver_url = \"{}\"\n", sim.ws_url()));
+    login_by_qr(&sim, &bridge.config_path, BRIDGE_PHONE).await;
+    let jid = bob_and_group(&sim, "Secrets de famille").await;
+
+    // An admin creates an encrypted room, invites the bot, and names the room in the
+    // group file.
+    let mut request = create_room::v3::Request::new();
+    request.invite = vec![OwnedUserId::try_from(bridge.bot_user.as_str()).unwrap()];
+    request.initial_state = vec![InitialStateEvent::with_empty_state_key(
+        RoomEncryptionEventContent::with_recommended_defaults(),
+    )
+    .to_raw_any()];
+    let room = alice
+        .client
+        .create_room(request)
+        .await
+        .expect("create room");
+    let room_id = room.room_id().to_string();
+    bridge.write_group(&unique("secret"), &jid, &format!("room = \"{room_id}\""));
+    bridge.start_real().await;
+    assert_eq!(bridge.wait_room(&jid).await, room_id);
+
+    // WhatsApp -> Matrix: the bot encrypts; Alice's client decrypts.
+    bob_says(&sim, &jid, "un secret bien gardé").await;
+    let seen = alice
+        .wait_for(&room_id, "Bob's message", |s| {
+            s.body == "Bob: un secret bien gardé"
+        })
+        .await;
+    let raw = alice.raw_event(synapse, &room_id, &seen.event_id).await;
+    assert_eq!(raw["type"], "m.room.encrypted", "{raw}");
+
+    // Matrix -> WhatsApp: Alice's client encrypts; the bot decrypts.
+    let sent = alice.send_text(&room_id, "motus et bouche cousue").await;
+    let raw = alice.raw_event(synapse, &room_id, &sent).await;
+    assert_eq!(raw["type"], "m.room.encrypted", "{raw}");
+    wait_member_text(&sim, BOB, &jid, "*Alice*: motus et bouche cousue").await;
+
+    // Files too: an encrypted attachment in Matrix, the same bytes on each side.
+    let photo = sample_file(21, 40_000);
+    bob_sends(
+        &sim,
+        &jid,
+        json!({
+            "image": base64::engine::general_purpose::STANDARD.encode(&photo),
+            "mime": "image/png",
+            "text": "la photo"
+        }),
+    )
+    .await;
+    let seen = alice
+        .wait_for(&room_id, "Bob's photo", |s| s.msgtype == "m.image")
+        .await;
+    assert_eq!(seen.body, "Bob: la photo");
+    let event = room
+        .load_or_fetch_event(&EventId::parse(&seen.event_id).unwrap(), None)
+        .await
+        .expect("the photo event");
+    let Ok(AnySyncTimelineEvent::MessageLike(AnySyncMessageLikeEvent::RoomMessage(
+        SyncRoomMessageEvent::Original(message),
+    ))) = event.raw().deserialize()
+    else {
+        panic!("not a decrypted message");
+    };
+    let MessageType::Image(image) = message.content.msgtype else {
+        panic!("not an image");
+    };
+    assert!(
+        matches!(image.source, MediaSource::Encrypted(_)),
+        "an encrypted file"
+    );
+    let data = alice
+        .client
+        .media()
+        .get_media_content(
+            &MediaRequestParameters {
+                source: image.source,
+                format: MediaFormat::File,
+            },
+            false,
+        )
+        .await
+        .expect("download and decrypt");
+    assert_eq!(sha256_hex(&data), sha256_hex(&photo));
+
+    let drawing = sample_file(22, 30_000);
+    room.send_attachment(
+        "dessin.png",
+        &mime::IMAGE_PNG,
+        drawing.clone(),
+        AttachmentConfig::new(),
+    )
+    .await
+    .expect("Alice sends an encrypted file");
+    wait_member_message(&sim, BOB, &jid, "Alice's drawing", |m| {
+        m["kind"] == "image" && m["media_sha256"] == sha256_hex(&drawing)
+    })
+    .await;
+    bridge.stop().await;
 }
 
 /// Everything member `phone` has in `chat`, in order.
