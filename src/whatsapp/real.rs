@@ -341,7 +341,10 @@ impl WhatsAppClient for RealWhatsApp {
             return Ok(());
         }
         let client = self.usable_client()?;
-        match outgoing {
+        // What to send, and whether it is a new message of the number's (what the
+        // group's rules apply to) or a change to one (an edit, a deletion, a
+        // reaction), which is sent as it is.
+        let (message, new) = match outgoing {
             Outgoing::Media {
                 media,
                 data,
@@ -360,8 +363,7 @@ impl WhatsAppClient for RealWhatsApp {
                     context,
                 )
                 .await?;
-                self.send_new(client, group.clone(), message, message_id)
-                    .await?;
+                (message, true)
             }
             Outgoing::Location { location } => {
                 let message = wa::Message {
@@ -373,8 +375,7 @@ impl WhatsAppClient for RealWhatsApp {
                     }),
                     ..Default::default()
                 };
-                self.send_new(client, group.clone(), message, message_id)
-                    .await?;
+                (message, true)
             }
             Outgoing::Poll {
                 question,
@@ -385,8 +386,7 @@ impl WhatsAppClient for RealWhatsApp {
                     .poll_secret(client, &group, message_id, question, options)
                     .await?;
                 let message = poll_message(question, options, *max_selections, secret);
-                self.send_new(client, group.clone(), message, message_id)
-                    .await?;
+                (message, true)
             }
             Outgoing::Text {
                 text,
@@ -397,8 +397,7 @@ impl WhatsAppClient for RealWhatsApp {
                     (None, true) => wa::Message::text(text),
                     _ => text_with_context(client, text, reply_to.as_ref(), mentions)?,
                 };
-                self.send_new(client, group.clone(), message, message_id)
-                    .await?;
+                (message, true)
             }
             // Edits, revokes and reactions are built here rather than through
             // whatsapp-rust's `edit_message` / `revoke_message` / `send_reaction`,
@@ -407,25 +406,11 @@ impl WhatsAppClient for RealWhatsApp {
             // after a crash is recognised by WhatsApp as the same stanza.
             Outgoing::Edit { target, text } => {
                 let message = edit_message(&group, target, own_jid_in(client, &group).await?, text);
-                self.send_confirmed(
-                    client,
-                    group.clone(),
-                    message,
-                    message_id,
-                    SendOptions::default(),
-                )
-                .await?;
+                (message, false)
             }
             Outgoing::Revoke { target } => {
                 let message = revoke_message(&group, target);
-                self.send_confirmed(
-                    client,
-                    group.clone(),
-                    message,
-                    message_id,
-                    SendOptions::default(),
-                )
-                .await?;
+                (message, false)
             }
             // One reaction per number and message: a repeat replaces it with itself.
             Outgoing::React { target, emoji } => {
@@ -436,15 +421,14 @@ impl WhatsAppClient for RealWhatsApp {
                     participant: Some(participant_of(client, target)?),
                 };
                 let message = build_reaction_message(key, emoji.as_str(), now_millis());
-                self.send_confirmed(
-                    client,
-                    group.clone(),
-                    message,
-                    message_id,
-                    SendOptions::default(),
-                )
-                .await?;
+                (message, false)
             }
+        };
+        if new {
+            self.send_new(client, group, message, message_id).await?;
+        } else {
+            self.send_confirmed(client, group, message, message_id, SendOptions::default())
+                .await?;
         }
         self.remember_sent(message_id);
         Ok(())
