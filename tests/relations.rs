@@ -247,6 +247,63 @@ async fn matrix_replies_edits_and_redactions_reach_whatsapp_for_their_authors_on
     bridge.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edits_and_deletions_past_whatsapps_time_limits_come_back_as_notices() {
+    let (mut bridge, alice, jid, room) = bridged_group("too-late", "").await;
+    let net = bridge.network.clone();
+    let old = alice.send_text(&room, "vieux message").await;
+    bridge
+        .wait_whatsapp_text(&jid, "*Alice*: vieux message")
+        .await;
+    // Make the bridge's WhatsApp copy older than WhatsApp's limits, in the bridge's
+    // own database (the service keeps running: SQLite in WAL mode takes both).
+    let age_by = |seconds: i64| {
+        let db = rusqlite::Connection::open(bridge.dir.path().join("state/passerelle.db")).unwrap();
+        db.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
+        let changed = db
+            .execute(
+                "UPDATE message_links SET created_at = created_at - ?1 WHERE event_id = ?2",
+                rusqlite::params![seconds, old],
+            )
+            .unwrap();
+        assert_eq!(changed, 1);
+    };
+    age_by(16 * 60);
+    let edit = RoomMessageEventContent::text_plain("corrigé").make_replacement(
+        ReplacementMetadata::new(EventId::parse(&old).unwrap(), None),
+    );
+    alice.send(&room, edit).await;
+    alice
+        .wait_for(&room, "the edit refusal", |s| {
+            s.msgtype == "m.notice"
+                && s.body.ends_with(
+                    "WhatsApp allows edits for 15 minutes only; the edit was not relayed.",
+                )
+        })
+        .await;
+    age_by(61 * 3600);
+    alice
+        .wait_joined(&room)
+        .await
+        .redact(&EventId::parse(&old).unwrap(), None, None)
+        .await
+        .unwrap();
+    alice
+        .wait_for(&room, "the deletion refusal", |s| {
+            s.msgtype == "m.notice"
+                && s.body.ends_with(
+                    "WhatsApp allows deleting a message for everyone for 60 hours only; it stays in the WhatsApp group.",
+                )
+        })
+        .await;
+    assert!(
+        net.messages(&jid).iter().all(|m| m.relation.is_none()),
+        "neither the edit nor the deletion reached WhatsApp: {:?}",
+        net.messages(&jid)
+    );
+    bridge.stop().await;
+}
+
 /// Waits until the fake group holds a message matching `found`.
 async fn wait_fake(
     net: &passerelle::whatsapp::fake::FakeNetwork,
