@@ -238,6 +238,7 @@ impl Service {
         tasks.push(tokio::spawn(bridge.clone().to_whatsapp_worker()));
         tasks.push(tokio::spawn(bridge.clone().room_setup_retries()));
         tasks.push(tokio::spawn(bridge.clone().heartbeat()));
+        tasks.push(tokio::spawn(bridge.clone().forget_old_daily()));
         let handler: Arc<dyn ControlHandler> = bridge.clone();
         tasks.push(tokio::spawn(control::serve(control_listener, handler)));
         if let Some(listener) = metrics_listener {
@@ -474,6 +475,40 @@ impl Bridge {
                 tracing::warn!("store: {error}");
             }
             tokio::time::sleep(Duration::from_secs(status::HEARTBEAT_SECS)).await;
+        }
+    }
+
+    /// Forgets what is older than `[relay] remember_days`, at start and then once a
+    /// day (the setting as last reloaded).
+    async fn forget_old_daily(self: Arc<Self>) {
+        loop {
+            self.forget_old().await;
+            tokio::time::sleep(Duration::from_secs(24 * 3600)).await;
+        }
+    }
+
+    async fn forget_old(&self) {
+        let days = self.active().config.relay.remember_days;
+        if days == 0 {
+            return;
+        }
+        let cutoff = now_ms() / 1000 - i64::from(days) * 24 * 3600;
+        match self.store.forget_before(cutoff, WHATSAPP_ANNOTATIONS) {
+            Ok(forgotten) => tracing::info!(
+                days,
+                links = forgotten.links,
+                names = forgotten.names,
+                poll_votes = forgotten.poll_votes,
+                digests = forgotten.digests,
+                "forgot what is older than the retention period"
+            ),
+            Err(error) => tracing::warn!("store: could not forget old links: {error}"),
+        }
+        if let Some(client) = self.whatsapp() {
+            match client.forget_before(cutoff).await {
+                Ok(polls) => tracing::info!(polls, "forgot polls older than the retention period"),
+                Err(error) => tracing::warn!("could not forget old polls: {error}"),
+            }
         }
     }
 

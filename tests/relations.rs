@@ -304,6 +304,84 @@ async fn edits_and_deletions_past_whatsapps_time_limits_come_back_as_notices() {
     bridge.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn links_older_than_remember_days_are_forgotten_and_replies_to_them_quote() {
+    let (mut bridge, alice, jid, room) = bridged_group("forget", "").await;
+    bridge.append_config("[relay]\nremember_days = 1\n");
+    let net = bridge.network.clone();
+    let old = net.post(&jid, BOB, Some("Bob"), "ancien");
+    alice
+        .wait_for(&room, "the old message", |s| s.body == "Bob: ancien")
+        .await;
+    let recent = net.post(&jid, BOB, Some("Bob"), "récent");
+    let recent_seen = alice
+        .wait_for(&room, "the recent message", |s| s.body == "Bob: récent")
+        .await;
+    bridge.stop().await;
+
+    // Two days pass for the old message's link.
+    let db_path = bridge.dir.path().join("state/passerelle.db");
+    let links_of = |wa_id: &str| -> i64 {
+        let db = rusqlite::Connection::open(&db_path).unwrap();
+        db.query_row(
+            "SELECT COUNT(*) FROM message_links WHERE wa_id = ?1",
+            [wa_id],
+            |row| row.get(0),
+        )
+        .unwrap()
+    };
+    {
+        let db = rusqlite::Connection::open(&db_path).unwrap();
+        db.execute(
+            "UPDATE message_links SET created_at = created_at - 2 * 86400 WHERE wa_id = ?1",
+            [&old],
+        )
+        .unwrap();
+    }
+    // The service forgets at start.
+    bridge.start().await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while links_of(&old) != 0 {
+        assert!(std::time::Instant::now() < deadline, "the old link stays");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_eq!(links_of(&recent), 1, "the recent link is kept");
+
+    // A reply to the forgotten message quotes it; one to the recent one is a reply.
+    let reply = |to: &str, quoted: &str, text: &str| {
+        net.post_related(
+            &jid,
+            CAROL,
+            Some("Carol"),
+            text,
+            Some(WhatsAppRelation::Reply {
+                id: to.to_owned(),
+                quoted: Some(quoted.to_owned()),
+            }),
+            &[],
+        );
+    };
+    reply(&old, "ancien", "je me souviens");
+    let seen = alice
+        .wait_for(&room, "the reply to the old message", |s| {
+            s.body.ends_with("Carol: je me souviens")
+        })
+        .await;
+    assert_eq!(seen.body, "> ancien\n\nCarol: je me souviens");
+    assert_eq!(seen.relation, None);
+    reply(&recent, "récent", "moi aussi");
+    let seen = alice
+        .wait_for(&room, "the reply to the recent message", |s| {
+            s.body.ends_with("Carol: moi aussi")
+        })
+        .await;
+    assert_eq!(
+        seen.relation,
+        Some(("reply".into(), recent_seen.event_id.clone()))
+    );
+    bridge.stop().await;
+}
+
 /// Waits until the fake group holds a message matching `found`.
 async fn wait_fake(
     net: &passerelle::whatsapp::fake::FakeNetwork,

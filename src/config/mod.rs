@@ -133,7 +133,13 @@ pub struct RelayConfig {
     /// Whether WhatsApp member changes (joined, left, added, removed, admins) are
     /// told in the room.
     pub member_notices: bool,
+    /// How many days the bridge remembers which event mirrors which message (and
+    /// names, poll votes, kept polls); 0: forever.
+    pub remember_days: u32,
 }
+
+/// Default `[relay] remember_days`: a year, enough for any reply or late vote.
+pub const DEFAULT_REMEMBER_DAYS: u32 = 365;
 
 /// Default `[relay] max_file_mb`: Synapse's default upload limit.
 pub const DEFAULT_MAX_FILE_MB: u32 = 50;
@@ -145,6 +151,7 @@ impl Default for RelayConfig {
             reactions_to_matrix: ReactionsToMatrix::default(),
             max_file_bytes: u64::from(DEFAULT_MAX_FILE_MB) * 1_000_000,
             member_notices: true,
+            remember_days: DEFAULT_REMEMBER_DAYS,
         }
     }
 }
@@ -306,6 +313,7 @@ struct RawRelay {
     reactions_to_matrix: Option<S<String>>,
     max_file_mb: Option<S<i64>>,
     member_notices: Option<S<bool>>,
+    remember_days: Option<S<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -846,11 +854,28 @@ fn check_relay(src: &mut Source, raw: Option<RawRelay>) -> Option<RelayConfig> {
             }
         },
     };
+    let remember_days = match raw.remember_days {
+        None => Some(DEFAULT_REMEMBER_DAYS),
+        Some(value) => match u32::try_from(*value.get_ref()) {
+            Ok(days) if days <= 36_500 => Some(days),
+            _ => {
+                src.at(
+                    &value,
+                    format!(
+                        "`remember_days` must be a whole number of days from 0 (forever) to 36500, not {}",
+                        value.get_ref()
+                    ),
+                );
+                None
+            }
+        },
+    };
     ok.then_some(RelayConfig {
         reactions_to_whatsapp: to_whatsapp,
         reactions_to_matrix: to_matrix,
         max_file_bytes: u64::from(max_file_mb?) * 1_000_000,
         member_notices: raw.member_notices.is_none_or(|v| *v.get_ref()),
+        remember_days: remember_days?,
     })
 }
 
@@ -1118,6 +1143,19 @@ level = "info,passerelle=debug,matrix_sdk=warn"
         assert!(config.relay.member_notices);
         let config = parse(&format!("{MINIMAL}[relay]\nmember_notices = false\n")).unwrap();
         assert!(!config.relay.member_notices);
+        assert_eq!(config.relay.remember_days, 365);
+        let config = parse(&format!("{MINIMAL}[relay]\nremember_days = 0\n")).unwrap();
+        assert_eq!(config.relay.remember_days, 0);
+        for bad in ["-1", "40000"] {
+            let (line, message) = problem(&format!("{MINIMAL}[relay]\nremember_days = {bad}\n"));
+            assert_eq!(line, Some(5), "{bad}");
+            assert_eq!(
+                message,
+                format!(
+                    "`remember_days` must be a whole number of days from 0 (forever) to 36500, not {bad}"
+                )
+            );
+        }
         for bad in ["0", "-3", "5000"] {
             let (line, message) = problem(&format!("{MINIMAL}[relay]\nmax_file_mb = {bad}\n"));
             assert_eq!(line, Some(5), "{bad}");

@@ -17,7 +17,7 @@ pub struct MessageLink {
     /// wrote `event_id`; `ToWhatsApp` means it came from Matrix and the bridge's number
     /// wrote `wa_id`.
     pub origin: Direction,
-    /// Unix seconds; `prune_links` goes by this.
+    /// Unix seconds; `forget_before` goes by this (`[relay] remember_days`).
     pub created_at: i64,
     /// Who wrote it: the WhatsApp sender's number (origin `ToMatrix`) or the Matrix
     /// user id (origin `ToWhatsApp`); empty when unknown (links of older versions).
@@ -151,14 +151,6 @@ impl Store {
         )? > 0)
     }
 
-    /// Deletes links created before `older_than_unix` (seconds); returns how many.
-    pub fn prune_links(&self, older_than_unix: i64) -> Result<usize, StoreError> {
-        Ok(self.lock().execute(
-            "DELETE FROM message_links WHERE created_at < ?1",
-            [older_than_unix],
-        )?)
-    }
-
     /// True when `wa_id` is a WhatsApp message the bridge itself sends (a queued
     /// `ToWhatsApp` outbox row whose target id it is) or sent (a link with origin
     /// `ToWhatsApp`) in `group_jid`: drop it if WhatsApp echoes it back.
@@ -252,25 +244,6 @@ mod tests {
         );
         assert_eq!(store.event_for_wa("g@g.us", "W2").unwrap(), None);
         assert_eq!(store.wa_for_event("!r:x", "$e2").unwrap(), None);
-    }
-
-    #[test]
-    fn prune_removes_only_old_links() {
-        let store = Store::open_in_memory().unwrap();
-        store
-            .record_link(&link("W1", "$e1", Direction::ToMatrix, 100))
-            .unwrap();
-        store
-            .record_link(&link("W2", "$e2", Direction::ToWhatsApp, 200))
-            .unwrap();
-        store
-            .record_link(&link("W3", "$e3", Direction::ToMatrix, 300))
-            .unwrap();
-        assert_eq!(store.prune_links(200).unwrap(), 1);
-        assert_eq!(store.event_for_wa("g@g.us", "W1").unwrap(), None);
-        assert!(store.event_for_wa("g@g.us", "W2").unwrap().is_some());
-        assert_eq!(store.prune_links(200).unwrap(), 0);
-        assert_eq!(store.prune_links(i64::MAX).unwrap(), 2);
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! and the shared `Store` handle. What is stored lives in the submodules: `groups`
 //! (group<->room map), `links` (message id map), `outbox` (persistent send queues and
 //! dead letters), `meta` (service key/value state), `counters` (yearly report),
-//! `names` (WhatsApp names), `digests` (reaction digests), `polls` (votes in polls).
+//! `names` (WhatsApp names), `digests` (reaction digests), `polls` (votes in polls),
+//! `retention` (forgetting what is older than `[relay] remember_days`).
 //!
 //! `Store` is `Send + Sync` (one SQLite connection behind a mutex) and meant to be
 //! shared as `Arc<Store>`. Every method is a short synchronous query, fine to call from
@@ -17,6 +18,7 @@ mod meta;
 mod names;
 mod outbox;
 mod polls;
+mod retention;
 mod schema;
 
 use std::path::Path;
@@ -31,6 +33,7 @@ pub use error::StoreError;
 pub use links::MessageLink;
 pub use outbox::{DeadLetter, NewOutboxItem, OutboxItem};
 pub use polls::PollVote;
+pub use retention::Forgotten;
 pub use schema::schema_version;
 
 /// How long a query waits for a lock held by another connection (e.g. the `status`

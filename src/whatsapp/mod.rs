@@ -167,6 +167,13 @@ pub trait WhatsAppClient: Send + Sync {
     /// Downloads the file of an incoming media message (`media` as this side
     /// described it).
     async fn download(&self, media: &Media) -> Result<Vec<u8>, WhatsAppError>;
+
+    /// Forgets what this side keeps about messages older than `cutoff_secs` (Unix
+    /// seconds): the polls kept to read their votes. Returns how many. Adapters
+    /// that keep nothing forget nothing.
+    async fn forget_before(&self, _cutoff_secs: i64) -> Result<usize, WhatsAppError> {
+        Ok(0)
+    }
 }
 
 /// Error returned by the sink when a message could not be stored: the adapter must

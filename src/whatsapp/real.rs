@@ -525,6 +525,12 @@ impl WhatsAppClient for RealWhatsApp {
         }
     }
 
+    async fn forget_before(&self, cutoff_secs: i64) -> Result<usize, WhatsAppError> {
+        self.polls
+            .forget_polls_before(cutoff_secs)
+            .map_err(|error| WhatsAppError::Transient(error.to_string()))
+    }
+
     async fn download(&self, media: &Media) -> Result<Vec<u8>, WhatsAppError> {
         let client = self.usable_client()?;
         super::media::download(client, media).await

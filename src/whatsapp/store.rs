@@ -351,6 +351,14 @@ impl SqliteBackend {
         Ok(())
     }
 
+    /// Forgets the polls kept since before `cutoff_secs` (Unix seconds); returns how
+    /// many.
+    pub fn forget_polls_before(&self, cutoff_secs: i64) -> Result<usize, WaStoreError> {
+        Ok(self
+            .lock()
+            .execute("DELETE FROM polls WHERE created_at < ?1", [cutoff_secs])?)
+    }
+
     /// The poll `poll_id` of group `chat`, if it was seen.
     pub fn poll(&self, chat: &str, poll_id: &str) -> Result<Option<PollRecord>, WaStoreError> {
         let row = self
@@ -2348,6 +2356,10 @@ mod tests {
             Some(poll.clone())
         );
         assert_eq!(b.poll("other@g.us", &poll.poll_id).unwrap(), None);
+        // Kept at 1: forgotten with what is older than 2, not before.
+        assert_eq!(b.forget_polls_before(1).unwrap(), 0);
+        assert_eq!(b.forget_polls_before(2).unwrap(), 1);
+        assert_eq!(b.poll(&poll.chat, &poll.poll_id).unwrap(), None);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
