@@ -1661,6 +1661,10 @@ impl InboundSink for Bridge {
         Ok(())
     }
 
+    fn bridges(&self, group_jid: &str) -> bool {
+        self.active().groups.contains_key(group_jid)
+    }
+
     fn group_changed(&self, group_jid: &str, change: GroupChange) {
         // Only rooms the bridge created follow the group: a room named in a group
         // file belongs to its owners.

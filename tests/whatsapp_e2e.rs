@@ -1439,6 +1439,23 @@ async fn poll_votes_are_read_with_the_polls_secret_and_tallied_on_its_line() {
     .await;
     assert_eq!(status, 200, "{body}");
 
+    // A poll in a group that is not bridged: nothing of it is kept.
+    let (status, unbridged) = control(
+        "POST",
+        format!("{}groups", sim.http_url()),
+        json!({"subject": "Pas ici", "creator": BOB, "members": [BOB, BRIDGE_PHONE]}),
+    )
+    .await;
+    assert_eq!(status, 201, "{unbridged}");
+    let unbridged = unbridged["jid"].as_str().unwrap().to_owned();
+    member_sends(
+        sim,
+        BOB,
+        &unbridged,
+        json!({"poll": {"question": "Secret ?", "options": ["Oui", "Non"]}}),
+    )
+    .await;
+
     let poll = bob_sends(
         sim,
         jid,
@@ -1503,6 +1520,23 @@ async fn poll_votes_are_read_with_the_polls_secret_and_tallied_on_its_line() {
         .and_then(|s| s.html)
         .unwrap();
     assert!(html.contains("<li>Samedi <em>(1: Bob)</em></li>"), "{html}");
+    // The bridged poll is kept (its secret reads the votes); the other one is not.
+    let kept: Vec<String> = {
+        let db =
+            rusqlite::Connection::open(scene.bridge.dir.path().join("state/whatsapp.db")).unwrap();
+        let mut statement = db.prepare("SELECT chat FROM polls").unwrap();
+        statement
+            .query_map([], |row| row.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    assert_eq!(
+        kept,
+        vec![jid.clone()],
+        "only the bridged group's poll is kept"
+    );
+
     // Votes are not lines of their own: the poll and its four edits, nothing else.
     let bot_events: Vec<_> = alice
         .seen_in(&room)

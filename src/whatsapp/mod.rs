@@ -211,4 +211,9 @@ pub trait InboundSink: Send + Sync {
     fn connection(&self, state: ConnectionState);
     /// Called when a group's name or description changed in WhatsApp.
     fn group_changed(&self, group_jid: &str, change: GroupChange);
+    /// Whether group `group_jid` is bridged: the adapter keeps nothing of the
+    /// others' messages (such as their polls).
+    fn bridges(&self, _group_jid: &str) -> bool {
+        true
+    }
 }

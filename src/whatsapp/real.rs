@@ -752,7 +752,8 @@ impl InboundDurabilityHook for SinkHook {
     ) -> anyhow::Result<()> {
         let mut texts = Vec::with_capacity(batch.len());
         for inbound in batch {
-            if let Some(text) = group_text(&client, &self.polls, inbound).await {
+            let polls = polls_if_bridged(self.sink.as_ref(), &self.polls, inbound);
+            if let Some(text) = group_text(&client, polls, inbound).await {
                 texts.push(text);
             }
         }
@@ -768,6 +769,17 @@ impl InboundDurabilityHook for SinkHook {
     }
 }
 
+/// The poll store, for a message of a bridged group only: nothing of other groups'
+/// polls is kept.
+fn polls_if_bridged<'a>(
+    sink: &dyn InboundSink,
+    polls: &'a SqliteBackend,
+    inbound: &InboundMessage,
+) -> Option<&'a SqliteBackend> {
+    sink.bridges(&inbound.info.source.chat.to_string())
+        .then_some(polls)
+}
+
 fn deliver(sink: &dyn InboundSink, texts: Vec<WhatsAppText>) -> Result<(), SinkError> {
     for text in texts {
         sink.message(text)?;
@@ -780,7 +792,7 @@ fn deliver(sink: &dyn InboundSink, texts: Vec<WhatsAppText>) -> Result<(), SinkE
 /// announced as not relayed yet).
 async fn group_text(
     client: &Client,
-    polls: &SqliteBackend,
+    polls: Option<&SqliteBackend>,
     inbound: &InboundMessage,
 ) -> Option<WhatsAppText> {
     let info = &inbound.info;
@@ -824,11 +836,14 @@ async fn group_text(
         });
         (String::new(), None)
     } else if let Some(update) = base.poll_update_message.as_option() {
-        let ballot = read_vote(client, polls, info, update).await;
+        let ballot = match polls {
+            Some(polls) => read_vote(client, polls, info, update).await,
+            None => None,
+        };
         shared = Some(Shared::PollVote(ballot.map(Box::new)));
         (String::new(), None)
     } else if let Some(found) = shared_of(&inbound.message, base) {
-        if let Shared::Poll { question, options } = &found {
+        if let (Shared::Poll { question, options }, Some(polls)) = (&found, polls) {
             remember_poll(polls, info, &inbound.message, base, question, options);
         }
         // A contact also crosses as its card, a `.vcf` file.
@@ -1311,7 +1326,8 @@ impl Events {
         runtime.spawn(async move {
             let mut texts = Vec::with_capacity(inbound.len());
             for message in &inbound {
-                if let Some(text) = group_text(&client, &polls, message).await {
+                let polls = polls_if_bridged(sink.as_ref(), &polls, message);
+                if let Some(text) = group_text(&client, polls, message).await {
                     texts.push(text);
                 }
             }
