@@ -1228,6 +1228,19 @@ impl Bridge {
                     mentions,
                 })
             }
+            Some(WhatsAppChange::AnswerPoll { poll }) => {
+                // Only a Matrix poll that crossed has a WhatsApp poll to answer.
+                let Some(poll) = link_of(poll).filter(|link| link.origin == Direction::ToWhatsApp)
+                else {
+                    tracing::debug!("answer to a Matrix poll that never crossed: not relayed");
+                    return Err(None);
+                };
+                Ok(Outgoing::Text {
+                    text: post.text.clone(),
+                    reply_to: Some(quoted(poll)),
+                    mentions: Vec::new(),
+                })
+            }
             Some(WhatsAppChange::Edit { of }) => {
                 let link = link_of(of)
                     .filter(|link| link.origin == Direction::ToWhatsApp)

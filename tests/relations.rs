@@ -382,6 +382,79 @@ async fn links_older_than_remember_days_are_forgotten_and_replies_to_them_quote(
     bridge.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn votes_answer_the_numbers_poll_only_for_matrix_polls_that_crossed() {
+    use matrix_sdk::ruma::events::poll::unstable_response::UnstablePollResponseEventContent;
+    use matrix_sdk::ruma::events::poll::unstable_start::{
+        NewUnstablePollStartEventContent, UnstablePollAnswer, UnstablePollStartContentBlock,
+        UnstablePollStartEventContent,
+    };
+    let (mut bridge, alice, jid, room) = bridged_group("poll-answers", "").await;
+    let net = bridge.network.clone();
+    let joined = alice.wait_joined(&room).await;
+    let ask = |question: &'static str, options: usize| {
+        let joined = joined.clone();
+        async move {
+            let answers: Vec<UnstablePollAnswer> = (0..options)
+                .map(|n| UnstablePollAnswer::new(format!("a{n}"), format!("choix {n}")))
+                .collect();
+            joined
+                .send(UnstablePollStartEventContent::New(
+                    NewUnstablePollStartEventContent::new(UnstablePollStartContentBlock::new(
+                        question,
+                        answers.try_into().unwrap(),
+                    )),
+                ))
+                .await
+                .unwrap()
+                .response
+                .event_id
+        }
+    };
+    let vote = |poll: matrix_sdk::ruma::OwnedEventId| {
+        let joined = joined.clone();
+        async move {
+            joined
+                .send(UnstablePollResponseEventContent::new(
+                    vec!["a1".into()],
+                    poll,
+                ))
+                .await
+                .unwrap();
+        }
+    };
+    // A poll WhatsApp cannot hold is refused; a vote in it answers nothing.
+    let refused = ask("Trop ?", 13).await;
+    alice
+        .wait_for(&room, "the refusal", |s| {
+            s.msgtype == "m.notice" && s.body.contains("WhatsApp polls have 2 to 12")
+        })
+        .await;
+    vote(refused).await;
+    // A poll that crossed: the vote is a line answering the number's poll.
+    let asked = ask("Sortie ?", 2).await;
+    let number_poll = wait_fake(&net, &jid, |m| m.text == "Sortie ?: choix 0 / choix 1").await;
+    vote(asked).await;
+    let line = wait_fake(&net, &jid, |m| m.text == "* _Alice_ voted: choix 1").await;
+    assert_eq!(
+        line.relation,
+        Some(WhatsAppRelation::Reply {
+            id: number_poll.id.clone(),
+            quoted: None
+        })
+    );
+    assert_eq!(
+        net.messages(&jid)
+            .iter()
+            .filter(|m| m.text.contains("voted"))
+            .count(),
+        1,
+        "the vote in the refused poll never crossed: {:?}",
+        net.messages(&jid)
+    );
+    bridge.stop().await;
+}
+
 /// Waits until the fake group holds a message matching `found`.
 async fn wait_fake(
     net: &passerelle::whatsapp::fake::FakeNetwork,

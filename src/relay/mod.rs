@@ -288,6 +288,10 @@ pub enum WhatsAppChange {
     Revoke { of: String },
     /// React with `emoji` to the WhatsApp message mirrored by `to`.
     React { to: String, emoji: String },
+    /// A line (the post's text) answering the number's WhatsApp poll that mirrors
+    /// the Matrix poll `poll`: a vote or the poll's end. Not sent when that poll
+    /// never crossed (there is nothing to answer).
+    AnswerPoll { poll: String },
 }
 
 /// What the shared number posts in a WhatsApp group (stored in the outbox as JSON;
@@ -721,7 +725,7 @@ impl Relay {
                 };
                 return Ok(WhatsAppPost {
                     text: sender_line(&what),
-                    reply_to: Some(poll.clone()),
+                    change: Some(WhatsAppChange::AnswerPoll { poll: poll.clone() }),
                     sender: message.sender.clone(),
                     ..WhatsAppPost::default()
                 });
@@ -729,7 +733,7 @@ impl Relay {
             MatrixRelation::PollEnd { poll } => {
                 return Ok(WhatsAppPost {
                     text: sender_line("ended the poll"),
-                    reply_to: Some(poll.clone()),
+                    change: Some(WhatsAppChange::AnswerPoll { poll: poll.clone() }),
                     sender: message.sender.clone(),
                     ..WhatsAppPost::default()
                 });
@@ -1264,7 +1268,10 @@ mod tests {
         };
         let post = relay.from_matrix(Some(&group), &message, false).unwrap();
         assert_eq!(post.text, "* _Alice_ voted: Samedi");
-        assert_eq!(post.reply_to.as_deref(), Some("$poll"));
+        let answers_the_poll = Some(WhatsAppChange::AnswerPoll {
+            poll: "$poll".into(),
+        });
+        assert_eq!(post.change, answers_the_poll);
         message.body = String::new();
         let post = relay.from_matrix(Some(&group), &message, false).unwrap();
         assert_eq!(post.text, "* _Alice_ took back their vote");
@@ -1273,7 +1280,7 @@ mod tests {
         };
         let post = relay.from_matrix(Some(&group), &message, false).unwrap();
         assert_eq!(post.text, "* _Alice_ ended the poll");
-        assert_eq!(post.reply_to.as_deref(), Some("$poll"));
+        assert_eq!(post.change, answers_the_poll);
     }
 
     #[test]
