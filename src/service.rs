@@ -1854,7 +1854,7 @@ impl MatrixEvents for Bridge {
             }
             Err(Skip::Unsupported) => {
                 let notice = format!(
-                    "{}: {} messages are not relayed to WhatsApp yet; texts, files, stickers and locations are.",
+                    "{}: {} messages are not relayed to WhatsApp yet; texts, files, stickers, locations and polls are.",
                     message.sender,
                     message.body.trim_start_matches("m.")
                 );

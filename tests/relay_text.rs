@@ -534,7 +534,7 @@ async fn messages_that_cannot_be_relayed_yet_are_announced_not_dropped() {
     assert_eq!(
         notice.body,
         format!(
-            "{}: org.example.weather messages are not relayed to WhatsApp yet; texts, files, stickers and locations are.",
+            "{}: org.example.weather messages are not relayed to WhatsApp yet; texts, files, stickers, locations and polls are.",
             alice.user_id
         )
     );
