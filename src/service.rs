@@ -1286,32 +1286,23 @@ impl Bridge {
                 let link = link_of(of)
                     .filter(|link| link.origin == Direction::ToWhatsApp)
                     .ok_or(None)?;
+                // When `link` is a Matrix reaction's (`<prefix><target>:<item>`): the
+                // WhatsApp message it reacted to (none known: nothing to undo).
+                let reacted_to = |prefix: &str| {
+                    let (target, _) = link.wa_id.strip_prefix(prefix)?.rsplit_once(':')?;
+                    let target = self.store.link_for_wa(&item.group_jid, target);
+                    Some(target.ok().flatten().map(quoted).ok_or(None))
+                };
                 // A removed Matrix reaction counted in a digest: the digest says so.
-                if let Some((target, _)) = link
-                    .wa_id
-                    .strip_prefix(MATRIX_DIGEST_LINK)
-                    .and_then(|rest| rest.rsplit_once(':'))
-                {
-                    let target = match self.store.link_for_wa(&item.group_jid, target) {
-                        Ok(Some(target)) => target,
-                        _ => return Err(None),
-                    };
+                if let Some(target) = reacted_to(MATRIX_DIGEST_LINK) {
                     return self
-                        .digest_outgoing(item, quoted(target), DigestChange::Remove(of.clone()))
+                        .digest_outgoing(item, target?, DigestChange::Remove(of.clone()))
                         .await;
                 }
                 // A removed Matrix reaction: the number's reaction goes away.
-                if let Some((target, _)) = link
-                    .wa_id
-                    .strip_prefix(MATRIX_REACTION_LINK)
-                    .and_then(|rest| rest.rsplit_once(':'))
-                {
-                    let target = match self.store.link_for_wa(&item.group_jid, target) {
-                        Ok(Some(target)) => target,
-                        _ => return Err(None),
-                    };
+                if let Some(target) = reacted_to(MATRIX_REACTION_LINK) {
                     return Ok(Outgoing::React {
-                        target: quoted(target),
+                        target: target?,
                         emoji: String::new(),
                     });
                 }
