@@ -3,6 +3,7 @@
 #![recursion_limit = "256"]
 
 pub mod admin;
+mod bridge;
 pub mod config;
 pub mod control;
 pub mod matrix;

@@ -1,0 +1,357 @@
+//! The bridge between one WhatsApp number and one Matrix bot: the configuration in
+//! force (swapped whole on reload), the rooms ready to relay, and the outbox steps
+//! both directions share (wait, retry, finish). Each direction's worker lives in its
+//! own file; `relay` decides, the bridge looks up, stores, sends and retries.
+
+mod rooms;
+mod to_matrix;
+mod to_whatsapp;
+mod upkeep;
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+use crate::config::{self, Config, GroupFile, Problems};
+use crate::matrix::MatrixSide;
+use crate::relay::pacing::Pacer;
+use crate::relay::{Relay, Skip};
+use crate::status;
+use crate::store::{Direction, MessageLink, OutboxItem, Store};
+use crate::whatsapp::WhatsAppClient;
+
+/// Longest wait between two retries of one outbox item.
+const MAX_RETRY_DELAY_MS: i64 = 60_000;
+
+/// The configuration in force: swapped as a whole on a valid reload.
+struct Active {
+    config: Config,
+    relay: Relay,
+    /// Approved groups by WhatsApp jid.
+    groups: HashMap<String, GroupFile>,
+}
+
+impl Active {
+    fn new(config: Config, groups: Vec<GroupFile>) -> Self {
+        let relay = Relay::new(
+            config.matrix.user.clone(),
+            config.templates.clone(),
+            config.relay,
+        );
+        let groups = groups
+            .into_iter()
+            .map(|group| (group.whatsapp.clone(), group))
+            .collect();
+        Active {
+            config,
+            relay,
+            groups,
+        }
+    }
+}
+
+/// What a reload changed, for logs and tests.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReloadOutcome {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub changed: Vec<String>,
+}
+
+/// One running bridge: both sides, the store, the configuration in force.
+pub(crate) struct Bridge {
+    config_path: PathBuf,
+    pub(crate) store: Arc<Store>,
+    pub(crate) matrix: MatrixSide,
+    whatsapp: OnceLock<Arc<dyn WhatsAppClient>>,
+    active: RwLock<Arc<Active>>,
+    wake_to_matrix: Notify,
+    wake_to_whatsapp: Notify,
+    /// Groups whose room is set up (by jid), so relaying can start.
+    rooms_ready: Mutex<HashSet<String>>,
+    /// (room, user) pairs already told they may not speak, to tell each only once.
+    refused_senders: Mutex<HashSet<(String, String)>>,
+    pacer: Mutex<Pacer>,
+    /// A weak handle on itself, for tasks spawned from `&self` callbacks.
+    me: OnceLock<std::sync::Weak<Bridge>>,
+}
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl Bridge {
+    /// A bridge on this configuration, not yet attached to WhatsApp.
+    pub(crate) fn new(
+        config_path: &Path,
+        store: Arc<Store>,
+        matrix: MatrixSide,
+        config: Config,
+        groups: Vec<GroupFile>,
+    ) -> Arc<Bridge> {
+        let pacer = Pacer::new(
+            config.whatsapp.messages_per_minute,
+            config.whatsapp.burst,
+            now_ms(),
+        );
+        let bridge = Arc::new(Bridge {
+            config_path: config_path.to_path_buf(),
+            store,
+            matrix,
+            whatsapp: OnceLock::new(),
+            active: RwLock::new(Arc::new(Active::new(config, groups))),
+            wake_to_matrix: Notify::new(),
+            wake_to_whatsapp: Notify::new(),
+            rooms_ready: Mutex::new(HashSet::new()),
+            refused_senders: Mutex::new(HashSet::new()),
+            pacer: Mutex::new(pacer),
+            me: OnceLock::new(),
+        });
+        let _ = bridge.me.set(Arc::downgrade(&bridge));
+        bridge
+    }
+
+    /// The WhatsApp side it sends through, once started.
+    pub(crate) fn attach_whatsapp(&self, client: Arc<dyn WhatsAppClient>) {
+        let _ = self.whatsapp.set(client);
+    }
+
+    /// Sets up the room of every approved group (what fails is retried later);
+    /// returns how many groups are approved.
+    pub(crate) async fn set_up_all_rooms(&self) -> usize {
+        let groups: Vec<GroupFile> = self.active().groups.values().cloned().collect();
+        for group in &groups {
+            self.setup_group(group).await;
+        }
+        groups.len()
+    }
+
+    /// Starts the two outbox workers and the upkeep tasks.
+    pub(crate) fn spawn_workers(self: &Arc<Self>) -> Vec<JoinHandle<()>> {
+        vec![
+            tokio::spawn(self.clone().to_matrix_worker()),
+            tokio::spawn(self.clone().to_whatsapp_worker()),
+            tokio::spawn(self.clone().room_setup_retries()),
+            tokio::spawn(self.clone().heartbeat()),
+            tokio::spawn(self.clone().forget_old_daily()),
+        ]
+    }
+
+    fn active(&self) -> Arc<Active> {
+        self.active
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn whatsapp(&self) -> Option<&Arc<dyn WhatsAppClient>> {
+        self.whatsapp.get()
+    }
+
+    /// Remembers an error for `passerelle status` (no message content, no numbers).
+    fn note_error(&self, text: &str) {
+        let value = format!("{}|{text}", now_ms() / 1000);
+        if let Err(error) = self.store.set_meta(status::keys::LAST_ERROR, &value) {
+            tracing::warn!("store: {error}");
+        }
+    }
+
+    /// Re-reads config.toml and groups.d and applies them; on any problem the running
+    /// configuration stays exactly as it was.
+    pub(crate) async fn reload(&self) -> Result<ReloadOutcome, Problems> {
+        let (config, groups) = match config::load_all(&self.config_path) {
+            Ok(loaded) => loaded,
+            Err(problems) => {
+                for problem in &problems.0 {
+                    tracing::error!("reload refused: {problem}");
+                }
+                tracing::error!("reload refused: the running configuration is unchanged");
+                return Err(problems);
+            }
+        };
+        let old = self.active();
+        if config.matrix.homeserver != old.config.matrix.homeserver
+            || config.matrix.user != old.config.matrix.user
+            || config.paths.state_dir != old.config.paths.state_dir
+            || config.whatsapp.url != old.config.whatsapp.url
+        {
+            tracing::warn!(
+                "homeserver, bot user, state directory and WhatsApp URL apply on restart only"
+            );
+        }
+        let new = Arc::new(Active::new(config, groups));
+        let mut outcome = ReloadOutcome::default();
+        for (jid, group) in &old.groups {
+            match new.groups.get(jid) {
+                None => outcome.removed.push(group.name.clone()),
+                Some(new_group) if new_group != group => {
+                    outcome.changed.push(new_group.name.clone())
+                }
+                Some(_) => {}
+            }
+        }
+        for (jid, group) in &new.groups {
+            if !old.groups.contains_key(jid) {
+                outcome.added.push(group.name.clone());
+            }
+        }
+        *self.active.write().unwrap_or_else(|e| e.into_inner()) = new.clone();
+        self.pacer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .reconfigure(
+                new.config.whatsapp.messages_per_minute,
+                new.config.whatsapp.burst,
+            );
+
+        for (jid, group) in &old.groups {
+            if new.groups.contains_key(jid) {
+                continue;
+            }
+            self.rooms_ready
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(jid);
+            if let Ok(Some(room)) = self.store.room_for_group(jid) {
+                let notice = "This room is no longer bridged to WhatsApp: its group file was removed by the administrator.";
+                if let Err(error) = self.matrix.send_notice(&room, notice).await {
+                    tracing::warn!(group = %group.name, "could not post the unbridge notice: {error}");
+                }
+            }
+        }
+        for (jid, group) in &new.groups {
+            match old.groups.get(jid) {
+                None => self.setup_group(group).await,
+                Some(old_group) => {
+                    let newly_invited: Vec<String> = group
+                        .invite
+                        .iter()
+                        .filter(|user| !old_group.invite.contains(user))
+                        .cloned()
+                        .collect();
+                    if !newly_invited.is_empty() {
+                        if let Ok(Some(room)) = self.store.room_for_group(jid) {
+                            self.matrix.invite(&room, &newly_invited).await;
+                        }
+                    }
+                    if old_group.room != group.room {
+                        tracing::warn!(group = %group.name, "a changed `room` applies to new groups only; the existing room is kept");
+                    }
+                }
+            }
+        }
+        tracing::info!(
+            added = outcome.added.len(),
+            removed = outcome.removed.len(),
+            changed = outcome.changed.len(),
+            "configuration reloaded"
+        );
+        Ok(outcome)
+    }
+
+    fn group_for_room(&self, room_id: &str) -> Option<GroupFile> {
+        let jid = self.store.group_for_room(room_id).ok().flatten()?;
+        let ready = self
+            .rooms_ready
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&jid);
+        if !ready {
+            return None;
+        }
+        self.active().groups.get(&jid).cloned()
+    }
+
+    /// Sleeps until woken by a new item or until the earliest retry is due.
+    async fn wait_for_work(&self, direction: Direction) {
+        let notify = match direction {
+            Direction::ToMatrix => &self.wake_to_matrix,
+            Direction::ToWhatsApp => &self.wake_to_whatsapp,
+        };
+        let wait = match self.store.earliest_due(direction) {
+            Ok(Some(due)) => Duration::from_millis((due - now_ms()).clamp(10, 60_000) as u64),
+            _ => Duration::from_secs(60),
+        };
+        let _ = tokio::time::timeout(wait, notify.notified()).await;
+    }
+
+    fn retry(&self, item: &OutboxItem, error: &str) {
+        let delay = (1000i64 << item.attempts.min(6)).min(MAX_RETRY_DELAY_MS);
+        if let Err(store_error) = self.store.retry_later(item.seq, error, now_ms() + delay) {
+            tracing::error!("store: {store_error}");
+        }
+    }
+
+    fn finish(&self, item: &OutboxItem, link: Option<&MessageLink>) {
+        let done = match link {
+            Some(link) => self.store.complete(item.seq, link),
+            None => self.store.complete_unlinked(item.seq),
+        };
+        if let Err(error) = done {
+            tracing::error!(seq = item.seq, "store: {error}");
+            return;
+        }
+        let day = today();
+        if let Err(error) = self
+            .store
+            .bump_counter(&day, &item.group_jid, item.direction, 1)
+        {
+            tracing::warn!("store: {error}");
+        }
+    }
+
+    fn log_skip(skip: Skip, direction: &str) {
+        tracing::debug!(?skip, direction, "not relayed");
+    }
+
+    /// Runs `work` on the runtime with a strong handle on the bridge, for callbacks
+    /// that only have `&self`; does nothing outside a runtime or once it is gone.
+    fn spawn_with_self<F, Fut>(&self, work: F)
+    where
+        F: FnOnce(Arc<Bridge>) -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        if let (Some(bridge), Ok(runtime)) = (
+            self.me.get().and_then(std::sync::Weak::upgrade),
+            tokio::runtime::Handle::try_current(),
+        ) {
+            runtime.spawn(work(bridge));
+        }
+    }
+}
+
+/// Today's date (UTC) as YYYY-MM-DD, for the daily counters.
+fn today() -> String {
+    let days = now_ms() / 86_400_000;
+    // Civil-from-days (Howard Hinnant's algorithm), to avoid a date dependency.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::today;
+
+    #[test]
+    fn today_is_a_plausible_date() {
+        let day = today();
+        assert_eq!(day.len(), 10);
+        assert!(day.as_str() >= "2024-01-01", "{day}");
+    }
+}

@@ -1,0 +1,228 @@
+//! Rooms: each approved group's room found or created and remembered, kept named and
+//! pictured after its WhatsApp group, set up again while it could not be, and the
+//! bot's answer to invitations.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::Bridge;
+use crate::config::{self, GroupFile};
+use crate::matrix::RoomSetup;
+use crate::whatsapp::GroupChange;
+
+/// How often groups whose room could not be set up are tried again.
+const ROOM_SETUP_RETRY: Duration = Duration::from_secs(30);
+
+impl Bridge {
+    /// Finds or creates the room of a group and remembers it. Failures are logged and
+    /// retried by `room_setup_retries`.
+    pub(super) async fn setup_group(&self, group: &GroupFile) {
+        let known_room = match self.store.room_for_group(&group.whatsapp) {
+            Ok(room) => room,
+            Err(error) => {
+                tracing::error!(group = %group.name, "store: {error}");
+                return;
+            }
+        };
+        let name = match (&known_room, self.whatsapp()) {
+            (None, Some(client)) => client
+                .group_subject(&group.whatsapp)
+                .await
+                .unwrap_or_else(|_| group.name.clone()),
+            _ => group.name.clone(),
+        };
+        let active = self.active();
+        let setup = RoomSetup {
+            group_jid: group.whatsapp.clone(),
+            alias_localpart: format!("{}{}", active.config.matrix.alias_prefix, group.name),
+            name,
+            invite: group.invite.clone(),
+            admins: active.config.matrix.admins.clone(),
+            existing: group.room.clone(),
+            known_room,
+        };
+        match self.matrix.ensure_room(&setup).await {
+            Ok(room_id) => {
+                if let Err(error) = self.store.set_group_room(&group.whatsapp, room_id.as_str()) {
+                    tracing::error!(group = %group.name, "store: {error}");
+                    return;
+                }
+                self.rooms_ready
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(group.whatsapp.clone());
+                tracing::info!(group = %group.name, room = %room_id, "group bridged");
+                if group.room.is_none() {
+                    self.sync_avatar(group, room_id.as_str()).await;
+                }
+                self.wake_to_matrix.notify_one();
+            }
+            Err(error) => {
+                tracing::warn!(group = %group.name, "room setup failed, will retry: {error}");
+                self.note_error(&format!(
+                    "room of group {} could not be set up: {error}",
+                    group.name
+                ));
+            }
+        }
+    }
+
+    /// Names each created room after its WhatsApp group's subject. Rooms named in a
+    /// group file (`room = ...`) belong to their owners and are left as they are.
+    pub(super) async fn sync_room_names(&self) {
+        let Some(client) = self.whatsapp() else {
+            return;
+        };
+        let groups: Vec<GroupFile> = self.active().groups.values().cloned().collect();
+        for group in groups.iter().filter(|group| group.room.is_none()) {
+            let Ok(Some(room_id)) = self.store.room_for_group(&group.whatsapp) else {
+                continue;
+            };
+            match client.group_subject(&group.whatsapp).await {
+                Ok(subject) => {
+                    tracing::debug!(group = %group.name, "naming the room after the group");
+                    if let Err(error) = self.matrix.set_room_name(&room_id, &subject).await {
+                        tracing::warn!(group = %group.name, "could not rename the room: {error}");
+                    }
+                }
+                Err(error) => {
+                    tracing::debug!(group = %group.name, "no subject: {error}");
+                }
+            }
+            self.sync_avatar(group, &room_id).await;
+        }
+    }
+
+    /// Gives a created room its group's picture as avatar, when the picture changed
+    /// since the bridge last set it (WhatsApp's picture id, kept in the store, tells).
+    async fn sync_avatar(&self, group: &GroupFile, room_id: &str) {
+        let Some(client) = self.whatsapp() else {
+            return;
+        };
+        let picture = match client.group_picture(&group.whatsapp).await {
+            Ok(picture) => picture,
+            Err(error) => {
+                tracing::debug!(group = %group.name, "group picture not read: {error}");
+                return;
+            }
+        };
+        let key = format!("group_picture:{}", group.whatsapp);
+        let known = self.store.get_meta(&key).ok().flatten();
+        let current = picture.as_ref().map(|picture| picture.id.clone());
+        if known == current {
+            return;
+        }
+        let image = picture.map(|picture| picture.data);
+        if let Err(error) = self.matrix.set_room_avatar(room_id, image).await {
+            tracing::warn!(group = %group.name, "could not set the room avatar: {error}");
+            return;
+        }
+        let stored = match &current {
+            Some(id) => self.store.set_meta(&key, id),
+            None => self.store.delete_meta(&key).map(|_| ()),
+        };
+        if let Err(error) = stored {
+            tracing::warn!("store: {error}");
+        }
+        tracing::debug!(group = %group.name, "room avatar follows the group picture");
+    }
+
+    pub(super) async fn room_setup_retries(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(ROOM_SETUP_RETRY).await;
+            let pending: Vec<GroupFile> = {
+                let ready = self
+                    .rooms_ready
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone();
+                self.active()
+                    .groups
+                    .values()
+                    .filter(|group| !ready.contains(&group.whatsapp))
+                    .cloned()
+                    .collect()
+            };
+            for group in pending {
+                self.setup_group(&group).await;
+            }
+        }
+    }
+
+    /// A WhatsApp group changed its subject, description or picture: its room follows.
+    pub(super) fn mirror_group_change(&self, group_jid: &str, change: GroupChange) {
+        // Only rooms the bridge created follow the group: a room named in a group
+        // file belongs to its owners.
+        let Some(group) = self.active().groups.get(group_jid).cloned() else {
+            return;
+        };
+        if group.room.is_some() {
+            return;
+        }
+        let Ok(Some(room_id)) = self.store.room_for_group(group_jid) else {
+            return;
+        };
+        tracing::debug!(group = %group.name, ?change, "group changed in WhatsApp");
+        self.spawn_with_self(|bridge| async move {
+            if change == GroupChange::Picture {
+                bridge.sync_avatar(&group, &room_id).await;
+                return;
+            }
+            let result = match &change {
+                GroupChange::Subject(subject) => {
+                    bridge.matrix.set_room_name(&room_id, subject).await
+                }
+                GroupChange::Description(description) => {
+                    bridge
+                        .matrix
+                        .set_room_topic(&room_id, description.as_deref().unwrap_or_default())
+                        .await
+                }
+                GroupChange::Picture => Ok(()),
+            };
+            match result {
+                Ok(()) => tracing::debug!(group = %group.name, ?change, "group change mirrored"),
+                Err(error) => {
+                    tracing::warn!(group = %group.name, "could not mirror a group change: {error}")
+                }
+            }
+        });
+    }
+
+    /// Whether the bot joins a room it was invited to.
+    pub(super) async fn should_accept_invite(&self, room_id: &str, inviter: &str) -> bool {
+        let active = self.active();
+        if active
+            .config
+            .matrix
+            .admins
+            .iter()
+            .any(|admin| admin == inviter)
+        {
+            return true;
+        }
+        if matches!(self.store.group_for_room(room_id), Ok(Some(jid)) if active.groups.contains_key(&jid))
+        {
+            return true;
+        }
+        for group in active.groups.values() {
+            let configured = match &group.room {
+                Some(config::RoomRef::Id(id)) => id == room_id,
+                Some(config::RoomRef::Alias(alias)) => {
+                    self.matrix.resolve_alias(alias).await.as_deref() == Some(room_id)
+                }
+                None => false,
+            };
+            if configured {
+                // The bot could not join this group's room before: set it up now.
+                let group = group.clone();
+                self.spawn_with_self(|bridge| async move {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    bridge.setup_group(&group).await;
+                });
+                return true;
+            }
+        }
+        false
+    }
+}

@@ -1,0 +1,465 @@
+//! WhatsApp -> Matrix: takes what the WhatsApp side receives (InboundSink), has
+//! `relay` decide what the room gets, queues it in the outbox, and its worker posts
+//! each item to Matrix: the file fetched from WhatsApp, replies, edits, deletions and
+//! reactions found again through the message links.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{now_ms, Bridge};
+use crate::relay::{self, MatrixChange, MatrixPost, Mention, PollVoter, Shared, WhatsAppText};
+use crate::store::{DigestEntry, Direction, MessageLink, NewOutboxItem, OutboxItem, PollVote};
+use crate::whatsapp::{ConnectionState, GroupChange, InboundSink, SinkError};
+
+/// Prefix of the links of the bot's reactions standing for WhatsApp reactions
+/// (followed by the WhatsApp message and the emoji), and of the digest keeping who
+/// reacts how (followed by the message).
+pub(super) const WHATSAPP_ANNOTATIONS: &str = "wa-annotation:";
+
+impl InboundSink for Bridge {
+    fn message(&self, mut message: WhatsAppText) -> Result<(), SinkError> {
+        let active = self.active();
+        let group = active.groups.get(&message.group_jid);
+        if group.is_some() {
+            self.resolve_sender_name(&mut message);
+            self.count_vote(&mut message)
+                .map_err(|e| SinkError(e.to_string()))?;
+        }
+        let own = self
+            .store
+            .is_bridge_wa_message(&message.group_jid, &message.message_id)
+            .map_err(|e| SinkError(e.to_string()))?;
+        let post = match active.relay.from_whatsapp(group, &message, own) {
+            Ok(post) => post,
+            Err(skip) => {
+                Self::log_skip(skip, "to matrix");
+                return Ok(());
+            }
+        };
+        let payload = serde_json::to_string(&post).map_err(|e| SinkError(e.to_string()))?;
+        let room_id = self
+            .store
+            .room_for_group(&message.group_jid)
+            .map_err(|e| SinkError(e.to_string()))?
+            .unwrap_or_default();
+        let target_id = relay::matrix_txn_for_whatsapp(&message.group_jid, &message.message_id);
+        let queued = self
+            .store
+            .enqueue(&NewOutboxItem {
+                direction: Direction::ToMatrix,
+                source_id: &message.message_id,
+                target_id: &target_id,
+                group_jid: &message.group_jid,
+                room_id: &room_id,
+                payload: &payload,
+            })
+            .map_err(|e| SinkError(e.to_string()))?;
+        if queued {
+            self.wake_to_matrix.notify_one();
+        } else {
+            tracing::debug!("WhatsApp message delivered again: already relayed");
+        }
+        Ok(())
+    }
+
+    fn bridges(&self, group_jid: &str) -> bool {
+        self.active().groups.contains_key(group_jid)
+    }
+
+    fn group_changed(&self, group_jid: &str, change: GroupChange) {
+        self.mirror_group_change(group_jid, change);
+    }
+
+    fn connection(&self, state: ConnectionState) {
+        self.connection_changed(state);
+    }
+}
+
+impl Bridge {
+    pub(super) async fn to_matrix_worker(self: Arc<Self>) {
+        loop {
+            match self.store.next_due(Direction::ToMatrix, now_ms()) {
+                Ok(Some(item)) => self.deliver_to_matrix(item).await,
+                Ok(None) => self.wait_for_work(Direction::ToMatrix).await,
+                Err(error) => {
+                    tracing::error!("store: {error}");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+
+    async fn deliver_to_matrix(&self, item: OutboxItem) {
+        let room_id = if item.room_id.is_empty() {
+            self.store.room_for_group(&item.group_jid).ok().flatten()
+        } else {
+            Some(item.room_id.clone())
+        };
+        let Some(room_id) = room_id else {
+            self.retry(&item, "room not set up yet");
+            return;
+        };
+        let post: MatrixPost = match serde_json::from_str(&item.payload) {
+            Ok(post) => post,
+            Err(error) => {
+                tracing::error!(seq = item.seq, "unreadable outbox item discarded: {error}");
+                let _ = self.store.discard(item.seq, "unreadable payload");
+                return;
+            }
+        };
+        let Some((post, file)) = self.fetch_whatsapp_file(&item, post).await else {
+            return;
+        };
+        match self.send_to_matrix(&item, &room_id, post, file).await {
+            Ok(Some((wa_id, event_id, sender))) => {
+                let link = MessageLink {
+                    group_jid: item.group_jid.clone(),
+                    wa_id,
+                    room_id,
+                    event_id,
+                    origin: Direction::ToMatrix,
+                    created_at: now_ms() / 1000,
+                    sender,
+                };
+                self.finish(&item, Some(&link));
+            }
+            Ok(None) => self.finish(&item, None),
+            Err(error) if error.is_retryable() => {
+                tracing::warn!(
+                    seq = item.seq,
+                    attempts = item.attempts,
+                    "Matrix send failed, will retry: {error}"
+                );
+                self.retry(&item, &error.to_string());
+            }
+            Err(error) => {
+                tracing::error!(seq = item.seq, "Matrix refused a relayed message: {error}");
+                self.note_error(&format!("Matrix refused a relayed message: {error}"));
+                let _ = self.store.discard(item.seq, &error.to_string());
+                let _ = self
+                    .matrix
+                    .send_notice(
+                        &room_id,
+                        "A WhatsApp message could not be posted here (refused by the homeserver).",
+                    )
+                    .await;
+            }
+        }
+    }
+
+    /// The bytes of a WhatsApp post's file, fetched from WhatsApp. `None` when the
+    /// item must wait (WhatsApp away: a retry is scheduled). A file that cannot be
+    /// had, or turns out larger than announced and over the limit, becomes a notice
+    /// in the post's place: said, never dropped.
+    async fn fetch_whatsapp_file(
+        &self,
+        item: &OutboxItem,
+        mut post: MatrixPost,
+    ) -> Option<(MatrixPost, Option<Vec<u8>>)> {
+        let Some(media) = post.media.clone().filter(|_| post.change.is_none()) else {
+            return Some((post, None));
+        };
+        let Some(client) = self.whatsapp() else {
+            self.retry(item, "WhatsApp not started");
+            return None;
+        };
+        let limit = self.active().config.relay.max_file_bytes;
+        let (body, html) = match client.download(&media).await {
+            Ok(data) if (data.len() as u64) <= limit => return Some((post, Some(data))),
+            Ok(data) => self.active().relay.whatsapp_file_too_large(
+                &media,
+                &post.sender_name,
+                "WhatsApp",
+                data.len() as u64,
+            ),
+            Err(error) if error.is_retryable() => {
+                tracing::warn!(
+                    seq = item.seq,
+                    attempts = item.attempts,
+                    "WhatsApp media download failed, will retry: {error}"
+                );
+                self.retry(item, &error.to_string());
+                return None;
+            }
+            Err(error) => {
+                tracing::warn!(seq = item.seq, "WhatsApp media unavailable: {error}");
+                let body = format!(
+                    "{} sent {} that could not be fetched from WhatsApp: see it there.",
+                    post.sender_name,
+                    media.kind.with_article()
+                );
+                let html = format!("<em>{}</em>", crate::relay::format::escape_html(&body));
+                (body, html)
+            }
+        };
+        post.body = body;
+        post.html = html;
+        post.media = None;
+        Some((post, None))
+    }
+
+    /// The Matrix event mirroring WhatsApp message `wa_id` of the item's group.
+    fn mirrored_event(&self, item: &OutboxItem, wa_id: &str) -> Option<String> {
+        match self.store.event_for_wa(&item.group_jid, wa_id) {
+            Ok(event) => event,
+            Err(error) => {
+                tracing::error!("store: {error}");
+                None
+            }
+        }
+    }
+
+    /// Sends one WhatsApp post to Matrix. Returns what to link (WhatsApp id, Matrix
+    /// event, author), or `None` when there is nothing to link (a deletion or
+    /// reaction about a message the bridge never mirrored).
+    async fn send_to_matrix(
+        &self,
+        item: &OutboxItem,
+        room_id: &str,
+        post: MatrixPost,
+        file: Option<Vec<u8>>,
+    ) -> Result<Option<(String, String, String)>, crate::matrix::MatrixError> {
+        let txn = item.target_id.as_str();
+        let linked =
+            |event_id: String| Some((item.source_id.clone(), event_id, post.sender.clone()));
+        match &post.change {
+            None => {
+                let reply_event = post
+                    .reply_to
+                    .as_deref()
+                    .and_then(|id| self.mirrored_event(item, id));
+                let shown = match (&post.reply_to, &reply_event, &post.quoted) {
+                    // Replying to a message the bridge never saw: quote what WhatsApp
+                    // quoted, so the reply still reads as one.
+                    (Some(_), None, Some(quoted)) => with_quote(&post, quoted),
+                    _ => post.clone(),
+                };
+                let event_id = match (&post.media, file) {
+                    (Some(media), Some(data)) => {
+                        self.matrix
+                            .send_media(room_id, txn, &shown, media, data, reply_event.as_deref())
+                            .await?
+                    }
+                    _ => {
+                        self.matrix
+                            .send_post(room_id, txn, &shown, reply_event.as_deref())
+                            .await?
+                    }
+                };
+                Ok(linked(event_id))
+            }
+            Some(MatrixChange::Edit { of }) => match self.mirrored_event(item, of) {
+                Some(original) => {
+                    let event_id = self
+                        .matrix
+                        .edit_post(room_id, txn, &original, &post)
+                        .await?;
+                    Ok(linked(event_id))
+                }
+                // The original never crossed: the new text is still worth reading.
+                None => {
+                    let event_id = self.matrix.send_post(room_id, txn, &post, None).await?;
+                    Ok(linked(event_id))
+                }
+            },
+            Some(MatrixChange::Redact { of }) => match self.mirrored_event(item, of) {
+                Some(original) => {
+                    let event_id = self.matrix.redact(room_id, txn, &original).await?;
+                    Ok(linked(event_id))
+                }
+                None => Ok(None),
+            },
+            Some(MatrixChange::Annotation { to, reactor, emoji }) => {
+                self.annotate(item, room_id, to, reactor, emoji).await?;
+                Ok(None)
+            }
+            Some(MatrixChange::ReplyLine { to, key, removed }) => {
+                match (self.mirrored_event(item, key), removed) {
+                    (Some(line), true) => {
+                        self.matrix.redact(room_id, txn, &line).await?;
+                        if let Err(error) = self.store.forget_link(&item.group_jid, key) {
+                            tracing::error!("store: {error}");
+                        }
+                        Ok(None)
+                    }
+                    (Some(line), false) => {
+                        self.matrix.edit_post(room_id, txn, &line, &post).await?;
+                        Ok(None)
+                    }
+                    (None, true) => Ok(None),
+                    (None, false) => match self.mirrored_event(item, to) {
+                        Some(target) => {
+                            let event_id = self
+                                .matrix
+                                .send_post(room_id, txn, &post, Some(&target))
+                                .await?;
+                            Ok(Some((key.clone(), event_id, post.sender.clone())))
+                        }
+                        // A reaction to something never mirrored has no context.
+                        None => Ok(None),
+                    },
+                }
+            }
+        }
+    }
+
+    /// Reactions shown as the bot's own (`reactions_to_matrix = "reaction"`):
+    /// `reactor` now reacts `emoji` (empty: no longer) to WhatsApp message `to`. The
+    /// bot reacts once per emoji while anyone still reacts so, and takes its reaction
+    /// back when nobody does. Who reacts how is kept like a digest; it is saved
+    /// after the sends, so a retry decides the same (and the transaction ids make
+    /// the sends idempotent).
+    async fn annotate(
+        &self,
+        item: &OutboxItem,
+        room_id: &str,
+        to: &str,
+        reactor: &str,
+        emoji: &str,
+    ) -> Result<(), crate::matrix::MatrixError> {
+        let Some(target_event) = self.mirrored_event(item, to) else {
+            return Ok(()); // never mirrored: nothing to react to
+        };
+        let digest_key = format!("{WHATSAPP_ANNOTATIONS}{to}");
+        let store_error =
+            |error: crate::store::StoreError| crate::matrix::MatrixError::Store(error.to_string());
+        let mut digest = self
+            .store
+            .digest(&item.group_jid, &digest_key)
+            .map_err(store_error)?;
+        let before = digest
+            .entries
+            .iter()
+            .find(|entry| entry.user == reactor)
+            .map(|entry| entry.emoji.clone());
+        digest.entries.retain(|entry| entry.user != reactor);
+        if !emoji.is_empty() {
+            digest.entries.push(DigestEntry {
+                reaction_event: item.source_id.clone(),
+                user: reactor.to_owned(),
+                emoji: emoji.to_owned(),
+            });
+        }
+        let link_of = |emoji: &str| format!("{WHATSAPP_ANNOTATIONS}{to}:{emoji}");
+        if let Some(before) = before.filter(|before| before != emoji) {
+            if !digest.entries.iter().any(|entry| entry.emoji == before) {
+                if let Some(annotation) = self.mirrored_event(item, &link_of(&before)) {
+                    let txn = format!("{}.undo", item.target_id);
+                    self.matrix.redact(room_id, &txn, &annotation).await?;
+                    if let Err(error) = self.store.forget_link(&item.group_jid, &link_of(&before)) {
+                        tracing::error!("store: {error}");
+                    }
+                }
+            }
+        }
+        if !emoji.is_empty() && self.mirrored_event(item, &link_of(emoji)).is_none() {
+            let annotation = self
+                .matrix
+                .annotate(room_id, &item.target_id, &target_event, emoji)
+                .await?;
+            let link = MessageLink {
+                group_jid: item.group_jid.clone(),
+                wa_id: link_of(emoji),
+                room_id: room_id.to_owned(),
+                event_id: annotation,
+                origin: Direction::ToMatrix,
+                created_at: now_ms() / 1000,
+                sender: String::new(),
+            };
+            if let Err(error) = self.store.record_link(&link) {
+                tracing::error!("store: {error}");
+            }
+        }
+        self.store
+            .save_digest(&item.group_jid, &digest_key, &digest)
+            .map_err(store_error)
+    }
+
+    /// Fills in the sender's name from the last one seen when WhatsApp sent none, and
+    /// remembers a new one. Only for approved groups: nobody else's name is kept.
+    fn resolve_sender_name(&self, message: &mut WhatsAppText) {
+        let named_in_notice: Vec<&mut Mention> = match &mut message.shared {
+            Some(Shared::Members { people, by, .. }) => people.iter_mut().chain(by).collect(),
+            _ => Vec::new(),
+        };
+        for mention in message.mentions.iter_mut().chain(named_in_notice) {
+            if mention.name.is_none() {
+                mention.name = self.store.known_name(&mention.phone).ok().flatten();
+            }
+        }
+        if message.from_me {
+            return;
+        }
+        let result = match &message.push_name {
+            Some(name) => self
+                .store
+                .remember_name(&message.sender_phone, name, now_ms() / 1000)
+                .map(|_| ()),
+            None => self
+                .store
+                .known_name(&message.sender_phone)
+                .map(|known| message.push_name = known),
+        };
+        if let Err(error) = result {
+            tracing::warn!("store: sender names: {error}");
+        }
+    }
+
+    /// A vote read from a poll: records it (a voter's latest vote counts) and fills
+    /// the ballot in with everyone's current vote and the names to show, for the
+    /// poll's line to be edited with its tally.
+    fn count_vote(&self, message: &mut WhatsAppText) -> Result<(), crate::store::StoreError> {
+        let Some(Shared::PollVote(Some(ballot))) = &mut message.shared else {
+            return Ok(());
+        };
+        self.store.record_poll_vote(
+            &message.group_jid,
+            &ballot.poll_id,
+            &PollVote {
+                voter: message.sender_phone.clone(),
+                choices: ballot.choices.clone(),
+                voted_at_ms: ballot.voted_at_ms,
+            },
+        )?;
+        let name_of = |phone: &str| -> Result<String, crate::store::StoreError> {
+            Ok(self
+                .store
+                .known_name(phone)?
+                .unwrap_or_else(|| format!("+{phone}")))
+        };
+        ballot.creator_name = self.store.known_name(&ballot.creator_phone)?;
+        ballot.asked_in_matrix = self
+            .store
+            .is_bridge_wa_message(&message.group_jid, &ballot.poll_id)?;
+        ballot.tally = self
+            .store
+            .poll_votes(&message.group_jid, &ballot.poll_id)?
+            .into_iter()
+            .map(|vote| {
+                Ok(PollVoter {
+                    name: name_of(&vote.voter)?,
+                    choices: vote.choices,
+                })
+            })
+            .collect::<Result<_, crate::store::StoreError>>()?;
+        Ok(())
+    }
+}
+
+/// `post` preceded by a quote of `quoted` (its first line, shortened).
+fn with_quote(post: &MatrixPost, quoted: &str) -> MatrixPost {
+    let first_line = quoted.lines().next().unwrap_or_default();
+    let mut short: String = first_line.chars().take(100).collect();
+    if short.len() < quoted.len() {
+        short.push('…');
+    }
+    MatrixPost {
+        body: format!("> {short}\n\n{}", post.body),
+        html: format!(
+            "<blockquote>{}</blockquote>{}",
+            relay::format::escape_html(&short),
+            post.html
+        ),
+        ..post.clone()
+    }
+}
