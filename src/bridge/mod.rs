@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 use crate::config::{self, Config, GroupFile, Problems};
 use crate::matrix::MatrixSide;
 use crate::relay::pacing::Pacer;
-use crate::relay::{Relay, Skip};
+use crate::relay::{self, Relay, Skip};
 use crate::status;
 use crate::store::{Direction, MessageLink, OutboxItem, Store};
 use crate::whatsapp::WhatsAppClient;
@@ -221,8 +221,11 @@ impl Bridge {
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(jid);
             if let Ok(Some(room)) = self.store.room_for_group(jid) {
-                let notice = "This room is no longer bridged to WhatsApp: its group file was removed by the administrator.";
-                if let Err(error) = self.matrix.send_notice(&room, notice).await {
+                if let Err(error) = self
+                    .matrix
+                    .send_notice(&room, relay::to_matrix::NO_LONGER_BRIDGED)
+                    .await
+                {
                     tracing::warn!(group = %group.name, "could not post the unbridge notice: {error}");
                 }
             }

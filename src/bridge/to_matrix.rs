@@ -7,14 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{now_ms, Bridge};
-use crate::relay::{self, MatrixChange, MatrixPost, Mention, PollVoter, Shared, WhatsAppText};
+use crate::relay::{
+    self, ids, to_matrix, MatrixChange, MatrixPost, Mention, PollVoter, Shared, WhatsAppText,
+};
 use crate::store::{DigestEntry, Direction, MessageLink, NewOutboxItem, OutboxItem, PollVote};
 use crate::whatsapp::{ConnectionState, GroupChange, InboundSink, SinkError};
-
-/// Prefix of the links of the bot's reactions standing for WhatsApp reactions
-/// (followed by the WhatsApp message and the emoji), and of the digest keeping who
-/// reacts how (followed by the message).
-pub(super) const WHATSAPP_ANNOTATIONS: &str = "wa-annotation:";
 
 impl InboundSink for Bridge {
     fn message(&self, mut message: WhatsAppText) -> Result<(), SinkError> {
@@ -138,10 +135,7 @@ impl Bridge {
                 let _ = self.store.discard(item.seq, &error.to_string());
                 let _ = self
                     .matrix
-                    .send_notice(
-                        &room_id,
-                        "A WhatsApp message could not be posted here (refused by the homeserver).",
-                    )
+                    .send_notice(&room_id, to_matrix::REFUSED_BY_HOMESERVER)
                     .await;
             }
         }
@@ -183,13 +177,7 @@ impl Bridge {
             }
             Err(error) => {
                 tracing::warn!(seq = item.seq, "WhatsApp media unavailable: {error}");
-                let body = format!(
-                    "{} sent {} that could not be fetched from WhatsApp: see it there.",
-                    post.sender_name,
-                    media.kind.with_article()
-                );
-                let html = format!("<em>{}</em>", crate::relay::format::escape_html(&body));
-                (body, html)
+                to_matrix::whatsapp_file_unavailable(&post.sender_name, &media)
             }
         };
         post.body = body;
@@ -231,7 +219,7 @@ impl Bridge {
                 let shown = match (&post.reply_to, &reply_event, &post.quoted) {
                     // Replying to a message the bridge never saw: quote what WhatsApp
                     // quoted, so the reply still reads as one.
-                    (Some(_), None, Some(quoted)) => with_quote(&post, quoted),
+                    (Some(_), None, Some(quoted)) => to_matrix::with_quote(&post, quoted),
                     _ => post.clone(),
                 };
                 let event_id = match (&post.media, file) {
@@ -320,7 +308,7 @@ impl Bridge {
         let Some(target_event) = self.mirrored_event(item, to) else {
             return Ok(()); // never mirrored: nothing to react to
         };
-        let digest_key = format!("{WHATSAPP_ANNOTATIONS}{to}");
+        let digest_key = ids::annotations_digest_key(to);
         let store_error =
             |error: crate::store::StoreError| crate::matrix::MatrixError::Store(error.to_string());
         let mut digest = self
@@ -340,7 +328,7 @@ impl Bridge {
                 emoji: emoji.to_owned(),
             });
         }
-        let link_of = |emoji: &str| format!("{WHATSAPP_ANNOTATIONS}{to}:{emoji}");
+        let link_of = |emoji: &str| ids::annotation_link(to, emoji);
         if let Some(before) = before.filter(|before| before != emoji) {
             if !digest.entries.iter().any(|entry| entry.emoji == before) {
                 if let Some(annotation) = self.mirrored_event(item, &link_of(&before)) {
@@ -443,23 +431,5 @@ impl Bridge {
             })
             .collect::<Result<_, crate::store::StoreError>>()?;
         Ok(())
-    }
-}
-
-/// `post` preceded by a quote of `quoted` (its first line, shortened).
-fn with_quote(post: &MatrixPost, quoted: &str) -> MatrixPost {
-    let first_line = quoted.lines().next().unwrap_or_default();
-    let mut short: String = first_line.chars().take(100).collect();
-    if short.len() < quoted.len() {
-        short.push('…');
-    }
-    MatrixPost {
-        body: format!("> {short}\n\n{}", post.body),
-        html: format!(
-            "<blockquote>{}</blockquote>{}",
-            relay::format::escape_html(&short),
-            post.html
-        ),
-        ..post.clone()
     }
 }

@@ -10,25 +10,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::{now_ms, Bridge};
-use crate::config::ReactionsToWhatsApp;
 use crate::matrix::MatrixEvents;
+use crate::relay::ids::{self, CrossedReaction};
 use crate::relay::pacing::Wait;
+use crate::relay::to_whatsapp::{self, DigestReply, DigestState, Linked, Refused};
 use crate::relay::{self, MatrixText, Skip, WhatsAppChange, WhatsAppPost};
 use crate::store::{Digest, DigestEntry, Direction, MessageLink, NewOutboxItem, OutboxItem};
 use crate::whatsapp::{Outgoing, Quoted, WhatsAppError};
-
-/// How long WhatsApp lets a sender edit a message.
-const WHATSAPP_EDIT_WINDOW_SECS: i64 = 15 * 60;
-/// How long WhatsApp lets a sender delete a message for everyone (about 2.5 days).
-const WHATSAPP_REVOKE_WINDOW_SECS: i64 = 60 * 3600;
-
-/// Prefix of the link of a Matrix reaction relayed as the number's reaction:
-/// `mx-reaction:<target WhatsApp id>:<reaction id>`.
-const MATRIX_REACTION_LINK: &str = "mx-reaction:";
-
-/// Prefix of the link a Matrix reaction counted in a digest gets, followed by the
-/// WhatsApp message it reacts to and the outbox item's id.
-const MATRIX_DIGEST_LINK: &str = "mx-digest:";
 
 #[async_trait]
 impl MatrixEvents for Bridge {
@@ -47,50 +35,18 @@ impl MatrixEvents for Bridge {
         let active = self.active();
         let post = match active.relay.from_matrix(group.as_ref(), &message, own) {
             Ok(post) => post,
-            Err(Skip::NotAllowed) => {
-                let first_time = self
-                    .refused_senders
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert((message.room_id.clone(), message.sender.clone()));
-                if first_time {
-                    let notice = format!(
-                        "{}: your messages are not relayed to WhatsApp (not allowed by this group's settings; ask the administrator).",
-                        message.sender
-                    );
-                    let _ = self.matrix.send_notice(&message.room_id, &notice).await;
-                }
-                return;
-            }
-            Err(Skip::Unsupported) => {
-                let notice = format!(
-                    "{}: {} messages are not relayed to WhatsApp yet; texts, files, stickers, locations and polls are.",
-                    message.sender,
-                    message.body.trim_start_matches("m.")
-                );
-                let _ = self.matrix.send_notice(&message.room_id, &notice).await;
-                return;
-            }
-            Err(Skip::PollDoesNotFit) => {
-                let notice = format!(
-                    "{}: WhatsApp polls have 2 to {} different options; this poll was not relayed.",
-                    message.sender,
-                    relay::MatrixPoll::MAX_OPTIONS
-                );
-                let _ = self.matrix.send_notice(&message.room_id, &notice).await;
-                return;
-            }
-            Err(Skip::TooLong) => {
-                let notice = format!(
-                    "{}: your message is too long for WhatsApp (over {} characters) and was not relayed.",
-                    message.sender,
-                    relay::WHATSAPP_MAX_TEXT_CHARS
-                );
-                let _ = self.matrix.send_notice(&message.room_id, &notice).await;
-                return;
-            }
             Err(skip) => {
                 Self::log_skip(skip, "to whatsapp");
+                // A sender who may not speak is told once per room, not per message.
+                let tell = skip != Skip::NotAllowed
+                    || self
+                        .refused_senders
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert((message.room_id.clone(), message.sender.clone()));
+                if let Some(notice) = active.relay.skip_notice(skip, &message).filter(|_| tell) {
+                    let _ = self.matrix.send_notice(&message.room_id, &notice).await;
+                }
                 return;
             }
         };
@@ -151,9 +107,9 @@ impl Bridge {
         };
         let outgoing = match self.outgoing_for(&item, &post).await {
             Ok(outgoing) => outgoing,
-            Err(refusal) => {
+            Err(Refused(notice)) => {
                 self.finish(&item, None);
-                if let Some(text) = refusal {
+                if let Some(text) = notice {
                     let _ = self.matrix.send_notice(&item.room_id, &text).await;
                 }
                 return;
@@ -225,7 +181,7 @@ impl Bridge {
                 // A reaction is found again by its target when it is removed.
                 let wa_id = match (&outgoing, &post.change) {
                     (Outgoing::React { target, .. }, _) => {
-                        format!("{MATRIX_REACTION_LINK}{}:{}", target.id, item.target_id)
+                        ids::matrix_reaction_link(&target.id, &item.target_id)
                     }
                     // A reaction counted in a digest: found again by its target when
                     // it is removed.
@@ -237,7 +193,7 @@ impl Bridge {
                             .flatten()
                             .map(|link| link.wa_id)
                             .unwrap_or_default();
-                        format!("{MATRIX_DIGEST_LINK}{target}:{}", item.target_id)
+                        ids::matrix_digest_link(&target, &item.target_id)
                     }
                     _ => item.target_id.clone(),
                 };
@@ -277,10 +233,7 @@ impl Bridge {
                     .matrix
                     .send_notice(
                         &item.room_id,
-                        &format!(
-                            "This message could not be sent to WhatsApp: {}",
-                            error.reason()
-                        ),
+                        &to_whatsapp::refused_by_whatsapp(&error.reason()),
                     )
                     .await;
             }
@@ -327,10 +280,7 @@ impl Bridge {
             }
             Err(error) => {
                 tracing::warn!(seq = item.seq, "Matrix media unavailable: {error}");
-                format!(
-                    "{text}\n_({} could not be fetched from Matrix: see it there)_",
-                    media.kind.with_article()
-                )
+                to_whatsapp::matrix_file_unavailable(text, media)
             }
         };
         Some(Outgoing::Text {
@@ -341,14 +291,13 @@ impl Bridge {
     }
 
     /// What the number sends for a Matrix post, once the messages it refers to are
-    /// looked up. `Err` when nothing is sent: with a notice for the sender when the
-    /// change is refused (someone else's message, too late for WhatsApp), without
-    /// one when there is nothing to change (a message that never crossed).
+    /// looked up. `Err` when nothing is sent, with the notice `relay` words for the
+    /// sender when there is one (someone else's message, too late for WhatsApp).
     async fn outgoing_for(
         &self,
         item: &OutboxItem,
         post: &WhatsAppPost,
-    ) -> Result<Outgoing, Option<String>> {
+    ) -> Result<Outgoing, Refused> {
         let link_of = |event_id: &str| match self.store.link_for_event(&item.room_id, event_id) {
             Ok(link) => link,
             Err(error) => {
@@ -356,13 +305,7 @@ impl Bridge {
                 None
             }
         };
-        let age_secs = |link: &MessageLink| now_ms() / 1000 - link.created_at;
-        // A WhatsApp message as a quote or reaction target: its id and author (the
-        // WhatsApp person, or the bridge's own number for what came from Matrix).
-        let quoted = |link: MessageLink| Quoted {
-            sender_phone: (link.origin == Direction::ToMatrix).then_some(link.sender),
-            id: link.wa_id,
-        };
+        let relay = &self.active().relay;
         match &post.change {
             None => {
                 let reply_to = post.reply_to.as_deref().and_then(link_of).map(quoted);
@@ -391,7 +334,7 @@ impl Bridge {
                 let Some(poll) = link_of(poll).filter(|link| link.origin == Direction::ToWhatsApp)
                 else {
                     tracing::debug!("answer to a Matrix poll that never crossed: not relayed");
-                    return Err(None);
+                    return Err(Refused::silently());
                 };
                 Ok(Outgoing::Text {
                     text: post.text.clone(),
@@ -400,30 +343,15 @@ impl Bridge {
                 })
             }
             Some(WhatsAppChange::Edit { of }) => {
-                let link = link_of(of)
-                    .filter(|link| link.origin == Direction::ToWhatsApp)
-                    .ok_or(None)?;
-                if link.sender != post.sender {
-                    return Err(Some(format!(
-                        "{}: only the author of a message can edit it; the edit was not relayed to WhatsApp.",
-                        post.sender
-                    )));
-                }
-                if age_secs(&link) > WHATSAPP_EDIT_WINDOW_SECS {
-                    return Err(Some(format!(
-                        "{}: WhatsApp allows edits for {} minutes only; the edit was not relayed.",
-                        post.sender,
-                        WHATSAPP_EDIT_WINDOW_SECS / 60
-                    )));
-                }
+                let target = relay.edit_target(post, link_of(of).map(linked))?;
                 Ok(Outgoing::Edit {
-                    target: link.wa_id,
+                    target,
                     text: post.text.clone(),
                 })
             }
             Some(WhatsAppChange::React { to, emoji }) => {
-                let target = link_of(to).ok_or(None)?;
-                if self.active().config.relay.reactions_to_whatsapp == ReactionsToWhatsApp::Digest {
+                let target = link_of(to).ok_or_else(Refused::silently)?;
+                if relay.reactions_in_digest() {
                     let entry = DigestEntry {
                         reaction_event: item.source_id.clone(),
                         user: post.sender.clone(),
@@ -439,64 +367,55 @@ impl Bridge {
                 })
             }
             Some(WhatsAppChange::Revoke { of }) => {
-                // Only messages that came from Matrix: the bot's mirrors of WhatsApp
-                // messages are Matrix-side copies, deleting them deletes nothing there.
-                let link = link_of(of)
+                let link = link_of(of);
+                // A removed Matrix reaction: the digest says so, or the number's
+                // reaction goes away.
+                let crossed = link
+                    .as_ref()
                     .filter(|link| link.origin == Direction::ToWhatsApp)
-                    .ok_or(None)?;
-                // When `link` is a Matrix reaction's (`<prefix><target>:<item>`): the
-                // WhatsApp message it reacted to (none known: nothing to undo).
-                let reacted_to = |prefix: &str| {
-                    let (target, _) = link.wa_id.strip_prefix(prefix)?.rsplit_once(':')?;
-                    let target = self.store.link_for_wa(&item.group_jid, target);
-                    Some(target.ok().flatten().map(quoted).ok_or(None))
-                };
-                // A removed Matrix reaction counted in a digest: the digest says so.
-                if let Some(target) = reacted_to(MATRIX_DIGEST_LINK) {
-                    return self
-                        .digest_outgoing(item, target?, DigestChange::Remove(of.clone()))
-                        .await;
+                    .and_then(|link| ids::crossed_reaction(&link.wa_id));
+                if let Some(crossed) = crossed {
+                    let (CrossedReaction::Digest { target } | CrossedReaction::Reaction { target }) =
+                        crossed;
+                    let target = match self.store.link_for_wa(&item.group_jid, target) {
+                        Ok(Some(target)) => quoted(target),
+                        // The message it reacted to is not known: nothing to undo.
+                        _ => return Err(Refused::silently()),
+                    };
+                    return match crossed {
+                        CrossedReaction::Digest { .. } => {
+                            self.digest_outgoing(item, target, DigestChange::Remove(of.clone()))
+                                .await
+                        }
+                        CrossedReaction::Reaction { .. } => Ok(Outgoing::React {
+                            target,
+                            emoji: String::new(),
+                        }),
+                    };
                 }
-                // A removed Matrix reaction: the number's reaction goes away.
-                if let Some(target) = reacted_to(MATRIX_REACTION_LINK) {
-                    return Ok(Outgoing::React {
-                        target: target?,
-                        emoji: String::new(),
-                    });
-                }
-                let allowed = link.sender == post.sender
-                    || self
-                        .matrix
-                        .can_redact_others(&item.room_id, &post.sender)
-                        .await;
-                if !allowed {
-                    return Err(None);
-                }
-                if age_secs(&link) > WHATSAPP_REVOKE_WINDOW_SECS {
-                    return Err(Some(format!(
-                        "{}: WhatsApp allows deleting a message for everyone for {} hours only; it stays in the WhatsApp group.",
-                        post.sender,
-                        WHATSAPP_REVOKE_WINDOW_SECS / 3600
-                    )));
-                }
-                Ok(Outgoing::Revoke { target: link.wa_id })
+                let moderator = self
+                    .matrix
+                    .can_redact_others(&item.room_id, &post.sender)
+                    .await;
+                let target = relay.revoke_target(post, link.map(linked), moderator)?;
+                Ok(Outgoing::Revoke { target })
             }
         }
     }
 
     /// Reaction digest mode: applies `change` to the digest of `target`, and answers
-    /// what the number sends: a new reply to `target` listing the reactions, an edit
-    /// of the reply while WhatsApp allows edits, or its deletion when nothing is
-    /// left. The digest is saved first: a retry of the item computes the same send.
+    /// what the number sends, as `relay` decides: a new reply to `target` listing the
+    /// reactions, an edit of the reply, or its deletion when nothing is left. The
+    /// digest is saved first: a retry of the item computes the same send.
     async fn digest_outgoing(
         &self,
         item: &OutboxItem,
         target: Quoted,
         change: DigestChange,
-    ) -> Result<Outgoing, Option<String>> {
+    ) -> Result<Outgoing, Refused> {
         let store_error = |error: crate::store::StoreError| {
             tracing::error!("store: {error}");
-            None
+            Refused::silently()
         };
         let mut digest = self
             .store
@@ -518,61 +437,63 @@ impl Bridge {
                 .retain(|known| known.reaction_event != reaction_event),
         }
         let now = now_ms() / 1000;
-        let age = now - digest.reply_sent_at;
-        let has_reply = !digest.reply_id.is_empty();
-        let outgoing = if digest.reply_id == item.target_id
-            || (!digest.entries.is_empty()
-                && (was_empty || !has_reply || age > WHATSAPP_EDIT_WINDOW_SECS))
-        {
-            // A new reply (or this item's own, sent again under the same id).
-            digest.reply_id = item.target_id.clone();
-            digest.reply_sent_at = now;
-            Outgoing::Text {
+        let state = DigestState {
+            reply_id: &digest.reply_id,
+            reply_sent_at: digest.reply_sent_at,
+            was_empty,
+            is_empty: digest.entries.is_empty(),
+        };
+        let outgoing = match to_whatsapp::digest_reply(state, &item.target_id, now) {
+            DigestReply::New => {
+                digest.reply_id = item.target_id.clone();
+                digest.reply_sent_at = now;
+                Some(Outgoing::Text {
+                    text: self.digest_text(&item.room_id, &digest).await,
+                    reply_to: Some(target.clone()),
+                    mentions: Vec::new(),
+                })
+            }
+            DigestReply::Edit(reply) => Some(Outgoing::Edit {
+                target: reply,
                 text: self.digest_text(&item.room_id, &digest).await,
-                reply_to: Some(target.clone()),
-                mentions: Vec::new(),
-            }
-        } else if digest.entries.is_empty() {
-            // Nobody's reaction is left: the reply goes (again, on a retry: deleting
-            // twice changes nothing), as long as WhatsApp allows.
-            if !has_reply || age > WHATSAPP_REVOKE_WINDOW_SECS {
-                self.store
-                    .save_digest(&item.group_jid, &target.id, &digest)
-                    .map_err(store_error)?;
-                return Err(None);
-            }
-            Outgoing::Revoke {
-                target: digest.reply_id.clone(),
-            }
-        } else {
-            Outgoing::Edit {
-                target: digest.reply_id.clone(),
-                text: self.digest_text(&item.room_id, &digest).await,
-            }
+            }),
+            // Deleting twice (on a retry) changes nothing.
+            DigestReply::Revoke(reply) => Some(Outgoing::Revoke { target: reply }),
+            DigestReply::Nothing => None,
         };
         self.store
             .save_digest(&item.group_jid, &target.id, &digest)
             .map_err(store_error)?;
-        Ok(outgoing)
+        outgoing.ok_or_else(Refused::silently)
     }
 
-    /// `👍 Alice, Bob · ❤️ Carol`: each emoji once, in the order they came, with who
-    /// reacted so.
+    /// The digest's text, with the names the room shows for each reactor.
     async fn digest_text(&self, room_id: &str, digest: &Digest) -> String {
-        let mut by_emoji: Vec<(String, Vec<String>)> = Vec::new();
+        let mut reactions = Vec::with_capacity(digest.entries.len());
         for entry in &digest.entries {
             let name = self.matrix.display_name(room_id, &entry.user).await;
-            match by_emoji.iter_mut().find(|(emoji, _)| *emoji == entry.emoji) {
-                Some((_, names)) if names.contains(&name) => {}
-                Some((_, names)) => names.push(name),
-                None => by_emoji.push((entry.emoji.clone(), vec![name])),
-            }
+            reactions.push((entry.emoji.clone(), name));
         }
-        by_emoji
-            .iter()
-            .map(|(emoji, names)| format!("{} {}", relay::single_line(emoji), names.join(", ")))
-            .collect::<Vec<_>>()
-            .join(" · ")
+        to_whatsapp::digest_text(&reactions)
+    }
+}
+
+/// A WhatsApp message as a quote or reaction target: its id and author (the WhatsApp
+/// person, or the bridge's own number for what came from Matrix).
+fn quoted(link: MessageLink) -> Quoted {
+    Quoted {
+        sender_phone: (link.origin == Direction::ToMatrix).then_some(link.sender),
+        id: link.wa_id,
+    }
+}
+
+/// What `relay` is told of an earlier message from its link.
+fn linked(link: MessageLink) -> Linked {
+    Linked {
+        from_matrix: link.origin == Direction::ToWhatsApp,
+        age_secs: now_ms() / 1000 - link.created_at,
+        sender: link.sender,
+        wa_id: link.wa_id,
     }
 }
 

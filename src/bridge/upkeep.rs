@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::to_matrix::WHATSAPP_ANNOTATIONS;
 use super::{now_ms, Bridge};
 use crate::control::{self, ControlHandler};
 use crate::metrics;
+use crate::relay::ids;
 use crate::status;
 use crate::store::Direction;
 use crate::whatsapp::ConnectionState;
@@ -42,7 +42,7 @@ impl Bridge {
             return;
         }
         let cutoff = now_ms() / 1000 - i64::from(days) * 24 * 3600;
-        match self.store.forget_before(cutoff, WHATSAPP_ANNOTATIONS) {
+        match self.store.forget_before(cutoff, ids::WHATSAPP_ANNOTATIONS) {
             Ok(forgotten) => tracing::info!(
                 days,
                 links = forgotten.links,

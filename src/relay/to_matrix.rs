@@ -1,0 +1,581 @@
+//! WhatsApp -> Matrix: whether a WhatsApp message crosses to its room, and what the
+//! bot posts for it (text through the templates, files, shared things, notices).
+
+use super::format::{self, escape_html};
+use super::ids::{looks_like_bridge_id, reaction_key};
+use super::location::Location;
+use super::media::{self, Media};
+use super::{
+    single_line, GroupSetting, MatrixChange, MatrixPost, MemberChange, Mention, PollVoter, Relay,
+    Shared, Skip, WhatsAppRelation, WhatsAppText,
+};
+use crate::config::{GroupFile, ReactionsToMatrix};
+
+impl Relay {
+    /// WhatsApp -> Matrix. `group` is the group file approving the chat, if any;
+    /// `sent_by_bridge` tells whether the store knows this id as one the bridge sent.
+    pub fn from_whatsapp(
+        &self,
+        group: Option<&GroupFile>,
+        message: &WhatsAppText,
+        sent_by_bridge: bool,
+    ) -> Result<MatrixPost, Skip> {
+        if group.is_none() {
+            return Err(Skip::UnapprovedGroup);
+        }
+        if sent_by_bridge || (message.from_me && looks_like_bridge_id(&message.message_id)) {
+            return Err(Skip::OwnEcho);
+        }
+        // The bridge's own edits and deletions, seen again from its number.
+        if let Some(WhatsAppRelation::Edit { id } | WhatsAppRelation::Revoke { id }) =
+            &message.relation
+        {
+            if message.from_me && looks_like_bridge_id(id) {
+                return Err(Skip::OwnEcho);
+            }
+        }
+        let name = whatsapp_display_name(message);
+        match &message.relation {
+            Some(WhatsAppRelation::Revoke { id }) => {
+                return Ok(MatrixPost {
+                    change: Some(MatrixChange::Redact { of: id.clone() }),
+                    sender: message.sender_phone.clone(),
+                    ..MatrixPost::default()
+                });
+            }
+            Some(WhatsAppRelation::Reaction { .. })
+                if self.settings.reactions_to_matrix == ReactionsToMatrix::Ignore =>
+            {
+                return Err(Skip::ReactionIgnored);
+            }
+            Some(WhatsAppRelation::Reaction { id, emoji })
+                if self.settings.reactions_to_matrix == ReactionsToMatrix::Reaction =>
+            {
+                return Ok(MatrixPost {
+                    change: Some(MatrixChange::Annotation {
+                        to: id.clone(),
+                        reactor: message.sender_phone.clone(),
+                        emoji: single_line(emoji),
+                    }),
+                    sender: message.sender_phone.clone(),
+                    ..MatrixPost::default()
+                });
+            }
+            Some(WhatsAppRelation::Reaction { id, emoji }) => {
+                let emoji = single_line(emoji);
+                return Ok(MatrixPost {
+                    body: format!("{name} reacted {emoji}"),
+                    html: format!(
+                        "<strong>{}</strong> reacted {}",
+                        escape_html(&name),
+                        escape_html(&emoji)
+                    ),
+                    reply_to: Some(id.clone()),
+                    quoted: None,
+                    change: Some(MatrixChange::ReplyLine {
+                        to: id.clone(),
+                        key: reaction_key(id, &message.sender_phone),
+                        removed: emoji.is_empty(),
+                    }),
+                    sender: message.sender_phone.clone(),
+                    ..MatrixPost::default()
+                });
+            }
+            _ => {}
+        }
+        if let Some(kind) = &message.unsupported {
+            let what = match kind.as_str() {
+                "other" => "a kind of message".to_owned(),
+                kind => with_article(kind),
+            };
+            let note =
+                format!("sent {what} that passerelle does not relay yet: see it in WhatsApp");
+            return Ok(MatrixPost {
+                body: format!("{name} {note}."),
+                html: format!("<em>{} {}.</em>", escape_html(&name), escape_html(&note)),
+                sender: message.sender_phone.clone(),
+                ..MatrixPost::default()
+            });
+        }
+        if let Some(Shared::PollVote(Some(ballot))) = &message.shared {
+            if ballot.asked_in_matrix {
+                let (body, html) = tally_lines(&ballot.options, &ballot.tally);
+                return Ok(MatrixPost {
+                    body,
+                    html,
+                    change: Some(MatrixChange::ReplyLine {
+                        to: ballot.poll_id.clone(),
+                        key: format!("poll-tally:{}", ballot.poll_id),
+                        removed: false,
+                    }),
+                    sender: message.sender_phone.clone(),
+                    ..MatrixPost::default()
+                });
+            }
+            // The poll's line shows the tally: the vote edits it.
+            let creator = match ballot.creator_name.as_deref().map(single_line) {
+                Some(name) if !name.is_empty() => name,
+                _ => format!("+{}", ballot.creator_phone),
+            };
+            let (body, html) = poll_lines(
+                &creator,
+                &ballot.question,
+                &ballot.options,
+                Some(&ballot.tally),
+            );
+            return Ok(MatrixPost {
+                body,
+                html,
+                change: Some(MatrixChange::Edit {
+                    of: ballot.poll_id.clone(),
+                }),
+                sender: message.sender_phone.clone(),
+                ..MatrixPost::default()
+            });
+        }
+        if let Some(shared) = &message.shared {
+            if matches!(shared, Shared::Members { .. }) && !self.settings.member_notices {
+                return Err(Skip::MemberNoticeOff);
+            }
+            let (body, html) = shared_for_matrix(shared, &name);
+            // A contact's card comes along as a file, the line as its caption.
+            let card = match shared {
+                Shared::Contact { .. } => message.media.clone(),
+                _ => None,
+            };
+            return Ok(MatrixPost {
+                body,
+                html,
+                sender: message.sender_phone.clone(),
+                sender_name: if card.is_some() {
+                    name.clone()
+                } else {
+                    String::new()
+                },
+                media: card,
+                ..MatrixPost::default()
+            });
+        }
+        if let Some(location) = &message.location {
+            let comment = single_line(&message.text);
+            let mut body = format!("{name} shared a location: {}", location.describe());
+            let mut html = format!(
+                "<strong>{}</strong> shared a location: {}",
+                escape_html(&name),
+                location_html(location)
+            );
+            if !comment.is_empty() {
+                body.push_str(&format!(" ({comment})"));
+                html.push_str(&format!(" ({})", escape_html(&comment)));
+            }
+            return Ok(MatrixPost {
+                body,
+                html,
+                sender: message.sender_phone.clone(),
+                reply_to: match &message.relation {
+                    Some(WhatsAppRelation::Reply { id, .. }) => Some(id.clone()),
+                    _ => None,
+                },
+                location: Some(location.clone()),
+                ..MatrixPost::default()
+            });
+        }
+        if let Some(media) = &message.media {
+            if let Some((body, html)) = self.too_large(media, &name, "WhatsApp") {
+                return Ok(MatrixPost {
+                    body,
+                    html,
+                    sender: message.sender_phone.clone(),
+                    ..MatrixPost::default()
+                });
+            }
+        }
+        let (body, html) = match &message.media {
+            // No caption: the caption names the sender, so nobody wonders who sent it.
+            Some(media) if message.text.trim().is_empty() => {
+                let what = media.kind.with_article();
+                (
+                    format!("{name} sent {what}"),
+                    format!("<strong>{}</strong> sent {what}", escape_html(&name)),
+                )
+            }
+            _ if message.text.trim().is_empty() => return Err(Skip::Empty),
+            _ => self.whatsapp_text_for_matrix(message, &name),
+        };
+        let mut post = MatrixPost {
+            body,
+            html,
+            sender: message.sender_phone.clone(),
+            sender_name: if message.media.is_some() {
+                name.clone()
+            } else {
+                String::new()
+            },
+            media: message.media.clone(),
+            ..MatrixPost::default()
+        };
+        match &message.relation {
+            Some(WhatsAppRelation::Reply { id, quoted }) => {
+                post.reply_to = Some(id.clone());
+                post.quoted = quoted.clone();
+            }
+            Some(WhatsAppRelation::Edit { id }) => {
+                post.change = Some(MatrixChange::Edit { of: id.clone() });
+            }
+            _ => {}
+        }
+        Ok(post)
+    }
+
+    /// The Matrix body and HTML of a WhatsApp text (or caption), through the templates.
+    fn whatsapp_text_for_matrix(&self, message: &WhatsAppText, name: &str) -> (String, String) {
+        let phone = if message.sender_phone.is_empty() {
+            String::new()
+        } else {
+            format!("+{}", message.sender_phone)
+        };
+        let (text, text_html) = with_mentions(&message.text, &message.mentions);
+        let body = self.templates.to_matrix.render(|key| match key {
+            "name" => Some(name.to_owned()),
+            "phone" => Some(phone.clone()),
+            "text" => Some(text.clone()),
+            _ => None,
+        });
+        let html = self.templates.to_matrix_html.render(|key| match key {
+            "name" => Some(escape_html(name)),
+            "phone" => Some(escape_html(&phone)),
+            "text" => Some(text_html.clone()),
+            _ => None,
+        });
+        (body, html)
+    }
+
+    /// The notice that replaces a WhatsApp file whose announced size is over
+    /// `[relay] max_file_mb`: `(body, html)`.
+    fn too_large(&self, media: &Media, name: &str, seen_in: &str) -> Option<(String, String)> {
+        let size = media
+            .size
+            .filter(|size| *size > self.settings.max_file_bytes)?;
+        Some(self.whatsapp_file_too_large(media, name, seen_in, size))
+    }
+
+    /// The Matrix notice that stands for a WhatsApp file of `size` bytes over the
+    /// limit: `(body, html)` naming the sender, the file, its size and where to see it.
+    pub fn whatsapp_file_too_large(
+        &self,
+        media: &Media,
+        name: &str,
+        seen_in: &str,
+        size: u64,
+    ) -> (String, String) {
+        let limit = media::human_size(self.settings.max_file_bytes);
+        let what = media.describe(size);
+        let note = format!("is larger than the bridge relays ({limit}): see it in {seen_in}");
+        (
+            format!("{name} sent {what}, which {note}."),
+            format!(
+                "<em>{} sent {}, which {}.</em>",
+                escape_html(name),
+                escape_html(&what),
+                escape_html(&note)
+            ),
+        )
+    }
+}
+
+/// A contact, poll, vote or view-once message as a Matrix body and HTML.
+fn shared_for_matrix(shared: &Shared, name: &str) -> (String, String) {
+    let who = escape_html(name);
+    match shared {
+        Shared::Contact {
+            name: contact,
+            phones,
+        } => {
+            let contact = single_line(contact);
+            let numbers = if phones.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", phones.join(", "))
+            };
+            (
+                format!("{name} shared a contact, {contact}{numbers}"),
+                format!(
+                    "<strong>{who}</strong> shared a contact, {}{}",
+                    escape_html(&contact),
+                    escape_html(&numbers)
+                ),
+            )
+        }
+        Shared::Poll { question, options } => poll_lines(name, question, options, None),
+        Shared::PollVote(_) => (
+            format!("{name} voted in a poll: the results are in WhatsApp."),
+            format!(
+                "<em><strong>{who}</strong> voted in a poll: the results are in WhatsApp.</em>"
+            ),
+        ),
+        Shared::Members { change, people, by } => {
+            let person = |mention: &Mention| match mention.name.as_deref().map(single_line) {
+                Some(name) if !name.is_empty() => name,
+                _ => format!("+{}", mention.phone),
+            };
+            let names: Vec<String> = people.iter().map(person).collect();
+            let names = match names.as_slice() {
+                [] => "someone".to_owned(),
+                [one] => one.clone(),
+                [first @ .., last] => format!("{} and {last}", first.join(", ")),
+            };
+            // Someone acting on themselves joined or left.
+            let by = by
+                .as_ref()
+                .filter(|by| !people.iter().any(|p| p.phone == by.phone))
+                .map(person);
+            let (one, several) = if people.len() > 1 {
+                ("are", "admins")
+            } else {
+                ("is", "an admin")
+            };
+            let body = match (change, by) {
+                (MemberChange::Added, Some(by)) => format!("{by} added {names} to the group."),
+                (MemberChange::Added, None) => format!("{names} joined the group."),
+                (MemberChange::Removed, Some(by)) => {
+                    format!("{by} removed {names} from the group.")
+                }
+                (MemberChange::Removed, None) => format!("{names} left the group."),
+                (MemberChange::Promoted, _) => format!("{names} {one} now {several} of the group."),
+                (MemberChange::Demoted, _) => {
+                    format!("{names} {one} no longer {several} of the group.")
+                }
+            };
+            let html = format!("<em>{}</em>", escape_html(&body));
+            (body, html)
+        }
+        Shared::Call { video } => {
+            let what = if *video {
+                "a group video call"
+            } else {
+                "a group call"
+            };
+            (
+                format!("{name} started {what} in WhatsApp: join it on a phone."),
+                format!(
+                    "<em><strong>{who}</strong> started {what} in WhatsApp: join it on a phone.</em>"
+                ),
+            )
+        }
+        Shared::Setting(setting) => {
+            let body = setting_line(*setting, name);
+            let html = format!("<em>{}</em>", escape_html(&body));
+            (body, html)
+        }
+        Shared::ViewOnce { kind } => {
+            let what = with_article(&format!("view-once {kind}"));
+            (
+                format!("{name} sent {what}: it can only be opened once, on a phone."),
+                format!(
+                    "<em><strong>{who}</strong> sent {}: it can only be opened once, on a phone.</em>",
+                    escape_html(&what)
+                ),
+            )
+        }
+    }
+}
+
+/// A poll's line: its question and options, and once votes came, how many people
+/// picked each option and who (`tally`: every voter's current vote).
+fn poll_lines(
+    name: &str,
+    question: &str,
+    options: &[String],
+    tally: Option<&[PollVoter]>,
+) -> (String, String) {
+    let question = single_line(question);
+    let mut body = format!("{name} started a poll: {question}");
+    let mut html = format!(
+        "<strong>{}</strong> started a poll: {}<ol>",
+        escape_html(name),
+        escape_html(&question)
+    );
+    let (items, items_html) = option_lines(options, tally);
+    body.push_str(&items);
+    html.push_str(&items_html);
+    let footer = match tally.map(|tally| tally.iter().filter(|v| !v.choices.is_empty()).count()) {
+        None => "Vote in WhatsApp.".to_owned(),
+        Some(0) => "Vote in WhatsApp: nobody has voted.".to_owned(),
+        Some(1) => "Vote in WhatsApp: 1 person voted.".to_owned(),
+        Some(voters) => format!("Vote in WhatsApp: {voters} people voted."),
+    };
+    body.push_str(&format!("\n({footer})"));
+    html.push_str(&format!("</ol><em>{}</em>", escape_html(&footer)));
+    (body, html)
+}
+
+/// A poll's options as numbered lines (`\n1. Samedi (2: Carol, Bob)`) and HTML list
+/// items, with how many people picked each and who when `tally` is given.
+fn option_lines(options: &[String], tally: Option<&[PollVoter]>) -> (String, String) {
+    let (mut body, mut html) = (String::new(), String::new());
+    for (number, option) in options.iter().enumerate() {
+        let option_text = single_line(option);
+        body.push_str(&format!("\n{}. {option_text}", number + 1));
+        html.push_str(&format!("<li>{}", escape_html(&option_text)));
+        if let Some(tally) = tally {
+            let voters: Vec<String> = tally
+                .iter()
+                .filter(|voter| voter.choices.contains(option))
+                .map(|voter| single_line(&voter.name))
+                .collect();
+            let count = if voters.is_empty() {
+                "(0)".to_owned()
+            } else {
+                format!("({}: {})", voters.len(), voters.join(", "))
+            };
+            body.push_str(&format!(" {count}"));
+            html.push_str(&format!(" <em>{}</em>", escape_html(&count)));
+        }
+        html.push_str("</li>");
+    }
+    (body, html)
+}
+
+/// The bot's reply to a poll asked in Matrix: how WhatsApp voted in it (Matrix
+/// votes are the poll's own, shown by Matrix clients).
+fn tally_lines(options: &[String], tally: &[PollVoter]) -> (String, String) {
+    let (items, items_html) = option_lines(options, Some(tally));
+    (
+        format!("Votes in WhatsApp:{items}"),
+        format!("<em>Votes in WhatsApp:</em><ol>{items_html}</ol>"),
+    )
+}
+
+/// The room's line about a group setting `who` changed. Disappearing messages are
+/// told with what they mean here: the room keeps its copies (the bridge does not
+/// delete Matrix history).
+fn setting_line(setting: GroupSetting, who: &str) -> String {
+    match setting {
+        GroupSetting::Disappearing(0) => format!("{who} turned off disappearing messages."),
+        GroupSetting::Disappearing(seconds) => format!(
+            "{who} turned on disappearing messages: new messages disappear from WhatsApp after {}. Their copies in this room stay.",
+            duration_words(seconds)
+        ),
+        GroupSetting::OnlyAdminsSend(true) => format!(
+            "{who} changed the group's settings: only admins can send messages now. Messages from this room reach WhatsApp only if the bridge's number is an admin."
+        ),
+        GroupSetting::OnlyAdminsSend(false) => {
+            format!("{who} changed the group's settings: everyone can send messages again.")
+        }
+    }
+}
+
+/// `604800` -> `7 days`, `86400` -> `24 hours`, in the largest unit that divides.
+pub(super) fn duration_words(seconds: u32) -> String {
+    let plural = |n: u32, unit: &str| {
+        if n == 1 {
+            format!("1 {unit}")
+        } else {
+            format!("{n} {unit}s")
+        }
+    };
+    match seconds {
+        s if s % 86_400 == 0 && s > 86_400 => plural(s / 86_400, "day"),
+        s if s % 3_600 == 0 => plural(s / 3_600, "hour"),
+        s if s % 60 == 0 => plural(s / 60, "minute"),
+        s => plural(s, "second"),
+    }
+}
+
+/// A location in HTML: its name (if any) linked to the map.
+fn location_html(location: &Location) -> String {
+    let text = location
+        .name
+        .clone()
+        .unwrap_or_else(|| "see the map".to_owned());
+    format!(
+        "<a href=\"{}\">{}</a>",
+        escape_html(&location.map_link()),
+        escape_html(&text)
+    )
+}
+
+/// The text with each `@<phone>` of a mentioned person replaced by `@Name` (their
+/// number when the name is unknown), and its HTML with those names in bold. No
+/// Matrix pill: WhatsApp people have no Matrix account.
+pub(super) fn with_mentions(text: &str, mentions: &[Mention]) -> (String, String) {
+    let mut plain = text.to_string();
+    let mut names = Vec::new();
+    for mention in mentions {
+        let token = format!("@{}", mention.phone);
+        if mention.phone.is_empty() || !plain.contains(&token) {
+            continue;
+        }
+        let name = match mention.name.as_deref().map(single_line) {
+            Some(name) if !name.is_empty() => name,
+            _ => format!("+{}", mention.phone),
+        };
+        plain = plain.replace(&token, &format!("@{name}"));
+        names.push(name);
+    }
+    let mut html = format::whatsapp_to_html(&plain);
+    names.sort_by_key(|name| std::cmp::Reverse(name.len()));
+    names.dedup();
+    for name in names {
+        let escaped = format!("@{}", escape_html(&name));
+        html = html.replace(&escaped, &format!("<strong>{escaped}</strong>"));
+    }
+    (plain, html)
+}
+
+/// "an image", "a poll": a kind of message in a sentence.
+fn with_article(kind: &str) -> String {
+    let article = if kind.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        "an"
+    } else {
+        "a"
+    };
+    format!("{article} {kind}")
+}
+
+/// The name WhatsApp people get in Matrix: their push name, else their number.
+pub fn whatsapp_display_name(message: &WhatsAppText) -> String {
+    match message.push_name.as_deref().map(single_line) {
+        Some(name) if !name.is_empty() => name,
+        _ if !message.sender_phone.is_empty() => format!("+{}", message.sender_phone),
+        _ => "WhatsApp".to_string(),
+    }
+}
+
+/// The notice posted when the homeserver refused a relayed WhatsApp message for good.
+pub const REFUSED_BY_HOMESERVER: &str =
+    "A WhatsApp message could not be posted here (refused by the homeserver).";
+
+/// The notice posted in a room whose group file the administrator removed.
+pub const NO_LONGER_BRIDGED: &str =
+    "This room is no longer bridged to WhatsApp: its group file was removed by the administrator.";
+
+/// The notice that stands for a WhatsApp file that could not be fetched:
+/// `(body, html)`.
+pub fn whatsapp_file_unavailable(sender_name: &str, media: &Media) -> (String, String) {
+    let body = format!(
+        "{sender_name} sent {} that could not be fetched from WhatsApp: see it there.",
+        media.kind.with_article()
+    );
+    let html = format!("<em>{}</em>", escape_html(&body));
+    (body, html)
+}
+
+/// `post` preceded by a quote of `quoted` (its first line, shortened): a reply to
+/// a message the bridge never saw still reads as one.
+pub fn with_quote(post: &MatrixPost, quoted: &str) -> MatrixPost {
+    let first_line = quoted.lines().next().unwrap_or_default();
+    let mut short: String = first_line.chars().take(100).collect();
+    if short.len() < quoted.len() {
+        short.push('…');
+    }
+    MatrixPost {
+        body: format!("> {short}\n\n{}", post.body),
+        html: format!(
+            "<blockquote>{}</blockquote>{}",
+            escape_html(&short),
+            post.html
+        ),
+        ..post.clone()
+    }
+}

@@ -1,0 +1,596 @@
+//! Matrix -> WhatsApp: whether a Matrix event crosses to its group, and what the
+//! association's number sends for it (`*Alice*: text` through the templates, files,
+//! locations, polls, and the changes to earlier messages).
+
+use super::format;
+use super::media::{self, Media};
+use super::template;
+use super::{
+    single_line, MatrixKind, MatrixRelation, MatrixText, Relay, Skip, WhatsAppChange, WhatsAppPost,
+    WHATSAPP_MAX_TEXT_CHARS,
+};
+use crate::config::{GroupFile, ReactionsToWhatsApp};
+
+impl Relay {
+    /// The WhatsApp line that stands for a Matrix file of `size` bytes over the limit.
+    pub fn matrix_file_too_large(&self, post: &WhatsAppPost, media: &Media, size: u64) -> String {
+        let limit = media::human_size(self.settings.max_file_bytes);
+        let text = format!(
+            "sent {}, which is larger than the bridge relays ({limit}): see it in Matrix",
+            media.describe(size)
+        );
+        for_whatsapp(
+            &self.templates.to_whatsapp_emote,
+            &post.sender_name,
+            &post.sender,
+            &text,
+        )
+    }
+
+    /// Matrix -> WhatsApp. `group` is the group bridged to the room, if any;
+    /// `sent_by_bridge` tells whether the store knows this event as one the bot sent.
+    pub fn from_matrix(
+        &self,
+        group: Option<&GroupFile>,
+        message: &MatrixText,
+        sent_by_bridge: bool,
+    ) -> Result<WhatsAppPost, Skip> {
+        let Some(group) = group else {
+            return Err(Skip::UnbridgedRoom);
+        };
+        if message.sender == self.bot_user || sent_by_bridge {
+            return Err(Skip::OwnEcho);
+        }
+        if message.kind == MatrixKind::Notice {
+            return Err(Skip::Notice);
+        }
+        if message.kind == MatrixKind::Other {
+            return Err(Skip::Unsupported);
+        }
+        if let Some(allow) = &group.allow {
+            if !allow.iter().any(|pattern| pattern.matches(&message.sender)) {
+                return Err(Skip::NotAllowed);
+            }
+        }
+        if let MatrixRelation::Reaction { to, key } = &message.relation {
+            if self.settings.reactions_to_whatsapp == ReactionsToWhatsApp::Ignore {
+                return Err(Skip::ReactionIgnored);
+            }
+            return Ok(WhatsAppPost {
+                change: Some(WhatsAppChange::React {
+                    to: to.clone(),
+                    emoji: key.clone(),
+                }),
+                sender: message.sender.clone(),
+                ..WhatsAppPost::default()
+            });
+        }
+        if let MatrixRelation::Redaction { of } = &message.relation {
+            return Ok(WhatsAppPost {
+                change: Some(WhatsAppChange::Revoke { of: of.clone() }),
+                sender: message.sender.clone(),
+                ..WhatsAppPost::default()
+            });
+        }
+        let body =
+            format::matrix_to_whatsapp(&message.body, message.html.as_deref(), message.is_reply);
+        let name = matrix_display_name(&message.sender, message.sender_display_name.as_deref());
+        let sender_line = |what: &str| {
+            for_whatsapp(
+                &self.templates.to_whatsapp_emote,
+                &name,
+                &message.sender,
+                what,
+            )
+        };
+        // Poll votes and ends are lines answering the number's poll: the number
+        // has one vote, which is nobody's to cast.
+        match &message.relation {
+            MatrixRelation::PollVote { poll } => {
+                let picked = single_line(&message.body);
+                let what = if picked.is_empty() {
+                    "took back their vote".to_owned()
+                } else {
+                    format!("voted: {picked}")
+                };
+                return Ok(WhatsAppPost {
+                    text: sender_line(&what),
+                    change: Some(WhatsAppChange::AnswerPoll { poll: poll.clone() }),
+                    sender: message.sender.clone(),
+                    ..WhatsAppPost::default()
+                });
+            }
+            MatrixRelation::PollEnd { poll } => {
+                return Ok(WhatsAppPost {
+                    text: sender_line("ended the poll"),
+                    change: Some(WhatsAppChange::AnswerPoll { poll: poll.clone() }),
+                    sender: message.sender.clone(),
+                    ..WhatsAppPost::default()
+                });
+            }
+            _ => {}
+        }
+        if let Some(poll) = &message.poll {
+            if !poll.fits_whatsapp() {
+                return Err(Skip::PollDoesNotFit);
+            }
+            return Ok(WhatsAppPost {
+                text: sender_line("started a poll"),
+                sender: message.sender.clone(),
+                sender_name: name,
+                poll: Some(poll.clone()),
+                ..WhatsAppPost::default()
+            });
+        }
+        if let Some(location) = &message.location {
+            let text = sender_line("shared a location");
+            return Ok(WhatsAppPost {
+                text,
+                sender: message.sender.clone(),
+                sender_name: name,
+                location: Some(location.clone()),
+                ..WhatsAppPost::default()
+            });
+        }
+        if let Some(media) = message
+            .media
+            .as_ref()
+            .filter(|_| !matches!(message.relation, MatrixRelation::Replace { .. }))
+        {
+            return Ok(self.matrix_media_for_whatsapp(message, media, &name, &body));
+        }
+        if body.trim().is_empty() {
+            return Err(Skip::Empty);
+        }
+        let template = match message.kind {
+            MatrixKind::Emote => &self.templates.to_whatsapp_emote,
+            _ => &self.templates.to_whatsapp,
+        };
+        let text = for_whatsapp(template, &name, &message.sender, &body);
+        if text.chars().count() > WHATSAPP_MAX_TEXT_CHARS {
+            return Err(Skip::TooLong);
+        }
+        let mut post = WhatsAppPost {
+            text,
+            sender: message.sender.clone(),
+            ..WhatsAppPost::default()
+        };
+        match &message.relation {
+            MatrixRelation::Reply { to } => post.reply_to = Some(to.clone()),
+            MatrixRelation::Replace { of } => {
+                post.change = Some(WhatsAppChange::Edit { of: of.clone() })
+            }
+            MatrixRelation::None
+            | MatrixRelation::Redaction { .. }
+            | MatrixRelation::Reaction { .. }
+            | MatrixRelation::PollVote { .. }
+            | MatrixRelation::PollEnd { .. } => {}
+        }
+        Ok(post)
+    }
+
+    /// A Matrix file for WhatsApp: the file with its caption (`*Alice*: caption`, or
+    /// `* _Alice_ sent a photo` without one), or, over `[relay] max_file_mb`, a line
+    /// saying what could not cross.
+    fn matrix_media_for_whatsapp(
+        &self,
+        message: &MatrixText,
+        media: &Media,
+        name: &str,
+        caption: &str,
+    ) -> WhatsAppPost {
+        let render = |template: &template::Template, text: String| {
+            for_whatsapp(template, name, &message.sender, &text)
+        };
+        let reply_to = match &message.relation {
+            MatrixRelation::Reply { to } => Some(to.clone()),
+            _ => None,
+        };
+        let mut post = WhatsAppPost {
+            reply_to,
+            sender: message.sender.clone(),
+            sender_name: name.to_owned(),
+            ..WhatsAppPost::default()
+        };
+        if let Some(size) = media
+            .size
+            .filter(|size| *size > self.settings.max_file_bytes)
+        {
+            post.text = self.matrix_file_too_large(&post, media, size);
+            return post;
+        }
+        let text = if caption.trim().is_empty() {
+            let what = media.kind.with_article();
+            render(&self.templates.to_whatsapp_emote, format!("sent {what}"))
+        } else {
+            render(&self.templates.to_whatsapp, caption.to_owned())
+        };
+        post.text = text;
+        post.media = Some(media.clone());
+        post
+    }
+}
+
+/// A Matrix -> WhatsApp template filled in: `{name}`, `{user}` (the Matrix id) and
+/// `{text}`.
+fn for_whatsapp(template: &template::Template, name: &str, user: &str, text: &str) -> String {
+    template.render(|key| match key {
+        "name" => Some(name.to_owned()),
+        "user" => Some(user.to_owned()),
+        "text" => Some(text.to_owned()),
+        _ => None,
+    })
+}
+
+/// The name Matrix people get in WhatsApp: room display name, else the localpart.
+/// WhatsApp markup characters are removed so a nickname cannot break the bold prefix.
+pub fn matrix_display_name(user_id: &str, display_name: Option<&str>) -> String {
+    let cleaned = display_name
+        .map(|name| single_line(name).replace(['*', '_', '~', '`'], ""))
+        .map(|name| name.trim().to_string())
+        .filter(|name| !name.is_empty());
+    cleaned.unwrap_or_else(|| {
+        user_id
+            .trim_start_matches('@')
+            .split(':')
+            .next()
+            .unwrap_or(user_id)
+            .to_string()
+    })
+}
+
+/// How long WhatsApp lets a sender edit a message.
+pub const WHATSAPP_EDIT_WINDOW_SECS: i64 = 15 * 60;
+/// How long WhatsApp lets a sender delete a message for everyone (about 2.5 days).
+pub const WHATSAPP_REVOKE_WINDOW_SECS: i64 = 60 * 3600;
+
+/// What the bridge knows of the earlier message a Matrix change is about, from its
+/// link (the store's record of what crossed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Linked {
+    /// The WhatsApp message id.
+    pub wa_id: String,
+    /// Who wrote it: a Matrix user id for what came from Matrix, else a phone number.
+    pub sender: String,
+    /// Whether it came from Matrix (the number's message) rather than from WhatsApp.
+    pub from_matrix: bool,
+    /// How long ago it crossed.
+    pub age_secs: i64,
+}
+
+/// A Matrix change the number does not make: with a notice for the sender when they
+/// should know why, without one when there is nothing to change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused(pub Option<String>);
+
+impl Refused {
+    /// Nothing to change, nobody to tell (e.g. a message that never crossed).
+    pub fn silently() -> Refused {
+        Refused(None)
+    }
+
+    fn saying(notice: String) -> Refused {
+        Refused(Some(notice))
+    }
+}
+
+/// What happens to the digest reply listing reactions to one WhatsApp message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DigestReply {
+    /// A new reply (or this item's own reply, sent again under the same id).
+    New,
+    /// The reply with this id is edited to the new list.
+    Edit(String),
+    /// Nobody's reaction is left: the reply with this id is deleted.
+    Revoke(String),
+    /// Nothing to send: no reply to take back, or too late to take it back.
+    Nothing,
+}
+
+/// Where a reaction digest stands, as the store keeps it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DigestState<'a> {
+    /// The WhatsApp id of the reply sent for it (empty: none yet).
+    pub reply_id: &'a str,
+    /// When that reply was sent (seconds since the epoch).
+    pub reply_sent_at: i64,
+    /// Whether nobody reacted before this change.
+    pub was_empty: bool,
+    /// Whether nobody reacts after it.
+    pub is_empty: bool,
+}
+
+impl Relay {
+    /// Whether Matrix reactions reach WhatsApp gathered in one digest reply.
+    pub fn reactions_in_digest(&self) -> bool {
+        self.settings.reactions_to_whatsapp == ReactionsToWhatsApp::Digest
+    }
+
+    /// A Matrix edit of `original`: the number's WhatsApp message to edit. Only the
+    /// author edits, only within WhatsApp's edit window; the bridge's mirrors of
+    /// WhatsApp messages are not the number's to edit.
+    pub fn edit_target(
+        &self,
+        post: &WhatsAppPost,
+        original: Option<Linked>,
+    ) -> Result<String, Refused> {
+        let original = original
+            .filter(|original| original.from_matrix)
+            .ok_or_else(Refused::silently)?;
+        if original.sender != post.sender {
+            return Err(Refused::saying(format!(
+                "{}: only the author of a message can edit it; the edit was not relayed to WhatsApp.",
+                post.sender
+            )));
+        }
+        if original.age_secs > WHATSAPP_EDIT_WINDOW_SECS {
+            return Err(Refused::saying(format!(
+                "{}: WhatsApp allows edits for {} minutes only; the edit was not relayed.",
+                post.sender,
+                WHATSAPP_EDIT_WINDOW_SECS / 60
+            )));
+        }
+        Ok(original.wa_id)
+    }
+
+    /// A Matrix redaction of `original` (not a reaction's): the number's WhatsApp
+    /// message to delete for everyone. Its author may, and so may whoever may redact
+    /// others' events in the room (`moderator`), within WhatsApp's window. Mirrors of
+    /// WhatsApp messages are Matrix-side copies: deleting one deletes nothing there.
+    pub fn revoke_target(
+        &self,
+        post: &WhatsAppPost,
+        original: Option<Linked>,
+        moderator: bool,
+    ) -> Result<String, Refused> {
+        let original = original
+            .filter(|original| original.from_matrix)
+            .ok_or_else(Refused::silently)?;
+        if original.sender != post.sender && !moderator {
+            return Err(Refused::silently());
+        }
+        if original.age_secs > WHATSAPP_REVOKE_WINDOW_SECS {
+            return Err(Refused::saying(format!(
+                "{}: WhatsApp allows deleting a message for everyone for {} hours only; it stays in the WhatsApp group.",
+                post.sender,
+                WHATSAPP_REVOKE_WINDOW_SECS / 3600
+            )));
+        }
+        Ok(original.wa_id)
+    }
+
+    /// The notice a Matrix sender gets for a message that does not cross, when they
+    /// should know (`None`: nothing to say, e.g. a notice or the bot's own echo).
+    pub fn skip_notice(&self, skip: Skip, message: &MatrixText) -> Option<String> {
+        let sender = &message.sender;
+        match skip {
+            Skip::NotAllowed => Some(format!(
+                "{sender}: your messages are not relayed to WhatsApp (not allowed by this group's settings; ask the administrator)."
+            )),
+            Skip::Unsupported => Some(format!(
+                "{sender}: {} messages are not relayed to WhatsApp yet; texts, files, stickers, locations and polls are.",
+                message.body.trim_start_matches("m.")
+            )),
+            Skip::PollDoesNotFit => Some(format!(
+                "{sender}: WhatsApp polls have 2 to {} different options; this poll was not relayed.",
+                super::MatrixPoll::MAX_OPTIONS
+            )),
+            Skip::TooLong => Some(format!(
+                "{sender}: your message is too long for WhatsApp (over {WHATSAPP_MAX_TEXT_CHARS} characters) and was not relayed."
+            )),
+            Skip::UnapprovedGroup
+            | Skip::UnbridgedRoom
+            | Skip::OwnEcho
+            | Skip::Notice
+            | Skip::Empty
+            | Skip::ReactionIgnored
+            | Skip::MemberNoticeOff => None,
+        }
+    }
+}
+
+/// Reaction digest mode: what the number sends after a change to the reactions to
+/// one message, sent as item `item_id` at `now`. A new reply while none stands (or
+/// the old one is too old to edit), an edit of the reply, or its deletion when
+/// nobody's reaction is left and WhatsApp still allows it.
+pub fn digest_reply(state: DigestState<'_>, item_id: &str, now: i64) -> DigestReply {
+    let age = now - state.reply_sent_at;
+    let has_reply = !state.reply_id.is_empty();
+    if state.reply_id == item_id
+        || (!state.is_empty && (state.was_empty || !has_reply || age > WHATSAPP_EDIT_WINDOW_SECS))
+    {
+        DigestReply::New
+    } else if state.is_empty {
+        if !has_reply || age > WHATSAPP_REVOKE_WINDOW_SECS {
+            DigestReply::Nothing
+        } else {
+            DigestReply::Revoke(state.reply_id.to_owned())
+        }
+    } else {
+        DigestReply::Edit(state.reply_id.to_owned())
+    }
+}
+
+/// The digest reply's text: `👍 Alice, Bob · ❤️ Carol`, each emoji once in the
+/// order they came, with who reacted so (names as the room shows them).
+pub fn digest_text(reactions: &[(String, String)]) -> String {
+    let mut by_emoji: Vec<(&str, Vec<&str>)> = Vec::new();
+    for (emoji, name) in reactions {
+        match by_emoji.iter_mut().find(|(known, _)| known == emoji) {
+            Some((_, names)) if names.contains(&name.as_str()) => {}
+            Some((_, names)) => names.push(name),
+            None => by_emoji.push((emoji, vec![name])),
+        }
+    }
+    by_emoji
+        .iter()
+        .map(|(emoji, names)| format!("{} {}", single_line(emoji), names.join(", ")))
+        .collect::<Vec<_>>()
+        .join(" · ")
+}
+
+/// The notice for a Matrix message WhatsApp refused for good.
+pub fn refused_by_whatsapp(reason: &str) -> String {
+    format!("This message could not be sent to WhatsApp: {reason}")
+}
+
+/// The line sent in place of a Matrix file that could not be fetched.
+pub fn matrix_file_unavailable(text: &str, media: &Media) -> String {
+    format!(
+        "{text}\n_({} could not be fetched from Matrix: see it there)_",
+        media.kind.with_article()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{RelayConfig, Templates};
+
+    fn relay() -> Relay {
+        Relay::new(
+            "@bot:example.org",
+            Templates::default(),
+            RelayConfig::default(),
+        )
+    }
+
+    fn by(sender: &str) -> WhatsAppPost {
+        WhatsAppPost {
+            sender: sender.to_owned(),
+            ..WhatsAppPost::default()
+        }
+    }
+
+    fn alices(age_secs: i64) -> Option<Linked> {
+        Some(Linked {
+            wa_id: "3EB0BE01".into(),
+            sender: "@alice:example.org".into(),
+            from_matrix: true,
+            age_secs,
+        })
+    }
+
+    #[test]
+    fn only_the_author_edits_and_only_within_whatsapps_window() {
+        let relay = relay();
+        let alice = by("@alice:example.org");
+        assert_eq!(relay.edit_target(&alice, alices(60)), Ok("3EB0BE01".into()));
+        let refused = relay.edit_target(&by("@mallory:example.org"), alices(60));
+        assert!(
+            matches!(refused, Err(Refused(Some(notice))) if notice.contains("only the author"))
+        );
+        let late = relay.edit_target(&alice, alices(WHATSAPP_EDIT_WINDOW_SECS + 1));
+        assert!(matches!(late, Err(Refused(Some(notice))) if notice.contains("15 minutes")));
+        // A mirror of a WhatsApp message, or one that never crossed: nothing to say.
+        let mirror = alices(60).map(|linked| Linked {
+            from_matrix: false,
+            ..linked
+        });
+        assert_eq!(relay.edit_target(&alice, mirror), Err(Refused(None)));
+        assert_eq!(relay.edit_target(&alice, None), Err(Refused(None)));
+    }
+
+    #[test]
+    fn the_author_or_a_moderator_deletes_within_whatsapps_window() {
+        let relay = relay();
+        let alice = by("@alice:example.org");
+        let mallory = by("@mallory:example.org");
+        assert_eq!(
+            relay.revoke_target(&alice, alices(60), false),
+            Ok("3EB0BE01".into())
+        );
+        assert_eq!(
+            relay.revoke_target(&mallory, alices(60), true),
+            Ok("3EB0BE01".into())
+        );
+        assert_eq!(
+            relay.revoke_target(&mallory, alices(60), false),
+            Err(Refused(None))
+        );
+        let late = relay.revoke_target(&alice, alices(WHATSAPP_REVOKE_WINDOW_SECS + 1), false);
+        assert!(matches!(late, Err(Refused(Some(notice))) if notice.contains("60 hours")));
+    }
+
+    #[test]
+    fn the_digest_reply_is_new_edited_or_deleted_as_whatsapp_allows() {
+        let state = |reply_id, sent_at, was_empty, is_empty| DigestState {
+            reply_id,
+            reply_sent_at: sent_at,
+            was_empty,
+            is_empty,
+        };
+        let now = 1_000_000;
+        assert_eq!(
+            digest_reply(state("", 0, true, false), "B", now),
+            DigestReply::New
+        );
+        assert_eq!(
+            digest_reply(state("A", now - 60, false, false), "B", now),
+            DigestReply::Edit("A".into())
+        );
+        // Too old to edit: a new reply.
+        let old = now - WHATSAPP_EDIT_WINDOW_SECS - 1;
+        assert_eq!(
+            digest_reply(state("A", old, false, false), "B", now),
+            DigestReply::New
+        );
+        // A retry of the item that sent the reply sends it again under its id.
+        assert_eq!(
+            digest_reply(state("B", now, false, false), "B", now),
+            DigestReply::New
+        );
+        assert_eq!(
+            digest_reply(state("A", now - 60, false, true), "B", now),
+            DigestReply::Revoke("A".into())
+        );
+        let too_late = now - WHATSAPP_REVOKE_WINDOW_SECS - 1;
+        assert_eq!(
+            digest_reply(state("A", too_late, false, true), "B", now),
+            DigestReply::Nothing
+        );
+        assert_eq!(
+            digest_reply(state("", 0, true, true), "B", now),
+            DigestReply::Nothing
+        );
+    }
+
+    #[test]
+    fn the_digest_text_lists_each_emoji_once_with_who() {
+        let reactions = [
+            ("👍".to_owned(), "Alice".to_owned()),
+            ("❤️".to_owned(), "Carol".to_owned()),
+            ("👍".to_owned(), "Bob".to_owned()),
+            ("👍".to_owned(), "Alice".to_owned()),
+        ];
+        assert_eq!(digest_text(&reactions), "👍 Alice, Bob · ❤️ Carol");
+    }
+
+    #[test]
+    fn senders_are_told_why_their_message_did_not_cross_and_bots_are_not() {
+        let relay = relay();
+        let message = MatrixText {
+            room_id: "!r:example.org".into(),
+            event_id: "$e".into(),
+            sender: "@alice:example.org".into(),
+            sender_display_name: None,
+            kind: MatrixKind::Other,
+            body: "m.video.call".into(),
+            html: None,
+            is_reply: false,
+            relation: MatrixRelation::None,
+            media: None,
+            location: None,
+            poll: None,
+        };
+        let told = |skip| relay.skip_notice(skip, &message);
+        assert!(told(Skip::Unsupported)
+            .unwrap()
+            .contains("video.call messages are not relayed"));
+        assert!(told(Skip::NotAllowed).unwrap().contains("not allowed"));
+        assert!(told(Skip::TooLong).unwrap().contains("65536 characters"));
+        assert!(told(Skip::PollDoesNotFit).unwrap().contains("2 to 12"));
+        assert_eq!(told(Skip::Notice), None);
+        assert_eq!(told(Skip::OwnEcho), None);
+    }
+}
