@@ -1246,6 +1246,20 @@ async fn photos_voice_notes_documents_and_locations_cross_through_whatsapp_rust(
         alice.seen_in(&room)
     );
 
+    // A kind passerelle does not know (an event invitation) is told, never dropped.
+    bob_sends(
+        sim,
+        jid,
+        json!({"event": {"name": "Pique-nique", "start": 1_790_000_000}}),
+    )
+    .await;
+    alice
+        .wait_for(&room, "the notice for Bob's event", |s| {
+            s.body
+                == "Bob sent a kind of message that passerelle does not relay yet: see it in WhatsApp."
+        })
+        .await;
+
     // Locations: a point both ways, with a map link in Matrix and Alice's line
     // before the pin in WhatsApp.
     bob_sends(

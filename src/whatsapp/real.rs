@@ -859,13 +859,16 @@ async fn group_text(
     } else {
         match base.text_content() {
             Some(text) => (text.to_owned(), None),
+            // Protocol plumbing (keys, history, placeholders): nobody said anything.
+            None if carries_only_plumbing(base) => {
+                tracing::debug!("skipping WhatsApp protocol plumbing");
+                return None;
+            }
+            // Something a person sent that cannot be relayed yet, known by name or
+            // not (an event, a pin, a list, a field this version cannot read): say so
+            // in Matrix.
             None => match message_kind(base) {
-                // Protocol plumbing: no notice.
-                kind @ ("sender key distribution" | "other") => {
-                    tracing::debug!(kind, "skipping WhatsApp group message");
-                    return None;
-                }
-                // Something a person sent that cannot be relayed yet: say so in Matrix.
+                "sender key distribution" => (String::new(), Some("other".to_owned())),
                 kind => (String::new(), Some(kind.to_owned())),
             },
         }
@@ -1270,6 +1273,23 @@ async fn sender_phone(client: &Client, info: &MessageInfo) -> String {
     sender.user_base().to_owned()
 }
 
+/// Whether a message holds nothing a person sent: only the protocol's own fields
+/// (sender keys, the message secret, history and key shares, placeholders). Any other
+/// field set, named or unknown to this version of waproto, is something said.
+fn carries_only_plumbing(message: &wa::Message) -> bool {
+    let mut rest = message.clone();
+    rest.sender_key_distribution_message = Default::default();
+    rest.fast_ratchet_key_sender_key_distribution_message = Default::default();
+    rest.message_context_info = Default::default();
+    rest.sticker_sync_rmr_message = Default::default();
+    rest.message_history_bundle = Default::default();
+    rest.message_history_notice = Default::default();
+    rest.placeholder_message = Default::default();
+    rest.group_root_key_share = Default::default();
+    rest.root_secret_distribute_message = Default::default();
+    whatsapp_rust::waproto::buffa::Message::encoded_len(&rest) == 0
+}
+
 /// A short name for the kind of a message, for logs (never its content).
 fn message_kind(message: &wa::Message) -> &'static str {
     if let Some(media) = whatsapp_rust::wacore::send::media_type_from_message(message) {
@@ -1620,5 +1640,34 @@ mod tests {
             vec!["+33 6 12 34 56 78".to_string(), "0102030405".to_string()]
         );
         assert!(super::vcard_phones("garbage").is_empty());
+    }
+
+    #[test]
+    fn only_protocol_fields_are_plumbing() {
+        use whatsapp_rust::waproto::buffa::MessageField;
+        use whatsapp_rust::waproto::whatsapp as wa;
+        let keys = wa::Message {
+            sender_key_distribution_message: MessageField::some(Default::default()),
+            message_context_info: MessageField::some(wa::MessageContextInfo {
+                message_secret: Some(vec![7; 32]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert!(super::carries_only_plumbing(&keys));
+        assert!(super::carries_only_plumbing(&wa::Message::default()));
+        // The first message of a member to a group carries its sender key too.
+        let event_with_keys = wa::Message {
+            event_message: MessageField::some(wa::message::EventMessage {
+                name: Some("Pique-nique".into()),
+                ..Default::default()
+            }),
+            ..keys
+        };
+        assert!(!super::carries_only_plumbing(&event_with_keys));
+        assert_eq!(
+            super::message_kind(&event_with_keys),
+            "sender key distribution"
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! The body of a send request (`POST /members/{phone}/messages`,
 //! `POST /groups/{jid}/messages`), checked: exactly one kind of message (text,
-//! one media, location, contact, poll, vote, edit, revoke or reaction) with the
+//! one media, location, contact, poll, vote, edit, revoke, reaction, or an event
+//! invitation, a kind the bridge does not relay) with the
 //! options that make
 //! sense for it, or a clear error for a 400. The member turns the result into a
 //! waproto `Message` (see `members.rs`), since replies and reactions need what
@@ -36,6 +37,7 @@ struct Fields {
     revoke: Option<String>,
     reaction: Option<ReactionFields>,
     vote: Option<VoteFields>,
+    event: Option<EventFields>,
 }
 
 #[derive(Deserialize)]
@@ -58,6 +60,15 @@ struct ContactFields {
 struct PollFields {
     question: String,
     options: Vec<String>,
+}
+
+/// An event invitation (`eventMessage`): WhatsApp's "create event" in a group.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventFields {
+    name: String,
+    /// When it starts (seconds since the epoch).
+    start: Option<i64>,
 }
 
 /// A vote in a poll: the options picked (none: the vote is taken back).
@@ -125,6 +136,11 @@ pub enum Body {
     Reaction {
         to: Target,
         emoji: String,
+    },
+    /// An event invitation (`eventMessage`), starting at `start`.
+    Event {
+        name: String,
+        start: Option<i64>,
     },
     /// A vote in poll `poll` (a message the member received or sent), sent
     /// with whatsapp-rust's `polls().vote`; no options takes the vote back.
@@ -203,6 +219,7 @@ impl Outgoing {
             ("revoke", f.revoke.is_some()),
             ("reaction", f.reaction.is_some()),
             ("vote", f.vote.is_some()),
+            ("event", f.event.is_some()),
         ] {
             if set {
                 kinds.push(name);
@@ -240,7 +257,7 @@ impl Outgoing {
         {
             return Err(format!("{k} takes no text, reply_to or mentions"));
         }
-        if let Some(k @ ("audio" | "sticker" | "location" | "contact" | "poll")) = kind
+        if let Some(k @ ("audio" | "sticker" | "location" | "contact" | "poll" | "event")) = kind
             && f.text.is_some()
         {
             return Err(format!("{k} takes no text (no caption)"));
@@ -321,6 +338,11 @@ impl Outgoing {
                 lon: l.lon,
                 name: l.name,
             }
+        } else if let Some(e) = f.event {
+            Body::Event {
+                name: e.name,
+                start: e.start,
+            }
         } else if let Some(of) = f.edit_of {
             let text = text.ok_or("edit_of needs the new text")?;
             Body::Edit {
@@ -347,7 +369,7 @@ impl Outgoing {
         } else {
             Body::Text(text.ok_or(
                 "need text, a media (image, video, audio, document, sticker), location, \
-                 contact, poll, vote, edit_of, revoke or reaction",
+                 contact, poll, event, vote, edit_of, revoke or reaction",
             )?)
         };
         Ok(Outgoing {

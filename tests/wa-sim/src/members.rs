@@ -313,6 +313,15 @@ impl Member {
                 }),
                 ..Default::default()
             },
+            Body::Event { name, start } => wa::Message {
+                event_message: MessageField::some(wa::message::EventMessage {
+                    name: Some(name),
+                    start_time: start,
+                    context_info: context.map(MessageField::some).unwrap_or_default(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
             Body::Contact { name, vcard } => wa::Message {
                 contact_message: MessageField::some(wa::message::ContactMessage {
                     display_name: Some(name),
