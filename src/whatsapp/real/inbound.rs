@@ -1,0 +1,651 @@
+//! WhatsApp -> the bridge: each incoming group message read into the domain form
+//! `relay` judges (texts, replies, edits, deletions, reactions, files, shared things,
+//! poll votes read with the poll's secret, member and setting notifications, calls),
+//! and handed to the sink before whatsapp-rust acknowledges it.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use whatsapp_rust::client::Client;
+use whatsapp_rust::types::events::{GroupUpdate, InboundMessage};
+use whatsapp_rust::types::message::MessageInfo;
+use whatsapp_rust::wacore::poll::{compute_option_hash, PollVoteCiphertext};
+use whatsapp_rust::wacore::proto_helpers::MessageExt;
+use whatsapp_rust::wacore::time::now_millis;
+use whatsapp_rust::wacore::types::call::{CallAction, IncomingCall};
+use whatsapp_rust::waproto::whatsapp as wa;
+use whatsapp_rust::waproto::whatsapp::message::protocol_message::Type as ProtocolType;
+use whatsapp_rust::{InboundDurabilityHook, Jid, Server};
+
+use crate::relay::location::Location;
+use crate::relay::{
+    GroupSetting, MemberChange, Mention, PollBallot, Shared, WhatsAppRelation, WhatsAppText,
+};
+use crate::whatsapp::store::{PollRecord, SqliteBackend};
+use crate::whatsapp::{InboundSink, SinkError};
+use whatsapp_rust::wacore::stanza::groups::GroupNotificationAction;
+
+/// The inbound durability hook: hands each group text of a batch to the sink, in
+/// order, before whatsapp-rust acknowledges the batch to WhatsApp. If the sink fails
+/// the hook fails, so the batch is not acknowledged and WhatsApp delivers it again
+/// (the sink therefore sees some messages twice and must ignore repeats).
+pub(super) struct SinkHook {
+    pub(super) sink: Arc<dyn InboundSink>,
+    /// The key store, where the polls seen are kept to read their votes.
+    pub(super) polls: Arc<SqliteBackend>,
+}
+
+#[async_trait]
+impl InboundDurabilityHook for SinkHook {
+    async fn on_messages(
+        &self,
+        client: Arc<Client>,
+        batch: &[InboundMessage],
+    ) -> anyhow::Result<()> {
+        let mut texts = Vec::with_capacity(batch.len());
+        for inbound in batch {
+            let polls = polls_if_bridged(self.sink.as_ref(), &self.polls, inbound);
+            if let Some(text) = group_text(&client, polls, inbound).await {
+                texts.push(text);
+            }
+        }
+        if texts.is_empty() {
+            return Ok(());
+        }
+        // The sink writes to disk: keep that off the async worker threads.
+        let sink = Arc::clone(&self.sink);
+        tokio::task::spawn_blocking(move || deliver(sink.as_ref(), texts))
+            .await
+            .map_err(|error| anyhow::anyhow!("inbound sink task failed: {error}"))??;
+        Ok(())
+    }
+}
+
+/// The poll store, for a message of a bridged group only: nothing of other groups'
+/// polls is kept.
+pub(super) fn polls_if_bridged<'a>(
+    sink: &dyn InboundSink,
+    polls: &'a SqliteBackend,
+    inbound: &InboundMessage,
+) -> Option<&'a SqliteBackend> {
+    sink.bridges(&inbound.info.source.chat.to_string())
+        .then_some(polls)
+}
+
+pub(super) fn deliver(sink: &dyn InboundSink, texts: Vec<WhatsAppText>) -> Result<(), SinkError> {
+    for text in texts {
+        sink.message(text)?;
+    }
+    Ok(())
+}
+
+/// The domain form of an incoming message, if it is something a person said in a
+/// group (a text, a reply, an edit, a deletion, a reaction, or a kind that is
+/// announced as not relayed yet).
+pub(super) async fn group_text(
+    client: &Client,
+    polls: Option<&SqliteBackend>,
+    inbound: &InboundMessage,
+) -> Option<WhatsAppText> {
+    let info = &inbound.info;
+    if info.source.chat.server != Server::Group {
+        tracing::debug!("skipping WhatsApp message outside a group");
+        return None;
+    }
+    // Edits arrive wrapped (editedMessage); this unwraps them to the protocol message.
+    let base = inbound.message.get_base_message();
+    let mut relation = None;
+    let mut media = None;
+    let mut location = None;
+    let mut shared = None;
+    let (text, unsupported) = if let Some(protocol) = base.protocol_message.as_option() {
+        let target = protocol.key.as_option().and_then(|key| key.id.clone());
+        match (protocol.r#type, target) {
+            (Some(ProtocolType::REVOKE), Some(id)) => {
+                relation = Some(WhatsAppRelation::Revoke { id });
+                (String::new(), None)
+            }
+            (Some(ProtocolType::MESSAGE_EDIT), Some(id)) => {
+                let edited = protocol.edited_message.as_option()?;
+                let text = edited
+                    .text_content()
+                    .or_else(|| edited.get_caption())
+                    .unwrap_or_default()
+                    .to_owned();
+                relation = Some(WhatsAppRelation::Edit { id });
+                (text, None)
+            }
+            _ => {
+                tracing::debug!(kind = "protocol", "skipping WhatsApp group message");
+                return None;
+            }
+        }
+    } else if let Some(reaction) = base.reaction_message.as_option() {
+        let id = reaction.key.as_option().and_then(|key| key.id.clone())?;
+        relation = Some(WhatsAppRelation::Reaction {
+            id,
+            emoji: reaction.text.clone().unwrap_or_default(),
+        });
+        (String::new(), None)
+    } else if let Some(update) = base.poll_update_message.as_option() {
+        let ballot = match polls {
+            Some(polls) => read_vote(client, polls, info, update).await,
+            None => None,
+        };
+        shared = Some(Shared::PollVote(ballot.map(Box::new)));
+        (String::new(), None)
+    } else if let Some(found) = shared_of(&inbound.message, base) {
+        if let (Shared::Poll { question, options }, Some(polls)) = (&found, polls) {
+            remember_poll(polls, info, &inbound.message, base, question, options);
+        }
+        // A contact also crosses as its card, a `.vcf` file.
+        media = crate::whatsapp::media::contact_card(base);
+        shared = Some(found);
+        (String::new(), None)
+    } else if let Some((found, caption)) = crate::whatsapp::media::media_of(base) {
+        media = Some(found);
+        (caption, None)
+    } else if let Some((found, comment)) = location_of(base) {
+        location = Some(found);
+        (comment, None)
+    } else {
+        match base.text_content() {
+            Some(text) => (text.to_owned(), None),
+            // Protocol plumbing (keys, history, placeholders): nobody said anything.
+            None if carries_only_plumbing(base) => {
+                tracing::debug!("skipping WhatsApp protocol plumbing");
+                return None;
+            }
+            // Something a person sent that cannot be relayed yet, known by name or
+            // not (an event, a pin, a list, a field this version cannot read): say so
+            // in Matrix.
+            None => match message_kind(base) {
+                "sender key distribution" => (String::new(), Some("other".to_owned())),
+                kind => (String::new(), Some(kind.to_owned())),
+            },
+        }
+    };
+    let mut mentions = Vec::new();
+    if let Some(context) = context_info(base) {
+        if relation.is_none() {
+            if let Some(id) = context.stanza_id.clone().filter(|id| !id.is_empty()) {
+                let quoted = context
+                    .quoted_message
+                    .as_option()
+                    .and_then(|quoted| quoted.text_content().or_else(|| quoted.get_caption()))
+                    .filter(|text| !text.is_empty())
+                    .map(str::to_owned);
+                relation = Some(WhatsAppRelation::Reply { id, quoted });
+            }
+        }
+        for jid in &context.mentioned_jid {
+            if let Ok(jid) = jid.parse::<Jid>() {
+                mentions.push(Mention {
+                    phone: phone_of(client, &jid).await,
+                    name: None,
+                });
+            }
+        }
+    }
+    let push_name = Some(info.push_name.as_str())
+        .filter(|name| !name.is_empty())
+        .map(str::to_owned);
+    Some(WhatsAppText {
+        group_jid: info.source.chat.to_string(),
+        message_id: info.id.clone(),
+        sender_phone: sender_phone(client, info).await,
+        push_name,
+        text,
+        from_me: info.source.is_from_me,
+        unsupported,
+        relation,
+        mentions,
+        media,
+        location,
+        shared,
+    })
+}
+
+/// A group notification about members, as a message for the room: people added or
+/// removed (or joining, leaving), promoted or demoted. Its id is derived from the
+/// notification's, so a notification seen twice is told once.
+pub(super) fn member_change(update: &GroupUpdate) -> Option<WhatsAppText> {
+    let (change, participants) = match &update.action {
+        GroupNotificationAction::Add { participants, .. } => (MemberChange::Added, participants),
+        GroupNotificationAction::Remove { participants, .. } => {
+            (MemberChange::Removed, participants)
+        }
+        GroupNotificationAction::Promote { participants } => (MemberChange::Promoted, participants),
+        GroupNotificationAction::Demote { participants } => (MemberChange::Demoted, participants),
+        _ => return None,
+    };
+    let people = participants
+        .iter()
+        .map(|person| Mention {
+            phone: phone_or_lid(&person.jid, person.phone_number.as_ref()),
+            name: person.display_name.clone().filter(|name| !name.is_empty()),
+        })
+        .collect();
+    let by = actor_phone(update).map(|phone| Mention { phone, name: None });
+    Some(WhatsAppText {
+        group_jid: update.group_jid.to_string(),
+        message_id: notification_message_id(update),
+        sender_phone: by.as_ref().map(|by| by.phone.clone()).unwrap_or_default(),
+        shared: Some(Shared::Members { change, people, by }),
+        ..WhatsAppText::default()
+    })
+}
+
+/// A group notification about a setting the room should know of: disappearing
+/// messages, announcement mode. Told once, like member changes.
+pub(super) fn setting_change(update: &GroupUpdate) -> Option<WhatsAppText> {
+    let setting = match &update.action {
+        GroupNotificationAction::Ephemeral { expiration, .. } => {
+            GroupSetting::Disappearing(*expiration)
+        }
+        GroupNotificationAction::Announce => GroupSetting::OnlyAdminsSend(true),
+        GroupNotificationAction::NotAnnounce => GroupSetting::OnlyAdminsSend(false),
+        _ => return None,
+    };
+    Some(WhatsAppText {
+        group_jid: update.group_jid.to_string(),
+        message_id: notification_message_id(update),
+        sender_phone: actor_phone(update).unwrap_or_default(),
+        shared: Some(Shared::Setting(setting)),
+        ..WhatsAppText::default()
+    })
+}
+
+/// A group call someone started, as a line for the room (calls do not cross: the
+/// line says where to join). Its id is derived from the call's, so an offer seen
+/// twice (offline, then live) is told once. Calls to the number itself are no
+/// group's business and are left alone.
+pub(super) fn group_call(call: &IncomingCall) -> Option<WhatsAppText> {
+    let CallAction::Offer {
+        call_id,
+        call_creator,
+        caller_pn,
+        is_video,
+        group_jid: Some(group),
+        ..
+    } = &call.action
+    else {
+        return None;
+    };
+    Some(WhatsAppText {
+        group_jid: group.to_string(),
+        message_id: format!("call.{call_id}"),
+        sender_phone: phone_or_lid(call_creator, caller_pn.as_ref()),
+        push_name: call.notify.clone().filter(|name| !name.is_empty()),
+        shared: Some(Shared::Call { video: *is_video }),
+        ..WhatsAppText::default()
+    })
+}
+
+/// The id a group notification's line gets in the room: derived from the
+/// notification's, so a notification seen twice is told once.
+fn notification_message_id(update: &GroupUpdate) -> String {
+    format!(
+        "gp2.{}.{}",
+        update
+            .notification_id
+            .clone()
+            .unwrap_or_else(|| update.timestamp.timestamp_millis().to_string()),
+        update.action_index
+    )
+}
+
+/// The phone number of who made a group change, when WhatsApp said.
+fn actor_phone(update: &GroupUpdate) -> Option<String> {
+    let actor = update.participant.as_ref()?;
+    Some(phone_or_lid(actor, update.participant_pn.as_ref()))
+}
+
+/// A person's phone number, from their phone-number JID when WhatsApp gave one.
+fn phone_or_lid(jid: &Jid, pn: Option<&Jid>) -> String {
+    pn.unwrap_or(jid).user_base().to_owned()
+}
+
+/// A contact, poll, vote or view-once message. View-once comes first: its file is
+/// never fetched, so it cannot outlive its one viewing in a Matrix room.
+fn shared_of(outer: &wa::Message, base: &wa::Message) -> Option<Shared> {
+    if outer.is_view_once() {
+        let kind = if base.video_message.is_set() {
+            "video"
+        } else if base.audio_message.is_set() {
+            "voice message"
+        } else {
+            "photo"
+        };
+        return Some(Shared::ViewOnce {
+            kind: kind.to_owned(),
+        });
+    }
+    if let Some(contact) = base.contact_message.as_option() {
+        return Some(Shared::Contact {
+            name: contact.display_name.clone().unwrap_or_default(),
+            phones: vcard_phones(contact.vcard.as_deref().unwrap_or_default()),
+        });
+    }
+    if let Some(array) = base.contacts_array_message.as_option() {
+        let names: Vec<String> = array
+            .contacts
+            .iter()
+            .filter_map(|contact| contact.display_name.clone())
+            .collect();
+        return Some(Shared::Contact {
+            name: names.join(", "),
+            phones: array
+                .contacts
+                .iter()
+                .flat_map(|contact| vcard_phones(contact.vcard.as_deref().unwrap_or_default()))
+                .collect(),
+        });
+    }
+    let poll = [
+        &base.poll_creation_message,
+        &base.poll_creation_message_v2,
+        &base.poll_creation_message_v3,
+    ]
+    .into_iter()
+    .find_map(|poll| poll.as_option());
+    if let Some(poll) = poll {
+        return Some(Shared::Poll {
+            question: poll.name.clone().unwrap_or_default(),
+            options: poll
+                .options
+                .iter()
+                .filter_map(|option| option.option_name.clone())
+                .collect(),
+        });
+    }
+    None
+}
+
+/// Keeps what it takes to read a poll's votes later: its secret (which phones put in
+/// the poll's `messageContextInfo`), creator and options.
+fn remember_poll(
+    polls: &SqliteBackend,
+    info: &MessageInfo,
+    outer: &wa::Message,
+    base: &wa::Message,
+    question: &str,
+    options: &[String],
+) {
+    let secret = [outer, base].into_iter().find_map(|message| {
+        message
+            .message_context_info
+            .as_option()
+            .and_then(|context| context.message_secret.clone())
+    });
+    let Some(secret) = secret else {
+        tracing::debug!("poll without a secret: its votes cannot be read");
+        return;
+    };
+    let record = PollRecord {
+        chat: info.source.chat.to_string(),
+        poll_id: info.id.clone(),
+        creator: info.source.sender.to_non_ad().to_string(),
+        secret,
+        question: question.to_owned(),
+        options: options.to_vec(),
+    };
+    if let Err(error) = polls.remember_poll(&record, now_millis() / 1000) {
+        tracing::warn!("could not keep a poll to read its votes: {error}");
+    }
+}
+
+/// Reads a vote: which options of which poll the voter picks now. `None` when the
+/// poll was never seen here (sent before the number was linked) or the vote cannot
+/// be decrypted; the room is then told that a vote was cast.
+async fn read_vote(
+    client: &Client,
+    polls: &SqliteBackend,
+    info: &MessageInfo,
+    update: &wa::message::PollUpdateMessage,
+) -> Option<PollBallot> {
+    let poll_id = update
+        .poll_creation_message_key
+        .as_option()
+        .and_then(|key| key.id.clone())?;
+    let poll = match polls.poll(&info.source.chat.to_string(), &poll_id) {
+        Ok(Some(poll)) => poll,
+        Ok(None) => {
+            tracing::debug!("vote in a poll this bridge never saw");
+            return None;
+        }
+        Err(error) => {
+            tracing::warn!("could not look a poll up to read a vote: {error}");
+            return None;
+        }
+    };
+    let vote = update.vote.as_option()?;
+    let ciphertext = PollVoteCiphertext {
+        enc_payload: vote.enc_payload.as_deref()?,
+        enc_iv: vote.enc_iv.as_deref()?,
+    };
+    let creator: Jid = poll.creator.parse().ok()?;
+    let hashes = match client
+        .polls()
+        .decrypt_vote(
+            ciphertext,
+            &poll.secret,
+            &poll_id,
+            &creator,
+            &info.source.sender,
+        )
+        .await
+    {
+        Ok(hashes) => hashes,
+        Err(error) => {
+            tracing::warn!("could not read a vote in a poll: {error}");
+            return None;
+        }
+    };
+    let choices = poll
+        .options
+        .iter()
+        .filter(|option| {
+            let hash = compute_option_hash(option);
+            hashes.iter().any(|picked| picked.as_slice() == hash)
+        })
+        .cloned()
+        .collect();
+    Some(PollBallot {
+        poll_id,
+        question: poll.question,
+        options: poll.options,
+        creator_phone: phone_of(client, &creator).await,
+        choices,
+        voted_at_ms: update
+            .sender_timestamp_ms
+            .unwrap_or_else(|| info.timestamp.timestamp_millis()),
+        creator_name: None,
+        tally: Vec::new(),
+        asked_in_matrix: false,
+    })
+}
+
+/// The phone numbers of a vCard (its `TEL` lines).
+fn vcard_phones(vcard: &str) -> Vec<String> {
+    vcard
+        .lines()
+        .filter(|line| line.trim_start().to_ascii_uppercase().starts_with("TEL"))
+        .filter_map(|line| line.rsplit(':').next())
+        .map(|number| number.trim().to_owned())
+        .filter(|number| !number.is_empty())
+        .collect()
+}
+
+/// The point of a location or live location message, and its comment.
+fn location_of(message: &wa::Message) -> Option<(Location, String)> {
+    if let Some(shared) = message.location_message.as_option() {
+        let name = [shared.name.as_deref(), shared.address.as_deref()]
+            .into_iter()
+            .flatten()
+            .map(str::trim)
+            .filter(|part| !part.is_empty())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let point = Location::new(
+            shared.degrees_latitude?,
+            shared.degrees_longitude?,
+            Some(name),
+        )?;
+        return Some((point, shared.comment.clone().unwrap_or_default()));
+    }
+    let live = message.live_location_message.as_option()?;
+    let point = Location::new(live.degrees_latitude?, live.degrees_longitude?, None)?;
+    let caption = live.caption.clone().unwrap_or_default();
+    Some((point, format!("live location {caption}").trim().to_owned()))
+}
+
+/// The context (quote, mentions) of a text or media message.
+fn context_info(message: &wa::Message) -> Option<&wa::ContextInfo> {
+    let contexts = [
+        message
+            .extended_text_message
+            .as_option()
+            .and_then(|m| m.context_info.as_option()),
+        message
+            .image_message
+            .as_option()
+            .and_then(|m| m.context_info.as_option()),
+        message
+            .video_message
+            .as_option()
+            .and_then(|m| m.context_info.as_option()),
+        message
+            .audio_message
+            .as_option()
+            .and_then(|m| m.context_info.as_option()),
+        message
+            .document_message
+            .as_option()
+            .and_then(|m| m.context_info.as_option()),
+        message
+            .sticker_message
+            .as_option()
+            .and_then(|m| m.context_info.as_option()),
+    ];
+    contexts.into_iter().flatten().next()
+}
+
+/// The phone number (user part) of a person's JID; a LID is resolved when known.
+async fn phone_of(client: &Client, jid: &Jid) -> String {
+    if jid.server.is_lid_family() {
+        match client.get_lid_pn_entry(jid).await {
+            Ok(Some(entry)) => return entry.phone_number.to_string(),
+            Ok(None) => {}
+            Err(error) => tracing::debug!("LID to phone number lookup failed: {error}"),
+        }
+    }
+    jid.user_base().to_owned()
+}
+
+/// The sender's phone number (user part); for a LID sender whose number is unknown,
+/// the LID user part.
+async fn sender_phone(client: &Client, info: &MessageInfo) -> String {
+    let sender = &info.source.sender;
+    if sender.server.is_pn_family() {
+        return sender.user_base().to_owned();
+    }
+    if let Some(alt) = &info.source.sender_alt {
+        if alt.server.is_pn_family() {
+            return alt.user_base().to_owned();
+        }
+    }
+    if sender.server.is_lid_family() {
+        match client.get_lid_pn_entry(sender).await {
+            Ok(Some(entry)) => return entry.phone_number.to_string(),
+            Ok(None) => {}
+            Err(error) => tracing::debug!("LID to phone number lookup failed: {error}"),
+        }
+    }
+    sender.user_base().to_owned()
+}
+
+/// Whether a message holds nothing a person sent: only the protocol's own fields
+/// (sender keys, the message secret, history and key shares, placeholders). Any other
+/// field set, named or unknown to this version of waproto, is something said.
+fn carries_only_plumbing(message: &wa::Message) -> bool {
+    let mut rest = message.clone();
+    rest.sender_key_distribution_message = Default::default();
+    rest.fast_ratchet_key_sender_key_distribution_message = Default::default();
+    rest.message_context_info = Default::default();
+    rest.sticker_sync_rmr_message = Default::default();
+    rest.message_history_bundle = Default::default();
+    rest.message_history_notice = Default::default();
+    rest.placeholder_message = Default::default();
+    rest.group_root_key_share = Default::default();
+    rest.root_secret_distribute_message = Default::default();
+    whatsapp_rust::waproto::buffa::Message::encoded_len(&rest) == 0
+}
+
+/// A short name for the kind of a message, for logs (never its content).
+fn message_kind(message: &wa::Message) -> &'static str {
+    if let Some(media) = whatsapp_rust::wacore::send::media_type_from_message(message) {
+        return media;
+    }
+    if message.reaction_message.is_set() {
+        "reaction"
+    } else if message.protocol_message.is_set() {
+        "protocol"
+    } else if message.sender_key_distribution_message.is_set() {
+        "sender key distribution"
+    } else if message.location_message.is_set() || message.live_location_message.is_set() {
+        "location"
+    } else if message.contact_message.is_set() || message.contacts_array_message.is_set() {
+        "contact"
+    } else if message.poll_creation_message.is_set()
+        || message.poll_creation_message_v2.is_set()
+        || message.poll_creation_message_v3.is_set()
+        || message.poll_update_message.is_set()
+    {
+        "poll"
+    } else {
+        "other"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn vcards_give_their_phone_numbers() {
+        let vcard = "BEGIN:VCARD\nVERSION:3.0\nFN:Marie\nTEL;type=CELL;waid=33612345678:+33 6 12 34 56 78\ntel:0102030405\nEND:VCARD";
+        assert_eq!(
+            super::vcard_phones(vcard),
+            vec!["+33 6 12 34 56 78".to_string(), "0102030405".to_string()]
+        );
+        assert!(super::vcard_phones("garbage").is_empty());
+    }
+
+    #[test]
+    fn only_protocol_fields_are_plumbing() {
+        use whatsapp_rust::waproto::buffa::MessageField;
+        use whatsapp_rust::waproto::whatsapp as wa;
+        let keys = wa::Message {
+            sender_key_distribution_message: MessageField::some(Default::default()),
+            message_context_info: MessageField::some(wa::MessageContextInfo {
+                message_secret: Some(vec![7; 32]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert!(super::carries_only_plumbing(&keys));
+        assert!(super::carries_only_plumbing(&wa::Message::default()));
+        // The first message of a member to a group carries its sender key too.
+        let event_with_keys = wa::Message {
+            event_message: MessageField::some(wa::message::EventMessage {
+                name: Some("Pique-nique".into()),
+                ..Default::default()
+            }),
+            ..keys
+        };
+        assert!(!super::carries_only_plumbing(&event_with_keys));
+        assert_eq!(
+            super::message_kind(&event_with_keys),
+            "sender key distribution"
+        );
+    }
+}
