@@ -12,6 +12,7 @@ use async_trait::async_trait;
 use super::{now_ms, Bridge};
 use crate::matrix::MatrixEvents;
 use crate::relay::ids::{self, CrossedReaction};
+use crate::relay::mentions::KnownPerson;
 use crate::relay::pacing::Wait;
 use crate::relay::to_whatsapp::{self, DigestReply, DigestState, Linked, Refused};
 use crate::relay::{self, MatrixText, Skip, WhatsAppChange, WhatsAppPost};
@@ -312,13 +313,16 @@ impl Bridge {
                 // `@Name` of a person known in the group becomes a WhatsApp mention;
                 // not in a caption or a location's line, which carry no mentions.
                 let (text, mentions) = if post.media.is_none() && post.location.is_none() {
-                    let known =
-                        self.store
-                            .names_in_group(&item.group_jid)
-                            .unwrap_or_else(|error| {
-                                tracing::warn!("store: names: {error}");
-                                Vec::new()
-                            });
+                    let known: Vec<KnownPerson> = self
+                        .store
+                        .names_in_group(&item.group_jid)
+                        .unwrap_or_else(|error| {
+                            tracing::warn!("store: names: {error}");
+                            Vec::new()
+                        })
+                        .into_iter()
+                        .map(|(phone, name)| KnownPerson { phone, name })
+                        .collect();
                     relay::mentions::whatsapp_mentions(&post.text, &known)
                 } else {
                     (post.text.clone(), Vec::new())

@@ -4,6 +4,7 @@
 mod groups;
 mod ids;
 mod source;
+pub mod template;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -11,7 +12,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::relay::template::Template;
+use template::Template;
 
 pub use groups::{load_groups, load_groups_with_problems, GroupFile};
 pub use ids::{
@@ -619,11 +620,8 @@ fn check_whatsapp(src: &mut Source, raw: Option<RawWhatsApp>) -> Option<WhatsApp
     let burst = check_rate(src, "burst", raw.burst.as_ref(), DEFAULT_BURST);
     let url = match raw.server_url {
         None => Some(None),
-        Some(v) if !crate::whatsapp::server::SIMULATOR_BUILD => {
-            src.at(
-                &v,
-                crate::whatsapp::server::ServerError::UrlInNormalBuild.to_string(),
-            );
+        Some(v) if !crate::build_kind::SIMULATOR_BUILD => {
+            src.at(&v, crate::build_kind::URL_IN_NORMAL_BUILD.to_string());
             None
         }
         Some(v) => match url::Url::parse(v.get_ref()) {

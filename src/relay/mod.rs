@@ -7,7 +7,6 @@ pub mod location;
 pub mod media;
 pub mod mentions;
 pub mod pacing;
-pub mod template;
 pub mod to_matrix;
 pub mod to_whatsapp;
 
@@ -388,8 +387,8 @@ mod tests {
     use super::ids::looks_like_bridge_id;
     use super::to_matrix::{duration_words, with_mentions};
     use super::*;
+    use crate::config::template::Template;
     use crate::config::{GroupFile, UserPattern};
-    use crate::relay::template::Template;
 
     fn templates() -> Templates {
         Templates {

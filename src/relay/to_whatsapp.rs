@@ -4,11 +4,11 @@
 
 use super::format;
 use super::media::{self, Media};
-use super::template;
 use super::{
     single_line, MatrixKind, MatrixRelation, MatrixText, Relay, Skip, WhatsAppChange, WhatsAppPost,
     WHATSAPP_MAX_TEXT_CHARS,
 };
+use crate::config::template;
 use crate::config::{GroupFile, ReactionsToWhatsApp};
 
 impl Relay {

@@ -4,7 +4,6 @@
 use rusqlite::OptionalExtension;
 
 use super::{Direction, Store, StoreError};
-use crate::relay::mentions::KnownPerson;
 
 impl Store {
     /// Remembers `push_name` for `sender` (a phone number or LID user part). Returns
@@ -26,8 +25,8 @@ impl Store {
     }
 
     /// The people the bridge has relayed in `group_jid` (as far as its message map
-    /// still remembers) whose name it knows.
-    pub fn names_in_group(&self, group_jid: &str) -> Result<Vec<KnownPerson>, StoreError> {
+    /// still remembers) whose name it knows: `(sender, name)`.
+    pub fn names_in_group(&self, group_jid: &str) -> Result<Vec<(String, String)>, StoreError> {
         let conn = self.lock();
         let mut statement = conn.prepare(
             "SELECT sender, push_name FROM whatsapp_names WHERE sender IN
@@ -37,10 +36,7 @@ impl Store {
         )?;
         let people = statement
             .query_map(rusqlite::params![group_jid, Direction::ToMatrix], |row| {
-                Ok(KnownPerson {
-                    phone: row.get(0)?,
-                    name: row.get(1)?,
-                })
+                Ok((row.get(0)?, row.get(1)?))
             })?
             .collect::<Result<Vec<_>, _>>()?;
         Ok(people)
@@ -109,7 +105,7 @@ mod tests {
         let names = store.names_in_group("g1").unwrap();
         assert_eq!(names.len(), 1, "{names:?}");
         assert_eq!(
-            (names[0].phone.as_str(), names[0].name.as_str()),
+            (names[0].0.as_str(), names[0].1.as_str()),
             ("33611111111", "Bob")
         );
     }

@@ -22,11 +22,7 @@ use whatsapp_rust::waproto::whatsapp as wa;
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum ServerError {
     /// `[whatsapp] server_url` set in a build that checks certificates (a normal build).
-    #[error(
-        "`[whatsapp] server_url` points passerelle at a WhatsApp simulator; only a build made \
-         for tests (`cargo build --features simulator`) accepts it. Remove the key to \
-         use WhatsApp"
-    )]
+    #[error("{}", crate::build_kind::URL_IN_NORMAL_BUILD)]
     UrlInNormalBuild,
     /// A build that skips certificate checks, with no simulator URL.
     #[error(
@@ -43,8 +39,7 @@ pub enum ServerError {
     UncheckedBuildNotLoopback(String),
 }
 
-/// Whether this build was made to talk to a simulator (cargo feature `simulator`).
-pub const SIMULATOR_BUILD: bool = cfg!(feature = "simulator");
+use crate::build_kind::SIMULATOR_BUILD;
 
 /// Whether whatsapp-rust, as compiled into this binary, verifies the server's
 /// certificate chain. Probed rather than assumed: Cargo's feature unification can
