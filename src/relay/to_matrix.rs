@@ -6,8 +6,8 @@ use super::ids::{looks_like_bridge_id, reaction_key};
 use super::location::Location;
 use super::media::{self, Media};
 use super::{
-    single_line, GroupSetting, MatrixChange, MatrixPost, MemberChange, Mention, PollVoter, Relay,
-    Shared, Skip, WhatsAppRelation, WhatsAppText,
+    single_line, GroupSetting, MatrixChange, MatrixPost, MemberChange, Mention, PollBallot,
+    PollVoter, Relay, Shared, Skip, WhatsAppRelation, WhatsAppText,
 };
 use crate::config::{GroupFile, ReactionsToMatrix};
 
@@ -23,169 +23,105 @@ impl Relay {
         if group.is_none() {
             return Err(Skip::UnapprovedGroup);
         }
-        if sent_by_bridge || (message.from_me && looks_like_bridge_id(&message.message_id)) {
+        if sent_by_bridge || is_own_echo(message) {
             return Err(Skip::OwnEcho);
         }
-        // The bridge's own edits and deletions, seen again from its number.
-        if let Some(WhatsAppRelation::Edit { id } | WhatsAppRelation::Revoke { id }) =
-            &message.relation
-        {
-            if message.from_me && looks_like_bridge_id(id) {
-                return Err(Skip::OwnEcho);
-            }
-        }
         let name = whatsapp_display_name(message);
-        match &message.relation {
-            Some(WhatsAppRelation::Revoke { id }) => {
-                return Ok(MatrixPost {
-                    change: Some(MatrixChange::Redact { of: id.clone() }),
-                    sender: message.sender_phone.clone(),
-                    ..MatrixPost::default()
-                });
-            }
-            Some(WhatsAppRelation::Reaction { .. })
-                if self.settings.reactions_to_matrix == ReactionsToMatrix::Ignore =>
-            {
-                return Err(Skip::ReactionIgnored);
-            }
-            Some(WhatsAppRelation::Reaction { id, emoji })
-                if self.settings.reactions_to_matrix == ReactionsToMatrix::Reaction =>
-            {
-                return Ok(MatrixPost {
-                    change: Some(MatrixChange::Annotation {
-                        to: id.clone(),
-                        reactor: message.sender_phone.clone(),
-                        emoji: single_line(emoji),
-                    }),
-                    sender: message.sender_phone.clone(),
-                    ..MatrixPost::default()
-                });
-            }
-            Some(WhatsAppRelation::Reaction { id, emoji }) => {
-                let emoji = single_line(emoji);
-                return Ok(MatrixPost {
-                    body: format!("{name} reacted {emoji}"),
-                    html: format!(
-                        "<strong>{}</strong> reacted {}",
-                        escape_html(&name),
-                        escape_html(&emoji)
-                    ),
-                    reply_to: Some(id.clone()),
-                    quoted: None,
-                    change: Some(MatrixChange::ReplyLine {
-                        to: id.clone(),
-                        key: reaction_key(id, &message.sender_phone),
-                        removed: emoji.is_empty(),
-                    }),
-                    sender: message.sender_phone.clone(),
-                    ..MatrixPost::default()
-                });
-            }
-            _ => {}
-        }
-        if let Some(kind) = &message.unsupported {
-            let what = match kind.as_str() {
-                "other" => "a kind of message".to_owned(),
-                kind => with_article(kind),
-            };
-            let note =
-                format!("sent {what} that passerelle does not relay yet: see it in WhatsApp");
-            return Ok(MatrixPost {
-                body: format!("{name} {note}."),
-                html: format!("<em>{} {}.</em>", escape_html(&name), escape_html(&note)),
-                sender: message.sender_phone.clone(),
+        let post = match WhatsAppKind::of(message) {
+            WhatsAppKind::Revoke { id } => MatrixPost {
+                change: Some(MatrixChange::Redact { of: id.to_owned() }),
                 ..MatrixPost::default()
-            });
-        }
-        if let Some(Shared::PollVote(Some(ballot))) = &message.shared {
-            if ballot.asked_in_matrix {
-                let (body, html) = tally_lines(&ballot.options, &ballot.tally);
-                return Ok(MatrixPost {
-                    body,
-                    html,
-                    change: Some(MatrixChange::ReplyLine {
-                        to: ballot.poll_id.clone(),
-                        key: format!("poll-tally:{}", ballot.poll_id),
-                        removed: false,
-                    }),
-                    sender: message.sender_phone.clone(),
-                    ..MatrixPost::default()
-                });
+            },
+            WhatsAppKind::Reaction { id, emoji } => {
+                self.whatsapp_reaction(message, &name, id, emoji)?
             }
-            // The poll's line shows the tally: the vote edits it.
-            let creator = match ballot.creator_name.as_deref().map(single_line) {
-                Some(name) if !name.is_empty() => name,
-                _ => format!("+{}", ballot.creator_phone),
-            };
-            let (body, html) = poll_lines(
-                &creator,
-                &ballot.question,
-                &ballot.options,
-                Some(&ballot.tally),
-            );
-            return Ok(MatrixPost {
-                body,
-                html,
-                change: Some(MatrixChange::Edit {
-                    of: ballot.poll_id.clone(),
+            WhatsAppKind::Unsupported(kind) => not_relayed_yet(&name, kind),
+            WhatsAppKind::Vote(ballot) => vote(ballot),
+            WhatsAppKind::Shared(shared) => self.whatsapp_shared(message, &name, shared)?,
+            WhatsAppKind::Location(location) => located(message, &name, location),
+            WhatsAppKind::Said => self.whatsapp_said(message, &name)?,
+        };
+        Ok(MatrixPost {
+            sender: message.sender_phone.clone(),
+            ..post
+        })
+    }
+
+    /// A reaction: ignored, the bot's own reaction, or a line answering the message,
+    /// as `[relay] reactions_to_matrix` says.
+    fn whatsapp_reaction(
+        &self,
+        message: &WhatsAppText,
+        name: &str,
+        id: &str,
+        emoji: &str,
+    ) -> Result<MatrixPost, Skip> {
+        let emoji = single_line(emoji);
+        match self.settings.reactions_to_matrix {
+            ReactionsToMatrix::Ignore => Err(Skip::ReactionIgnored),
+            ReactionsToMatrix::Reaction => Ok(MatrixPost {
+                change: Some(MatrixChange::Annotation {
+                    to: id.to_owned(),
+                    reactor: message.sender_phone.clone(),
+                    emoji,
                 }),
-                sender: message.sender_phone.clone(),
                 ..MatrixPost::default()
-            });
-        }
-        if let Some(shared) = &message.shared {
-            if matches!(shared, Shared::Members { .. }) && !self.settings.member_notices {
-                return Err(Skip::MemberNoticeOff);
-            }
-            let (body, html) = shared_for_matrix(shared, &name);
-            // A contact's card comes along as a file, the line as its caption.
-            let card = match shared {
-                Shared::Contact { .. } => message.media.clone(),
-                _ => None,
-            };
-            return Ok(MatrixPost {
-                body,
-                html,
-                sender: message.sender_phone.clone(),
-                sender_name: if card.is_some() {
-                    name.clone()
-                } else {
-                    String::new()
-                },
-                media: card,
+            }),
+            ReactionsToMatrix::Line => Ok(MatrixPost {
+                body: format!("{name} reacted {emoji}"),
+                html: format!(
+                    "<strong>{}</strong> reacted {}",
+                    escape_html(name),
+                    escape_html(&emoji)
+                ),
+                reply_to: Some(id.to_owned()),
+                change: Some(MatrixChange::ReplyLine {
+                    to: id.to_owned(),
+                    key: reaction_key(id, &message.sender_phone),
+                    removed: emoji.is_empty(),
+                }),
                 ..MatrixPost::default()
-            });
+            }),
         }
-        if let Some(location) = &message.location {
-            let comment = single_line(&message.text);
-            let mut body = format!("{name} shared a location: {}", location.describe());
-            let mut html = format!(
-                "<strong>{}</strong> shared a location: {}",
-                escape_html(&name),
-                location_html(location)
-            );
-            if !comment.is_empty() {
-                body.push_str(&format!(" ({comment})"));
-                html.push_str(&format!(" ({})", escape_html(&comment)));
-            }
-            return Ok(MatrixPost {
-                body,
-                html,
-                sender: message.sender_phone.clone(),
-                reply_to: match &message.relation {
-                    Some(WhatsAppRelation::Reply { id, .. }) => Some(id.clone()),
-                    _ => None,
-                },
-                location: Some(location.clone()),
-                ..MatrixPost::default()
-            });
+    }
+
+    /// A contact, a poll, a member change, a setting, a call or a view-once file, as a
+    /// readable line (a contact's card comes along as a file, the line its caption).
+    fn whatsapp_shared(
+        &self,
+        message: &WhatsAppText,
+        name: &str,
+        shared: &Shared,
+    ) -> Result<MatrixPost, Skip> {
+        if matches!(shared, Shared::Members { .. }) && !self.settings.member_notices {
+            return Err(Skip::MemberNoticeOff);
         }
+        let (body, html) = shared_for_matrix(shared, name);
+        let card = match shared {
+            Shared::Contact { .. } => message.media.clone(),
+            _ => None,
+        };
+        Ok(MatrixPost {
+            body,
+            html,
+            sender_name: if card.is_some() {
+                name.to_owned()
+            } else {
+                String::new()
+            },
+            media: card,
+            ..MatrixPost::default()
+        })
+    }
+
+    /// A text, a caption, or a file: through the templates, a file over the limit
+    /// replaced by a notice, a reply or an edit kept as one.
+    fn whatsapp_said(&self, message: &WhatsAppText, name: &str) -> Result<MatrixPost, Skip> {
         if let Some(media) = &message.media {
-            if let Some((body, html)) = self.too_large(media, &name, "WhatsApp") {
+            if let Some((body, html)) = self.too_large(media, name, "WhatsApp") {
                 return Ok(MatrixPost {
                     body,
                     html,
-                    sender: message.sender_phone.clone(),
                     ..MatrixPost::default()
                 });
             }
@@ -196,18 +132,17 @@ impl Relay {
                 let what = media.kind.with_article();
                 (
                     format!("{name} sent {what}"),
-                    format!("<strong>{}</strong> sent {what}", escape_html(&name)),
+                    format!("<strong>{}</strong> sent {what}", escape_html(name)),
                 )
             }
             _ if message.text.trim().is_empty() => return Err(Skip::Empty),
-            _ => self.whatsapp_text_for_matrix(message, &name),
+            _ => self.whatsapp_text_for_matrix(message, name),
         };
         let mut post = MatrixPost {
             body,
             html,
-            sender: message.sender_phone.clone(),
             sender_name: if message.media.is_some() {
-                name.clone()
+                name.to_owned()
             } else {
                 String::new()
             },
@@ -283,6 +218,134 @@ impl Relay {
     }
 }
 
+/// What a WhatsApp message is, for `from_whatsapp` to pick one function per kind.
+/// Checked in this order: a deletion or reaction says nothing of its own, and a kind
+/// the adapter could not read is told before anything else it carries.
+enum WhatsAppKind<'a> {
+    Revoke {
+        id: &'a str,
+    },
+    Reaction {
+        id: &'a str,
+        emoji: &'a str,
+    },
+    /// A kind the bridge does not relay yet (its name, or "other").
+    Unsupported(&'a str),
+    /// A vote read from a poll the bridge saw: it updates the poll's tally.
+    Vote(&'a PollBallot),
+    Shared(&'a Shared),
+    Location(&'a Location),
+    /// A text, a caption, a file; a reply or an edit of one.
+    Said,
+}
+
+impl<'a> WhatsAppKind<'a> {
+    fn of(message: &'a WhatsAppText) -> Self {
+        match (&message.relation, &message.unsupported, &message.shared) {
+            (Some(WhatsAppRelation::Revoke { id }), _, _) => WhatsAppKind::Revoke { id },
+            (Some(WhatsAppRelation::Reaction { id, emoji }), _, _) => {
+                WhatsAppKind::Reaction { id, emoji }
+            }
+            (_, Some(kind), _) => WhatsAppKind::Unsupported(kind),
+            (_, _, Some(Shared::PollVote(Some(ballot)))) => WhatsAppKind::Vote(ballot),
+            (_, _, Some(shared)) => WhatsAppKind::Shared(shared),
+            _ => match &message.location {
+                Some(location) => WhatsAppKind::Location(location),
+                None => WhatsAppKind::Said,
+            },
+        }
+    }
+}
+
+/// Whether the message is the bridge's own, seen again from its number: a message,
+/// edit or deletion under an id of the shape the bridge derives.
+fn is_own_echo(message: &WhatsAppText) -> bool {
+    if !message.from_me {
+        return false;
+    }
+    match &message.relation {
+        Some(WhatsAppRelation::Edit { id } | WhatsAppRelation::Revoke { id }) => {
+            looks_like_bridge_id(id) || looks_like_bridge_id(&message.message_id)
+        }
+        _ => looks_like_bridge_id(&message.message_id),
+    }
+}
+
+/// The notice for a kind the bridge does not relay yet.
+fn not_relayed_yet(name: &str, kind: &str) -> MatrixPost {
+    let what = match kind {
+        "other" => "a kind of message".to_owned(),
+        kind => with_article(kind),
+    };
+    let note = format!("sent {what} that passerelle does not relay yet: see it in WhatsApp");
+    MatrixPost {
+        body: format!("{name} {note}."),
+        html: format!("<em>{} {}.</em>", escape_html(name), escape_html(&note)),
+        ..MatrixPost::default()
+    }
+}
+
+/// A vote in a poll the bridge saw: the poll's line is edited with its tally, or,
+/// for a poll asked in Matrix (not the bot's event to edit), the bot's reply line.
+fn vote(ballot: &PollBallot) -> MatrixPost {
+    if ballot.asked_in_matrix {
+        let (body, html) = tally_lines(&ballot.options, &ballot.tally);
+        return MatrixPost {
+            body,
+            html,
+            change: Some(MatrixChange::ReplyLine {
+                to: ballot.poll_id.clone(),
+                key: format!("poll-tally:{}", ballot.poll_id),
+                removed: false,
+            }),
+            ..MatrixPost::default()
+        };
+    }
+    let creator = match ballot.creator_name.as_deref().map(single_line) {
+        Some(name) if !name.is_empty() => name,
+        _ => format!("+{}", ballot.creator_phone),
+    };
+    let (body, html) = poll_lines(
+        &creator,
+        &ballot.question,
+        &ballot.options,
+        Some(&ballot.tally),
+    );
+    MatrixPost {
+        body,
+        html,
+        change: Some(MatrixChange::Edit {
+            of: ballot.poll_id.clone(),
+        }),
+        ..MatrixPost::default()
+    }
+}
+
+/// A location: a map link and the point, with the sender's comment.
+fn located(message: &WhatsAppText, name: &str, location: &Location) -> MatrixPost {
+    let comment = single_line(&message.text);
+    let mut body = format!("{name} shared a location: {}", location.describe());
+    let mut html = format!(
+        "<strong>{}</strong> shared a location: {}",
+        escape_html(name),
+        location_html(location)
+    );
+    if !comment.is_empty() {
+        body.push_str(&format!(" ({comment})"));
+        html.push_str(&format!(" ({})", escape_html(&comment)));
+    }
+    MatrixPost {
+        body,
+        html,
+        reply_to: match &message.relation {
+            Some(WhatsAppRelation::Reply { id, .. }) => Some(id.clone()),
+            _ => None,
+        },
+        location: Some(location.clone()),
+        ..MatrixPost::default()
+    }
+}
+
 /// A contact, poll, vote or view-once message as a Matrix body and HTML.
 fn shared_for_matrix(shared: &Shared, name: &str) -> (String, String) {
     let who = escape_html(name);
@@ -313,42 +376,7 @@ fn shared_for_matrix(shared: &Shared, name: &str) -> (String, String) {
                 "<em><strong>{who}</strong> voted in a poll: the results are in WhatsApp.</em>"
             ),
         ),
-        Shared::Members { change, people, by } => {
-            let person = |mention: &Mention| match mention.name.as_deref().map(single_line) {
-                Some(name) if !name.is_empty() => name,
-                _ => format!("+{}", mention.phone),
-            };
-            let names: Vec<String> = people.iter().map(person).collect();
-            let names = match names.as_slice() {
-                [] => "someone".to_owned(),
-                [one] => one.clone(),
-                [first @ .., last] => format!("{} and {last}", first.join(", ")),
-            };
-            // Someone acting on themselves joined or left.
-            let by = by
-                .as_ref()
-                .filter(|by| !people.iter().any(|p| p.phone == by.phone))
-                .map(person);
-            let (one, several) = if people.len() > 1 {
-                ("are", "admins")
-            } else {
-                ("is", "an admin")
-            };
-            let body = match (change, by) {
-                (MemberChange::Added, Some(by)) => format!("{by} added {names} to the group."),
-                (MemberChange::Added, None) => format!("{names} joined the group."),
-                (MemberChange::Removed, Some(by)) => {
-                    format!("{by} removed {names} from the group.")
-                }
-                (MemberChange::Removed, None) => format!("{names} left the group."),
-                (MemberChange::Promoted, _) => format!("{names} {one} now {several} of the group."),
-                (MemberChange::Demoted, _) => {
-                    format!("{names} {one} no longer {several} of the group.")
-                }
-            };
-            let html = format!("<em>{}</em>", escape_html(&body));
-            (body, html)
-        }
+        Shared::Members { change, people, by } => member_line(change, people, by),
         Shared::Call { video } => {
             let what = if *video {
                 "a group video call"
@@ -378,6 +406,49 @@ fn shared_for_matrix(shared: &Shared, name: &str) -> (String, String) {
             )
         }
     }
+}
+
+/// The room's line about people who joined, left, were added, removed, promoted or
+/// demoted (`by`: who did it, when WhatsApp said).
+fn member_line(
+    change: &MemberChange,
+    people: &[Mention],
+    by: &Option<Mention>,
+) -> (String, String) {
+    let person = |mention: &Mention| match mention.name.as_deref().map(single_line) {
+        Some(name) if !name.is_empty() => name,
+        _ => format!("+{}", mention.phone),
+    };
+    let names: Vec<String> = people.iter().map(person).collect();
+    let names = match names.as_slice() {
+        [] => "someone".to_owned(),
+        [one] => one.clone(),
+        [first @ .., last] => format!("{} and {last}", first.join(", ")),
+    };
+    // Someone acting on themselves joined or left.
+    let by = by
+        .as_ref()
+        .filter(|by| !people.iter().any(|p| p.phone == by.phone))
+        .map(person);
+    let (one, several) = if people.len() > 1 {
+        ("are", "admins")
+    } else {
+        ("is", "an admin")
+    };
+    let body = match (change, by) {
+        (MemberChange::Added, Some(by)) => format!("{by} added {names} to the group."),
+        (MemberChange::Added, None) => format!("{names} joined the group."),
+        (MemberChange::Removed, Some(by)) => {
+            format!("{by} removed {names} from the group.")
+        }
+        (MemberChange::Removed, None) => format!("{names} left the group."),
+        (MemberChange::Promoted, _) => format!("{names} {one} now {several} of the group."),
+        (MemberChange::Demoted, _) => {
+            format!("{names} {one} no longer {several} of the group.")
+        }
+    };
+    let html = format!("<em>{}</em>", escape_html(&body));
+    (body, html)
 }
 
 /// A poll's line: its question and options, and once votes came, how many people

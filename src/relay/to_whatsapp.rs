@@ -35,45 +35,8 @@ impl Relay {
         message: &MatrixText,
         sent_by_bridge: bool,
     ) -> Result<WhatsAppPost, Skip> {
-        let Some(group) = group else {
-            return Err(Skip::UnbridgedRoom);
-        };
-        if message.sender == self.bot_user || sent_by_bridge {
-            return Err(Skip::OwnEcho);
-        }
-        if message.kind == MatrixKind::Notice {
-            return Err(Skip::Notice);
-        }
-        if message.kind == MatrixKind::Other {
-            return Err(Skip::Unsupported);
-        }
-        if let Some(allow) = &group.allow {
-            if !allow.iter().any(|pattern| pattern.matches(&message.sender)) {
-                return Err(Skip::NotAllowed);
-            }
-        }
-        if let MatrixRelation::Reaction { to, key } = &message.relation {
-            if self.settings.reactions_to_whatsapp == ReactionsToWhatsApp::Ignore {
-                return Err(Skip::ReactionIgnored);
-            }
-            return Ok(WhatsAppPost {
-                change: Some(WhatsAppChange::React {
-                    to: to.clone(),
-                    emoji: key.clone(),
-                }),
-                sender: message.sender.clone(),
-                ..WhatsAppPost::default()
-            });
-        }
-        if let MatrixRelation::Redaction { of } = &message.relation {
-            return Ok(WhatsAppPost {
-                change: Some(WhatsAppChange::Revoke { of: of.clone() }),
-                sender: message.sender.clone(),
-                ..WhatsAppPost::default()
-            });
-        }
-        let body =
-            format::matrix_to_whatsapp(&message.body, message.html.as_deref(), message.is_reply);
+        let group = group.ok_or(Skip::UnbridgedRoom)?;
+        self.matrix_may_cross(group, message, sent_by_bridge)?;
         let name = matrix_display_name(&message.sender, message.sender_display_name.as_deref());
         let sender_line = |what: &str| {
             for_whatsapp(
@@ -83,61 +46,89 @@ impl Relay {
                 what,
             )
         };
-        // Poll votes and ends are lines answering the number's poll: the number
-        // has one vote, which is nobody's to cast.
-        match &message.relation {
-            MatrixRelation::PollVote { poll } => {
-                let picked = single_line(&message.body);
-                let what = if picked.is_empty() {
-                    "took back their vote".to_owned()
-                } else {
-                    format!("voted: {picked}")
-                };
-                return Ok(WhatsAppPost {
-                    text: sender_line(&what),
-                    change: Some(WhatsAppChange::AnswerPoll { poll: poll.clone() }),
-                    sender: message.sender.clone(),
-                    ..WhatsAppPost::default()
-                });
+        let change = |change: WhatsAppChange| WhatsAppPost {
+            change: Some(change),
+            ..WhatsAppPost::default()
+        };
+        let post = match (&message.relation, &message.poll, &message.location) {
+            (MatrixRelation::Reaction { .. }, _, _)
+                if self.settings.reactions_to_whatsapp == ReactionsToWhatsApp::Ignore =>
+            {
+                return Err(Skip::ReactionIgnored);
             }
-            MatrixRelation::PollEnd { poll } => {
-                return Ok(WhatsAppPost {
-                    text: sender_line("ended the poll"),
-                    change: Some(WhatsAppChange::AnswerPoll { poll: poll.clone() }),
-                    sender: message.sender.clone(),
-                    ..WhatsAppPost::default()
-                });
+            (MatrixRelation::Reaction { to, key }, _, _) => change(WhatsAppChange::React {
+                to: to.clone(),
+                emoji: key.clone(),
+            }),
+            (MatrixRelation::Redaction { of }, _, _) => {
+                change(WhatsAppChange::Revoke { of: of.clone() })
             }
-            _ => {}
-        }
-        if let Some(poll) = &message.poll {
-            if !poll.fits_whatsapp() {
-                return Err(Skip::PollDoesNotFit);
-            }
-            return Ok(WhatsAppPost {
+            // Poll votes and ends are lines answering the number's poll: the number
+            // has one vote, which is nobody's to cast.
+            (MatrixRelation::PollVote { poll }, _, _) => WhatsAppPost {
+                text: sender_line(&vote_words(&message.body)),
+                ..change(WhatsAppChange::AnswerPoll { poll: poll.clone() })
+            },
+            (MatrixRelation::PollEnd { poll }, _, _) => WhatsAppPost {
+                text: sender_line("ended the poll"),
+                ..change(WhatsAppChange::AnswerPoll { poll: poll.clone() })
+            },
+            (_, Some(poll), _) if !poll.fits_whatsapp() => return Err(Skip::PollDoesNotFit),
+            (_, Some(poll), _) => WhatsAppPost {
                 text: sender_line("started a poll"),
-                sender: message.sender.clone(),
-                sender_name: name,
+                sender_name: name.clone(),
                 poll: Some(poll.clone()),
                 ..WhatsAppPost::default()
-            });
-        }
-        if let Some(location) = &message.location {
-            let text = sender_line("shared a location");
-            return Ok(WhatsAppPost {
-                text,
-                sender: message.sender.clone(),
-                sender_name: name,
+            },
+            (_, _, Some(location)) => WhatsAppPost {
+                text: sender_line("shared a location"),
+                sender_name: name.clone(),
                 location: Some(location.clone()),
                 ..WhatsAppPost::default()
-            });
+            },
+            _ => self.matrix_said(message, &name)?,
+        };
+        Ok(WhatsAppPost {
+            sender: message.sender.clone(),
+            ..post
+        })
+    }
+
+    /// Whether a Matrix event may cross at all: not the bot's own, not a notice, a
+    /// message type the bridge relays, from a sender the group file allows.
+    fn matrix_may_cross(
+        &self,
+        group: &GroupFile,
+        message: &MatrixText,
+        sent_by_bridge: bool,
+    ) -> Result<(), Skip> {
+        if message.sender == self.bot_user || sent_by_bridge {
+            return Err(Skip::OwnEcho);
         }
+        match message.kind {
+            MatrixKind::Notice => return Err(Skip::Notice),
+            MatrixKind::Other => return Err(Skip::Unsupported),
+            MatrixKind::Text | MatrixKind::Emote => {}
+        }
+        match &group.allow {
+            Some(allow) if !allow.iter().any(|pattern| pattern.matches(&message.sender)) => {
+                Err(Skip::NotAllowed)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// A text, an emote or a file (an edit of a file's caption is a text): through
+    /// the templates, within WhatsApp's length, a reply or an edit kept as one.
+    fn matrix_said(&self, message: &MatrixText, name: &str) -> Result<WhatsAppPost, Skip> {
+        let body =
+            format::matrix_to_whatsapp(&message.body, message.html.as_deref(), message.is_reply);
         if let Some(media) = message
             .media
             .as_ref()
             .filter(|_| !matches!(message.relation, MatrixRelation::Replace { .. }))
         {
-            return Ok(self.matrix_media_for_whatsapp(message, media, &name, &body));
+            return Ok(self.matrix_media_for_whatsapp(message, media, name, &body));
         }
         if body.trim().is_empty() {
             return Err(Skip::Empty);
@@ -146,13 +137,12 @@ impl Relay {
             MatrixKind::Emote => &self.templates.to_whatsapp_emote,
             _ => &self.templates.to_whatsapp,
         };
-        let text = for_whatsapp(template, &name, &message.sender, &body);
+        let text = for_whatsapp(template, name, &message.sender, &body);
         if text.chars().count() > WHATSAPP_MAX_TEXT_CHARS {
             return Err(Skip::TooLong);
         }
         let mut post = WhatsAppPost {
             text,
-            sender: message.sender.clone(),
             ..WhatsAppPost::default()
         };
         match &message.relation {
@@ -208,6 +198,17 @@ impl Relay {
         post.text = text;
         post.media = Some(media.clone());
         post
+    }
+}
+
+/// What a Matrix poll vote says in WhatsApp: the options picked (comma-separated in
+/// the event's body), or that the vote was taken back.
+fn vote_words(body: &str) -> String {
+    let picked = single_line(body);
+    if picked.is_empty() {
+        "took back their vote".to_owned()
+    } else {
+        format!("voted: {picked}")
     }
 }
 
