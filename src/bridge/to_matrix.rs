@@ -262,32 +262,49 @@ impl Bridge {
                 Ok(None)
             }
             Some(MatrixChange::ReplyLine { to, key, removed }) => {
-                match (self.mirrored_event(item, key), removed) {
-                    (Some(line), true) => {
-                        self.matrix.redact(room_id, txn, &line).await?;
-                        if let Err(error) = self.store.forget_link(&item.group_jid, key) {
-                            tracing::error!("store: {error}");
-                        }
-                        Ok(None)
-                    }
-                    (Some(line), false) => {
-                        self.matrix.edit_post(room_id, txn, &line, &post).await?;
-                        Ok(None)
-                    }
-                    (None, true) => Ok(None),
-                    (None, false) => match self.mirrored_event(item, to) {
-                        Some(target) => {
-                            let event_id = self
-                                .matrix
-                                .send_post(room_id, txn, &post, Some(&target))
-                                .await?;
-                            Ok(Some((key.clone(), event_id, post.sender.clone())))
-                        }
-                        // A reaction to something never mirrored has no context.
-                        None => Ok(None),
-                    },
-                }
+                self.reply_line(item, room_id, &post, to, key, *removed)
+                    .await
             }
+        }
+    }
+
+    /// A line of the bot about WhatsApp message `to` (a reaction, a poll's tally),
+    /// found again by `key`: posted as a reply, edited when it changes, redacted
+    /// when `removed`.
+    async fn reply_line(
+        &self,
+        item: &OutboxItem,
+        room_id: &str,
+        post: &MatrixPost,
+        to: &str,
+        key: &str,
+        removed: bool,
+    ) -> Result<Option<(String, String, String)>, crate::matrix::MatrixError> {
+        let txn = item.target_id.as_str();
+        match (self.mirrored_event(item, key), removed) {
+            (Some(line), true) => {
+                self.matrix.redact(room_id, txn, &line).await?;
+                if let Err(error) = self.store.forget_link(&item.group_jid, key) {
+                    tracing::error!("store: {error}");
+                }
+                Ok(None)
+            }
+            (Some(line), false) => {
+                self.matrix.edit_post(room_id, txn, &line, post).await?;
+                Ok(None)
+            }
+            (None, true) => Ok(None),
+            (None, false) => match self.mirrored_event(item, to) {
+                Some(target) => {
+                    let event_id = self
+                        .matrix
+                        .send_post(room_id, txn, post, Some(&target))
+                        .await?;
+                    Ok(Some((key.to_owned(), event_id, post.sender.clone())))
+                }
+                // A reaction to something never mirrored has no context.
+                None => Ok(None),
+            },
         }
     }
 

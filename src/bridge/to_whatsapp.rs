@@ -93,6 +93,9 @@ impl Bridge {
         }
     }
 
+    /// Sends one Matrix post through the number: what it is looked up and decided,
+    /// its file fetched, its turn taken under the pacing, the sender's line first for
+    /// kinds without a caption, then the message itself.
     async fn deliver_to_whatsapp(&self, item: OutboxItem) {
         let Some(client) = self.whatsapp() else {
             self.retry(&item, "WhatsApp not started");
@@ -130,29 +133,8 @@ impl Bridge {
             },
             (_, _, outgoing) => outgoing,
         };
-        let group_rate = self
-            .active()
-            .groups
-            .get(&item.group_jid)
-            .and_then(|group| group.messages_per_minute);
-        let paced = self
-            .pacer
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .try_send(&item.group_jid, group_rate, now_ms());
-        match paced {
-            Ok(()) => {}
-            Err(Wait::Overall(ms)) => {
-                tokio::time::sleep(Duration::from_millis(ms.clamp(1, 60_000) as u64)).await;
-                return;
-            }
-            Err(Wait::Group(ms)) => {
-                // Other groups may go ahead meanwhile; this one keeps its order.
-                if let Err(error) = self.store.postpone(item.seq, now_ms() + ms) {
-                    tracing::error!("store: {error}");
-                }
-                return;
-            }
+        if !self.take_turn(&item).await {
+            return;
         }
         // Kinds WhatsApp shows without a caption: the sender's line goes first, under
         // an id of its own derived from the event (a retry sends it once).
@@ -178,67 +160,104 @@ impl Bridge {
             .send(&item.group_jid, &item.target_id, &outgoing)
             .await
         {
-            Ok(()) => {
-                // A reaction is found again by its target when it is removed.
-                let wa_id = match (&outgoing, &post.change) {
-                    (Outgoing::React { target, .. }, _) => {
-                        ids::matrix_reaction_link(&target.id, &item.target_id)
-                    }
-                    // A reaction counted in a digest: found again by its target when
-                    // it is removed.
-                    (_, Some(WhatsAppChange::React { to, .. })) => {
-                        let target = self
-                            .store
-                            .link_for_event(&item.room_id, to)
-                            .ok()
-                            .flatten()
-                            .map(|link| link.wa_id)
-                            .unwrap_or_default();
-                        ids::matrix_digest_link(&target, &item.target_id)
-                    }
-                    _ => item.target_id.clone(),
-                };
-                let link = MessageLink {
-                    group_jid: item.group_jid.clone(),
-                    wa_id,
-                    room_id: item.room_id.clone(),
-                    event_id: item.source_id.clone(),
-                    origin: Direction::ToWhatsApp,
-                    created_at: now_ms() / 1000,
-                    sender: post.sender.clone(),
-                };
-                self.finish(&item, Some(&link));
+            Ok(()) => self.sent(&item, &post, &outgoing),
+            Err(error) => self.send_failed(&item, error).await,
+        }
+    }
+
+    /// Whether the item may be sent now under the pacing. When not, the worker
+    /// waits (everything is over the overall rate) or the item is postponed (its
+    /// group is over its own rate: other groups may go ahead, this one keeps order).
+    async fn take_turn(&self, item: &OutboxItem) -> bool {
+        let group_rate = self
+            .active()
+            .groups
+            .get(&item.group_jid)
+            .and_then(|group| group.messages_per_minute);
+        let paced = self
+            .pacer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .try_send(&item.group_jid, group_rate, now_ms());
+        match paced {
+            Ok(()) => true,
+            Err(Wait::Overall(ms)) => {
+                tokio::time::sleep(Duration::from_millis(ms.clamp(1, 60_000) as u64)).await;
+                false
             }
-            Err(error) if error.is_retryable() => {
-                if item.attempts == 0
-                    || !matches!(
-                        error,
-                        WhatsAppError::NotConnected | WhatsAppError::NotLinked
-                    )
-                {
-                    tracing::warn!(
-                        seq = item.seq,
-                        attempts = item.attempts,
-                        "WhatsApp send failed, will retry: {error}"
-                    );
+            Err(Wait::Group(ms)) => {
+                if let Err(error) = self.store.postpone(item.seq, now_ms() + ms) {
+                    tracing::error!("store: {error}");
                 }
-                self.retry(&item, &error.to_string());
-            }
-            Err(error) => {
-                tracing::error!(
-                    seq = item.seq,
-                    "WhatsApp refused a relayed message: {error}"
-                );
-                let _ = self.store.discard(item.seq, &error.to_string());
-                let _ = self
-                    .matrix
-                    .send_notice(
-                        &item.room_id,
-                        &to_whatsapp::refused_by_whatsapp(&error.reason()),
-                    )
-                    .await;
+                false
             }
         }
+    }
+
+    /// WhatsApp has the message: the link is recorded and the item done.
+    fn sent(&self, item: &OutboxItem, post: &WhatsAppPost, outgoing: &Outgoing) {
+        let wa_id = match (outgoing, &post.change) {
+            // A reaction is found again by its target when it is removed.
+            (Outgoing::React { target, .. }, _) => {
+                ids::matrix_reaction_link(&target.id, &item.target_id)
+            }
+            // A reaction counted in a digest: found again by its target when it is
+            // removed.
+            (_, Some(WhatsAppChange::React { to, .. })) => {
+                let target = self
+                    .store
+                    .link_for_event(&item.room_id, to)
+                    .ok()
+                    .flatten()
+                    .map(|link| link.wa_id)
+                    .unwrap_or_default();
+                ids::matrix_digest_link(&target, &item.target_id)
+            }
+            _ => item.target_id.clone(),
+        };
+        let link = MessageLink {
+            group_jid: item.group_jid.clone(),
+            wa_id,
+            room_id: item.room_id.clone(),
+            event_id: item.source_id.clone(),
+            origin: Direction::ToWhatsApp,
+            created_at: now_ms() / 1000,
+            sender: post.sender.clone(),
+        };
+        self.finish(item, Some(&link));
+    }
+
+    /// The send failed: retried later, or, refused for good, set aside and the
+    /// sender told.
+    async fn send_failed(&self, item: &OutboxItem, error: WhatsAppError) {
+        if error.is_retryable() {
+            if item.attempts == 0
+                || !matches!(
+                    error,
+                    WhatsAppError::NotConnected | WhatsAppError::NotLinked
+                )
+            {
+                tracing::warn!(
+                    seq = item.seq,
+                    attempts = item.attempts,
+                    "WhatsApp send failed, will retry: {error}"
+                );
+            }
+            self.retry(item, &error.to_string());
+            return;
+        }
+        tracing::error!(
+            seq = item.seq,
+            "WhatsApp refused a relayed message: {error}"
+        );
+        let _ = self.store.discard(item.seq, &error.to_string());
+        let _ = self
+            .matrix
+            .send_notice(
+                &item.room_id,
+                &to_whatsapp::refused_by_whatsapp(&error.reason()),
+            )
+            .await;
     }
 
     /// For a Matrix file: fetches it from the homeserver and turns the text into the
@@ -299,13 +318,7 @@ impl Bridge {
         item: &OutboxItem,
         post: &WhatsAppPost,
     ) -> Result<Outgoing, Refused> {
-        let link_of = |event_id: &str| match self.store.link_for_event(&item.room_id, event_id) {
-            Ok(link) => link,
-            Err(error) => {
-                tracing::error!("store: {error}");
-                None
-            }
-        };
+        let link_of = |event_id: &str| self.link_of(item, event_id);
         let relay = &self.active().relay;
         match &post.change {
             None => {
@@ -370,39 +383,63 @@ impl Bridge {
                     emoji: emoji.clone(),
                 })
             }
-            Some(WhatsAppChange::Revoke { of }) => {
-                let link = link_of(of);
-                // A removed Matrix reaction: the digest says so, or the number's
-                // reaction goes away.
-                let crossed = link
-                    .as_ref()
-                    .filter(|link| link.origin == Direction::ToWhatsApp)
-                    .and_then(|link| ids::crossed_reaction(&link.wa_id));
-                if let Some(crossed) = crossed {
-                    let (CrossedReaction::Digest { target } | CrossedReaction::Reaction { target }) =
-                        crossed;
-                    let target = match self.store.link_for_wa(&item.group_jid, target) {
-                        Ok(Some(target)) => quoted(target),
-                        // The message it reacted to is not known: nothing to undo.
-                        _ => return Err(Refused::silently()),
-                    };
-                    return match crossed {
-                        CrossedReaction::Digest { .. } => {
-                            self.digest_outgoing(item, target, DigestChange::Remove(of.clone()))
-                                .await
-                        }
-                        CrossedReaction::Reaction { .. } => Ok(Outgoing::React {
-                            target,
-                            emoji: String::new(),
-                        }),
-                    };
+            Some(WhatsAppChange::Revoke { of }) => self.revoke_outgoing(item, post, of).await,
+        }
+    }
+
+    /// A Matrix redaction: a reaction that crossed is taken back (or leaves the
+    /// digest); a message that crossed is deleted for everyone when `relay` allows.
+    async fn revoke_outgoing(
+        &self,
+        item: &OutboxItem,
+        post: &WhatsAppPost,
+        of: &str,
+    ) -> Result<Outgoing, Refused> {
+        let link = self.link_of(item, of);
+        // A removed Matrix reaction: the digest says so, or the number's
+        // reaction goes away.
+        let crossed = link
+            .as_ref()
+            .filter(|link| link.origin == Direction::ToWhatsApp)
+            .and_then(|link| ids::crossed_reaction(&link.wa_id));
+        if let Some(crossed) = crossed {
+            let (CrossedReaction::Digest { target } | CrossedReaction::Reaction { target }) =
+                crossed;
+            let target = match self.store.link_for_wa(&item.group_jid, target) {
+                Ok(Some(target)) => quoted(target),
+                // The message it reacted to is not known: nothing to undo.
+                _ => return Err(Refused::silently()),
+            };
+            return match crossed {
+                CrossedReaction::Digest { .. } => {
+                    self.digest_outgoing(item, target, DigestChange::Remove(of.to_owned()))
+                        .await
                 }
-                let moderator = self
-                    .matrix
-                    .can_redact_others(&item.room_id, &post.sender)
-                    .await;
-                let target = relay.revoke_target(post, link.map(linked), moderator)?;
-                Ok(Outgoing::Revoke { target })
+                CrossedReaction::Reaction { .. } => Ok(Outgoing::React {
+                    target,
+                    emoji: String::new(),
+                }),
+            };
+        }
+        let moderator = self
+            .matrix
+            .can_redact_others(&item.room_id, &post.sender)
+            .await;
+        let target = self
+            .active()
+            .relay
+            .revoke_target(post, link.map(linked), moderator)?;
+        Ok(Outgoing::Revoke { target })
+    }
+
+    /// The link of Matrix event `event_id` in the item's room (a store error is
+    /// logged and counts as no link).
+    fn link_of(&self, item: &OutboxItem, event_id: &str) -> Option<MessageLink> {
+        match self.store.link_for_event(&item.room_id, event_id) {
+            Ok(link) => link,
+            Err(error) => {
+                tracing::error!("store: {error}");
+                None
             }
         }
     }

@@ -94,98 +94,12 @@ pub(super) async fn group_text(
     }
     // Edits arrive wrapped (editedMessage); this unwraps them to the protocol message.
     let base = inbound.message.get_base_message();
-    let mut relation = None;
-    let mut media = None;
-    let mut location = None;
-    let mut shared = None;
-    let (text, unsupported) = if let Some(protocol) = base.protocol_message.as_option() {
-        let target = protocol.key.as_option().and_then(|key| key.id.clone());
-        match (protocol.r#type, target) {
-            (Some(ProtocolType::REVOKE), Some(id)) => {
-                relation = Some(WhatsAppRelation::Revoke { id });
-                (String::new(), None)
-            }
-            (Some(ProtocolType::MESSAGE_EDIT), Some(id)) => {
-                let edited = protocol.edited_message.as_option()?;
-                let text = edited
-                    .text_content()
-                    .or_else(|| edited.get_caption())
-                    .unwrap_or_default()
-                    .to_owned();
-                relation = Some(WhatsAppRelation::Edit { id });
-                (text, None)
-            }
-            _ => {
-                tracing::debug!(kind = "protocol", "skipping WhatsApp group message");
-                return None;
-            }
-        }
-    } else if let Some(reaction) = base.reaction_message.as_option() {
-        let id = reaction.key.as_option().and_then(|key| key.id.clone())?;
-        relation = Some(WhatsAppRelation::Reaction {
-            id,
-            emoji: reaction.text.clone().unwrap_or_default(),
-        });
-        (String::new(), None)
-    } else if let Some(update) = base.poll_update_message.as_option() {
-        let ballot = match polls {
-            Some(polls) => read_vote(client, polls, info, update).await,
-            None => None,
-        };
-        shared = Some(Shared::PollVote(ballot.map(Box::new)));
-        (String::new(), None)
-    } else if let Some(found) = shared_of(&inbound.message, base) {
-        if let (Shared::Poll { question, options }, Some(polls)) = (&found, polls) {
-            remember_poll(polls, info, &inbound.message, base, question, options);
-        }
-        // A contact also crosses as its card, a `.vcf` file.
-        media = crate::whatsapp::media::contact_card(base);
-        shared = Some(found);
-        (String::new(), None)
-    } else if let Some((found, caption)) = crate::whatsapp::media::media_of(base) {
-        media = Some(found);
-        (caption, None)
-    } else if let Some((found, comment)) = location_of(base) {
-        location = Some(found);
-        (comment, None)
-    } else {
-        match base.text_content() {
-            Some(text) => (text.to_owned(), None),
-            // Protocol plumbing (keys, history, placeholders): nobody said anything.
-            None if carries_only_plumbing(base) => {
-                tracing::debug!("skipping WhatsApp protocol plumbing");
-                return None;
-            }
-            // Something a person sent that cannot be relayed yet, known by name or
-            // not (an event, a pin, a list, a field this version cannot read): say so
-            // in Matrix.
-            None => match message_kind(base) {
-                "sender key distribution" => (String::new(), Some("other".to_owned())),
-                kind => (String::new(), Some(kind.to_owned())),
-            },
-        }
-    };
-    let mut mentions = Vec::new();
+    let mut said = what_was_said(client, polls, inbound, base).await?;
     if let Some(context) = context_info(base) {
-        if relation.is_none() {
-            if let Some(id) = context.stanza_id.clone().filter(|id| !id.is_empty()) {
-                let quoted = context
-                    .quoted_message
-                    .as_option()
-                    .and_then(|quoted| quoted.text_content().or_else(|| quoted.get_caption()))
-                    .filter(|text| !text.is_empty())
-                    .map(str::to_owned);
-                relation = Some(WhatsAppRelation::Reply { id, quoted });
-            }
+        if said.relation.is_none() {
+            said.relation = reply_in(context);
         }
-        for jid in &context.mentioned_jid {
-            if let Ok(jid) = jid.parse::<Jid>() {
-                mentions.push(Mention {
-                    phone: phone_of(client, &jid).await,
-                    name: None,
-                });
-            }
-        }
+        said.mentions = mentions_in(client, context).await;
     }
     let push_name = Some(info.push_name.as_str())
         .filter(|name| !name.is_empty())
@@ -195,15 +109,179 @@ pub(super) async fn group_text(
         message_id: info.id.clone(),
         sender_phone: sender_phone(client, info).await,
         push_name,
-        text,
         from_me: info.source.is_from_me,
-        unsupported,
-        relation,
-        mentions,
-        media,
-        location,
-        shared,
+        ..said
     })
+}
+
+/// What a message says, one small function per kind; `None` for protocol plumbing
+/// nobody said. A kind this version cannot read becomes the "not relayed yet" kind.
+async fn what_was_said(
+    client: &Client,
+    polls: Option<&SqliteBackend>,
+    inbound: &InboundMessage,
+    base: &wa::Message,
+) -> Option<WhatsAppText> {
+    if let Some(protocol) = base.protocol_message.as_option() {
+        return protocol_change(protocol);
+    }
+    if let Some(reaction) = base.reaction_message.as_option() {
+        return reaction_in(reaction);
+    }
+    if let Some(update) = base.poll_update_message.as_option() {
+        return Some(vote_in(client, polls, &inbound.info, update).await);
+    }
+    if let Some(found) = shared_of(&inbound.message, base) {
+        return Some(shared_thing(polls, inbound, base, found));
+    }
+    if let Some((media, caption)) = crate::whatsapp::media::media_of(base) {
+        return Some(WhatsAppText {
+            text: caption,
+            media: Some(media),
+            ..WhatsAppText::default()
+        });
+    }
+    if let Some((location, comment)) = location_of(base) {
+        return Some(WhatsAppText {
+            text: comment,
+            location: Some(location),
+            ..WhatsAppText::default()
+        });
+    }
+    if let Some(text) = base.text_content() {
+        return Some(WhatsAppText {
+            text: text.to_owned(),
+            ..WhatsAppText::default()
+        });
+    }
+    not_relayed_yet(base)
+}
+
+/// A deletion or an edit; other protocol messages are plumbing.
+fn protocol_change(protocol: &wa::message::ProtocolMessage) -> Option<WhatsAppText> {
+    let target = protocol.key.as_option().and_then(|key| key.id.clone());
+    match (protocol.r#type, target) {
+        (Some(ProtocolType::REVOKE), Some(id)) => Some(WhatsAppText {
+            relation: Some(WhatsAppRelation::Revoke { id }),
+            ..WhatsAppText::default()
+        }),
+        (Some(ProtocolType::MESSAGE_EDIT), Some(id)) => {
+            let edited = protocol.edited_message.as_option()?;
+            let text = edited
+                .text_content()
+                .or_else(|| edited.get_caption())
+                .unwrap_or_default()
+                .to_owned();
+            Some(WhatsAppText {
+                text,
+                relation: Some(WhatsAppRelation::Edit { id }),
+                ..WhatsAppText::default()
+            })
+        }
+        _ => {
+            tracing::debug!(kind = "protocol", "skipping WhatsApp group message");
+            None
+        }
+    }
+}
+
+/// A reaction (an empty emoji takes it back).
+fn reaction_in(reaction: &wa::message::ReactionMessage) -> Option<WhatsAppText> {
+    let id = reaction.key.as_option().and_then(|key| key.id.clone())?;
+    Some(WhatsAppText {
+        relation: Some(WhatsAppRelation::Reaction {
+            id,
+            emoji: reaction.text.clone().unwrap_or_default(),
+        }),
+        ..WhatsAppText::default()
+    })
+}
+
+/// A vote in a poll, read with the poll's secret when the bridge kept it (bridged
+/// groups only).
+async fn vote_in(
+    client: &Client,
+    polls: Option<&SqliteBackend>,
+    info: &MessageInfo,
+    update: &wa::message::PollUpdateMessage,
+) -> WhatsAppText {
+    let ballot = match polls {
+        Some(polls) => read_vote(client, polls, info, update).await,
+        None => None,
+    };
+    WhatsAppText {
+        shared: Some(Shared::PollVote(ballot.map(Box::new))),
+        ..WhatsAppText::default()
+    }
+}
+
+/// A contact, poll or view-once file: a poll is kept to read its votes, a contact
+/// also crosses as its card (a `.vcf` file).
+fn shared_thing(
+    polls: Option<&SqliteBackend>,
+    inbound: &InboundMessage,
+    base: &wa::Message,
+    found: Shared,
+) -> WhatsAppText {
+    if let (Shared::Poll { question, options }, Some(polls)) = (&found, polls) {
+        remember_poll(
+            polls,
+            &inbound.info,
+            &inbound.message,
+            base,
+            question,
+            options,
+        );
+    }
+    WhatsAppText {
+        media: crate::whatsapp::media::contact_card(base),
+        shared: Some(found),
+        ..WhatsAppText::default()
+    }
+}
+
+/// Something a person sent that cannot be relayed yet, known by name or not (an
+/// event, a pin, a list, a field this version cannot read): said in Matrix. Protocol
+/// plumbing (keys, history, placeholders) is nothing anybody said.
+fn not_relayed_yet(base: &wa::Message) -> Option<WhatsAppText> {
+    if carries_only_plumbing(base) {
+        tracing::debug!("skipping WhatsApp protocol plumbing");
+        return None;
+    }
+    let kind = match message_kind(base) {
+        "sender key distribution" => "other",
+        kind => kind,
+    };
+    Some(WhatsAppText {
+        unsupported: Some(kind.to_owned()),
+        ..WhatsAppText::default()
+    })
+}
+
+/// The message a reply quotes, with the quoted text WhatsApp carried along.
+fn reply_in(context: &wa::ContextInfo) -> Option<WhatsAppRelation> {
+    let id = context.stanza_id.clone().filter(|id| !id.is_empty())?;
+    let quoted = context
+        .quoted_message
+        .as_option()
+        .and_then(|quoted| quoted.text_content().or_else(|| quoted.get_caption()))
+        .filter(|text| !text.is_empty())
+        .map(str::to_owned);
+    Some(WhatsAppRelation::Reply { id, quoted })
+}
+
+/// The people a message mentions.
+async fn mentions_in(client: &Client, context: &wa::ContextInfo) -> Vec<Mention> {
+    let mut mentions = Vec::new();
+    for jid in &context.mentioned_jid {
+        if let Ok(jid) = jid.parse::<Jid>() {
+            mentions.push(Mention {
+                phone: phone_of(client, &jid).await,
+                name: None,
+            });
+        }
+    }
+    mentions
 }
 
 /// A group notification about members, as a message for the room: people added or

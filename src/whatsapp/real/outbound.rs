@@ -27,6 +27,36 @@ use crate::whatsapp::{
 };
 use whatsapp_rust::http::{HttpClient as _, HttpRequest};
 
+/// A location pin.
+fn location_message(location: &crate::relay::location::Location) -> wa::Message {
+    wa::Message {
+        location_message: MessageField::some(wa::message::LocationMessage {
+            degrees_latitude: Some(location.latitude),
+            degrees_longitude: Some(location.longitude),
+            name: location.name.clone(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The number's reaction to `target` (one per number and message: a repeat replaces
+/// it with itself; an empty emoji takes it back).
+fn reaction_message(
+    client: &Client,
+    group: &Jid,
+    target: &Quoted,
+    emoji: &str,
+) -> Result<wa::Message, WhatsAppError> {
+    let key = wa::MessageKey {
+        remote_jid: Some(group.to_string()),
+        from_me: Some(target.sender_phone.is_none()),
+        id: Some(target.id.clone()),
+        participant: Some(participant_of(client, target)?),
+    };
+    Ok(build_reaction_message(key, emoji, now_millis()))
+}
+
 /// Group pictures are small JPEGs (640 px); anything far larger is not one.
 const MAX_GROUP_PICTURE_BYTES: usize = 5 * 1024 * 1024;
 
@@ -134,6 +164,80 @@ impl RealWhatsApp {
             .unwrap_or_else(PoisonError::into_inner)
             .insert(message_id);
     }
+
+    /// What to send for `outgoing`, and whether it is a new message of the number's
+    /// (what the group's rules apply to) or a change to one (an edit, a deletion, a
+    /// reaction), which is sent as it is.
+    async fn message_for(
+        &self,
+        client: &Client,
+        group: &Jid,
+        message_id: &str,
+        outgoing: &Outgoing,
+    ) -> Result<(wa::Message, bool), WhatsAppError> {
+        Ok(match outgoing {
+            Outgoing::Media {
+                media,
+                data,
+                caption,
+                reply_to,
+            } => {
+                let context = match reply_to {
+                    Some(quoted) => Some(reply_context(client, quoted)?),
+                    None => None,
+                };
+                let message = crate::whatsapp::media::message_for(
+                    client,
+                    media,
+                    data.clone(),
+                    caption.clone(),
+                    context,
+                )
+                .await?;
+                (message, true)
+            }
+            Outgoing::Location { location } => (location_message(location), true),
+            Outgoing::Poll {
+                question,
+                options,
+                max_selections,
+            } => {
+                let secret = self
+                    .poll_secret(client, group, message_id, question, options)
+                    .await?;
+                let message = poll_message(question, options, *max_selections, secret);
+                (message, true)
+            }
+            Outgoing::Text {
+                text,
+                reply_to,
+                mentions,
+            } => {
+                let message = match (reply_to, mentions.is_empty()) {
+                    (None, true) => wa::Message::text(text),
+                    _ => text_with_context(client, text, reply_to.as_ref(), mentions)?,
+                };
+                (message, true)
+            }
+            // Edits, revokes and reactions are built here rather than through
+            // whatsapp-rust's `edit_message` / `revoke_message` / `send_reaction`,
+            // which pick their own stanza ids: under the id derived from the Matrix
+            // event they wait for the server ack like any message, and a retry
+            // after a crash is recognised by WhatsApp as the same stanza.
+            Outgoing::Edit { target, text } => {
+                let message = edit_message(group, target, own_jid_in(client, group).await?, text);
+                (message, false)
+            }
+            Outgoing::Revoke { target } => {
+                let message = revoke_message(group, target);
+                (message, false)
+            }
+            // One reaction per number and message: a repeat replaces it with itself.
+            Outgoing::React { target, emoji } => {
+                (reaction_message(client, group, target, emoji)?, false)
+            }
+        })
+    }
 }
 
 #[async_trait]
@@ -156,89 +260,9 @@ impl WhatsAppClient for RealWhatsApp {
             return Ok(());
         }
         let client = self.usable_client()?;
-        // What to send, and whether it is a new message of the number's (what the
-        // group's rules apply to) or a change to one (an edit, a deletion, a
-        // reaction), which is sent as it is.
-        let (message, new) = match outgoing {
-            Outgoing::Media {
-                media,
-                data,
-                caption,
-                reply_to,
-            } => {
-                let context = match reply_to {
-                    Some(quoted) => Some(reply_context(client, quoted)?),
-                    None => None,
-                };
-                let message = crate::whatsapp::media::message_for(
-                    client,
-                    media,
-                    data.clone(),
-                    caption.clone(),
-                    context,
-                )
-                .await?;
-                (message, true)
-            }
-            Outgoing::Location { location } => {
-                let message = wa::Message {
-                    location_message: MessageField::some(wa::message::LocationMessage {
-                        degrees_latitude: Some(location.latitude),
-                        degrees_longitude: Some(location.longitude),
-                        name: location.name.clone(),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                };
-                (message, true)
-            }
-            Outgoing::Poll {
-                question,
-                options,
-                max_selections,
-            } => {
-                let secret = self
-                    .poll_secret(client, &group, message_id, question, options)
-                    .await?;
-                let message = poll_message(question, options, *max_selections, secret);
-                (message, true)
-            }
-            Outgoing::Text {
-                text,
-                reply_to,
-                mentions,
-            } => {
-                let message = match (reply_to, mentions.is_empty()) {
-                    (None, true) => wa::Message::text(text),
-                    _ => text_with_context(client, text, reply_to.as_ref(), mentions)?,
-                };
-                (message, true)
-            }
-            // Edits, revokes and reactions are built here rather than through
-            // whatsapp-rust's `edit_message` / `revoke_message` / `send_reaction`,
-            // which pick their own stanza ids: under the id derived from the Matrix
-            // event they wait for the server ack like any message, and a retry
-            // after a crash is recognised by WhatsApp as the same stanza.
-            Outgoing::Edit { target, text } => {
-                let message = edit_message(&group, target, own_jid_in(client, &group).await?, text);
-                (message, false)
-            }
-            Outgoing::Revoke { target } => {
-                let message = revoke_message(&group, target);
-                (message, false)
-            }
-            // One reaction per number and message: a repeat replaces it with itself.
-            Outgoing::React { target, emoji } => {
-                let key = wa::MessageKey {
-                    remote_jid: Some(group.to_string()),
-                    from_me: Some(target.sender_phone.is_none()),
-                    id: Some(target.id.clone()),
-                    participant: Some(participant_of(client, target)?),
-                };
-                let message = build_reaction_message(key, emoji.as_str(), now_millis());
-                (message, false)
-            }
-        };
+        let (message, new) = self
+            .message_for(client, &group, message_id, outgoing)
+            .await?;
         if new {
             self.send_new(client, group, message, message_id).await?;
         } else {
