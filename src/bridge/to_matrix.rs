@@ -157,10 +157,10 @@ impl Bridge {
             self.retry(item, "WhatsApp not started");
             return None;
         };
-        let limit = self.active().config.relay.max_file_bytes;
+        let relay = &self.active().relay;
         let (body, html) = match client.download(&media).await {
-            Ok(data) if (data.len() as u64) <= limit => return Some((post, Some(data))),
-            Ok(data) => self.active().relay.whatsapp_file_too_large(
+            Ok(data) if relay.file_fits(data.len() as u64) => return Some((post, Some(data))),
+            Ok(data) => relay.whatsapp_file_too_large(
                 &media,
                 &post.sender_name,
                 "WhatsApp",
@@ -346,14 +346,15 @@ impl Bridge {
             });
         }
         let link_of = |emoji: &str| ids::annotation_link(to, emoji);
-        if let Some(before) = before.filter(|before| before != emoji) {
-            if !digest.entries.iter().any(|entry| entry.emoji == before) {
-                if let Some(annotation) = self.mirrored_event(item, &link_of(&before)) {
-                    let txn = format!("{}.undo", item.target_id);
-                    self.matrix.redact(room_id, &txn, &annotation).await?;
-                    if let Err(error) = self.store.forget_link(&item.group_jid, &link_of(&before)) {
-                        tracing::error!("store: {error}");
-                    }
+        let still_reacted: Vec<&str> = digest.entries.iter().map(|e| e.emoji.as_str()).collect();
+        if let Some(gone) =
+            to_matrix::annotation_taken_back(before.as_deref(), emoji, &still_reacted)
+        {
+            if let Some(annotation) = self.mirrored_event(item, &link_of(gone)) {
+                let txn = format!("{}.undo", item.target_id);
+                self.matrix.redact(room_id, &txn, &annotation).await?;
+                if let Err(error) = self.store.forget_link(&item.group_jid, &link_of(gone)) {
+                    tracing::error!("store: {error}");
                 }
             }
         }

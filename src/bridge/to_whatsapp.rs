@@ -138,12 +138,8 @@ impl Bridge {
         }
         // Kinds WhatsApp shows without a caption: the sender's line goes first, under
         // an id of its own derived from the event (a retry sends it once).
-        if matches!(
-            outgoing,
-            Outgoing::Media { caption: None, .. }
-                | Outgoing::Location { .. }
-                | Outgoing::Poll { .. }
-        ) {
+        let file_sent = matches!(outgoing, Outgoing::Media { .. });
+        if to_whatsapp::sender_line_first(&post, file_sent) {
             let line = Outgoing::Text {
                 text: post.text.clone(),
                 reply_to: None,
@@ -274,9 +270,9 @@ impl Bridge {
         let (Some(media), Outgoing::Text { text, reply_to, .. }) = (&post.media, &outgoing) else {
             return Some(outgoing);
         };
-        let limit = self.active().config.relay.max_file_bytes;
+        let relay = &self.active().relay;
         let text = match self.matrix.download_media(media).await {
-            Ok(data) if (data.len() as u64) <= limit => {
+            Ok(data) if relay.file_fits(data.len() as u64) => {
                 let caption = media.kind.has_whatsapp_caption().then(|| text.clone());
                 return Some(Outgoing::Media {
                     media: media.clone(),
@@ -285,10 +281,7 @@ impl Bridge {
                     reply_to: reply_to.clone(),
                 });
             }
-            Ok(data) => self
-                .active()
-                .relay
-                .matrix_file_too_large(post, media, data.len() as u64),
+            Ok(data) => relay.matrix_file_too_large(post, media, data.len() as u64),
             Err(error) if error.is_retryable() => {
                 tracing::warn!(
                     seq = item.seq,

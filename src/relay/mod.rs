@@ -375,6 +375,12 @@ impl Relay {
             settings,
         }
     }
+
+    /// Whether a file of `size` bytes crosses (`[relay] max_file_mb`); a larger one
+    /// is replaced by a notice on the side that misses it.
+    pub fn file_fits(&self, size: u64) -> bool {
+        size <= self.settings.max_file_bytes
+    }
 }
 
 /// Text on one line, runs of whitespace made one space.

@@ -613,6 +613,18 @@ pub fn whatsapp_display_name(message: &WhatsAppText) -> String {
     }
 }
 
+/// Bot's-own-reaction mode (`reactions_to_matrix = "reaction"`): a reactor's emoji
+/// changed from `before` to `now` (empty: no reaction). The bot shows each emoji
+/// once while anyone reacts so: the emoji whose bot reaction is taken back, when
+/// nobody in `still_reacted` (the emojis reacted after the change) reacts so any more.
+pub fn annotation_taken_back<'a>(
+    before: Option<&'a str>,
+    now: &str,
+    still_reacted: &[&str],
+) -> Option<&'a str> {
+    before.filter(|before| *before != now && !still_reacted.contains(before))
+}
+
 /// The notice posted when the homeserver refused a relayed WhatsApp message for good.
 pub const REFUSED_BY_HOMESERVER: &str =
     "A WhatsApp message could not be posted here (refused by the homeserver).";
@@ -648,5 +660,23 @@ pub fn with_quote(post: &MatrixPost, quoted: &str) -> MatrixPost {
             post.html
         ),
         ..post.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::annotation_taken_back;
+
+    #[test]
+    fn the_bots_reaction_goes_when_nobody_reacts_so_any_more() {
+        // Bob went from 👍 to ❤️ and nobody else reacts 👍: the bot's 👍 goes.
+        assert_eq!(annotation_taken_back(Some("👍"), "❤️", &["❤️"]), Some("👍"));
+        // Carol still reacts 👍: it stays.
+        assert_eq!(annotation_taken_back(Some("👍"), "❤️", &["❤️", "👍"]), None);
+        // Bob took his reaction back, alone with it.
+        assert_eq!(annotation_taken_back(Some("👍"), "", &[]), Some("👍"));
+        // The same reaction again, or a first one: nothing to take back.
+        assert_eq!(annotation_taken_back(Some("👍"), "👍", &["👍"]), None);
+        assert_eq!(annotation_taken_back(None, "👍", &["👍"]), None);
     }
 }

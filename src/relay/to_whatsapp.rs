@@ -430,6 +430,19 @@ pub fn digest_text(reactions: &[(String, String)]) -> String {
         .join(" · ")
 }
 
+/// Whether the sender's line (`* _Alice_ shared a location`) goes to WhatsApp
+/// before the message itself: for what WhatsApp shows without a caption (a location,
+/// a poll, a file of a kind without captions, when the file is sent).
+pub fn sender_line_first(post: &WhatsAppPost, file_sent: bool) -> bool {
+    post.location.is_some()
+        || post.poll.is_some()
+        || (file_sent
+            && post
+                .media
+                .as_ref()
+                .is_some_and(|media| !media.kind.has_whatsapp_caption()))
+}
+
 /// The notice for a Matrix message WhatsApp refused for good.
 pub fn refused_by_whatsapp(reason: &str) -> String {
     format!("This message could not be sent to WhatsApp: {reason}")
@@ -593,5 +606,38 @@ mod tests {
         assert!(told(Skip::PollDoesNotFit).unwrap().contains("2 to 12"));
         assert_eq!(told(Skip::Notice), None);
         assert_eq!(told(Skip::OwnEcho), None);
+    }
+
+    #[test]
+    fn what_whatsapp_shows_without_a_caption_gets_the_senders_line_first() {
+        let file = |kind| WhatsAppPost {
+            media: Some(Media {
+                kind,
+                source: "mxc://example.org/f".into(),
+                mime: "application/octet-stream".into(),
+                file_name: None,
+                size: Some(10),
+                seconds: None,
+            }),
+            ..WhatsAppPost::default()
+        };
+        use crate::relay::media::MediaKind;
+        assert!(sender_line_first(&file(MediaKind::Voice), true));
+        assert!(sender_line_first(&file(MediaKind::Sticker), true));
+        assert!(!sender_line_first(&file(MediaKind::Image), true));
+        // The file could not be fetched: the line says so, in one message.
+        assert!(!sender_line_first(&file(MediaKind::Voice), false));
+        let poll = WhatsAppPost {
+            poll: Some(crate::relay::MatrixPoll {
+                question: "?".into(),
+                options: vec!["a".into(), "b".into()],
+                max_selections: 1,
+            }),
+            ..WhatsAppPost::default()
+        };
+        assert!(sender_line_first(&poll, false));
+        assert!(!sender_line_first(&WhatsAppPost::default(), false));
+        assert!(relay().file_fits(RelayConfig::default().max_file_bytes));
+        assert!(!relay().file_fits(RelayConfig::default().max_file_bytes + 1));
     }
 }
