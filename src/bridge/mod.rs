@@ -137,8 +137,8 @@ impl Bridge {
     /// Starts the two outbox workers and the upkeep tasks.
     pub(crate) fn spawn_workers(self: &Arc<Self>) -> Vec<JoinHandle<()>> {
         vec![
-            tokio::spawn(self.clone().to_matrix_worker()),
-            tokio::spawn(self.clone().to_whatsapp_worker()),
+            tokio::spawn(self.clone().outbox_worker(Direction::ToMatrix)),
+            tokio::spawn(self.clone().outbox_worker(Direction::ToWhatsApp)),
             tokio::spawn(self.clone().room_setup_retries()),
             tokio::spawn(self.clone().heartbeat()),
             tokio::spawn(self.clone().forget_old_daily()),
@@ -271,6 +271,24 @@ impl Bridge {
             return None;
         }
         self.active().groups.get(&jid).cloned()
+    }
+
+    /// One direction's worker: delivers the items of its outbox one at a time, in
+    /// order, as they fall due (see `to_matrix.rs`, `to_whatsapp.rs`).
+    async fn outbox_worker(self: Arc<Self>, direction: Direction) {
+        loop {
+            match self.store.next_due(direction, now_ms()) {
+                Ok(Some(item)) => match direction {
+                    Direction::ToMatrix => self.deliver_to_matrix(item).await,
+                    Direction::ToWhatsApp => self.deliver_to_whatsapp(item).await,
+                },
+                Ok(None) => self.wait_for_work(direction).await,
+                Err(error) => {
+                    tracing::error!("store: {error}");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
     }
 
     /// Sleeps until woken by a new item or until the earliest retry is due.

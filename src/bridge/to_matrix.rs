@@ -3,9 +3,6 @@
 //! each item to Matrix: the file fetched from WhatsApp, replies, edits, deletions and
 //! reactions found again through the message links.
 
-use std::sync::Arc;
-use std::time::Duration;
-
 use super::{now_ms, Bridge};
 use crate::relay::{
     self, ids, to_matrix, MatrixChange, MatrixPost, Mention, PollVoter, Shared, WhatsAppText,
@@ -73,20 +70,7 @@ impl InboundSink for Bridge {
 }
 
 impl Bridge {
-    pub(super) async fn to_matrix_worker(self: Arc<Self>) {
-        loop {
-            match self.store.next_due(Direction::ToMatrix, now_ms()) {
-                Ok(Some(item)) => self.deliver_to_matrix(item).await,
-                Ok(None) => self.wait_for_work(Direction::ToMatrix).await,
-                Err(error) => {
-                    tracing::error!("store: {error}");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-            }
-        }
-    }
-
-    async fn deliver_to_matrix(&self, item: OutboxItem) {
+    pub(super) async fn deliver_to_matrix(&self, item: OutboxItem) {
         let room_id = if item.room_id.is_empty() {
             self.store.room_for_group(&item.group_jid).ok().flatten()
         } else {

@@ -4,7 +4,6 @@
 //! replies, edits, deletions and reactions found again through the message links, and
 //! reactions gathered in one digest reply when so configured.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -80,23 +79,10 @@ impl MatrixEvents for Bridge {
 }
 
 impl Bridge {
-    pub(super) async fn to_whatsapp_worker(self: Arc<Self>) {
-        loop {
-            match self.store.next_due(Direction::ToWhatsApp, now_ms()) {
-                Ok(Some(item)) => self.deliver_to_whatsapp(item).await,
-                Ok(None) => self.wait_for_work(Direction::ToWhatsApp).await,
-                Err(error) => {
-                    tracing::error!("store: {error}");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-            }
-        }
-    }
-
     /// Sends one Matrix post through the number: what it is looked up and decided,
     /// its file fetched, its turn taken under the pacing, the sender's line first for
     /// kinds without a caption, then the message itself.
-    async fn deliver_to_whatsapp(&self, item: OutboxItem) {
+    pub(super) async fn deliver_to_whatsapp(&self, item: OutboxItem) {
         let Some(client) = self.whatsapp() else {
             self.retry(&item, "WhatsApp not started");
             return;
