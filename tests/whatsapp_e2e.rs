@@ -581,6 +581,29 @@ async fn replies_edits_deletions_reactions_and_mentions_cross_through_whatsapp_r
     let relayed = wait_member_text(sim, BOB, jid, "*Alice*: bien reçu").await;
     assert_eq!(relayed["quoted_id"], json!(hello), "{relayed}");
     let relayed_id = relayed["id"].as_str().unwrap().to_string();
+    // A modified client's edit of a message that is not its sender's (Alice's, sent
+    // by the number): WhatsApp's server never checks it, the bridge does. Told in the
+    // room, never applied.
+    bob_sends(
+        sim,
+        jid,
+        json!({"edit_of": relayed_id, "text": "forged", "modified_client": true}),
+    )
+    .await;
+    alice
+        .wait_for(&room, "the notice for Bob's forged edit", |s| {
+            s.body
+                == "Bob sent an edit of a message that is not theirs: only its author can edit it, so it is not shown here."
+        })
+        .await;
+    assert!(
+        !alice
+            .seen_in(&room)
+            .iter()
+            .any(|s| s.relation == Some(("replace".into(), answer.clone()))),
+        "the forged edit reached Alice's message: {:?}",
+        alice.seen_in(&room)
+    );
     let edit = RoomMessageEventContent::text_plain("bien reçu, merci").make_replacement(
         ReplacementMetadata::new(EventId::parse(&answer).unwrap(), None),
     );

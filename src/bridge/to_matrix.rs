@@ -170,6 +170,18 @@ impl Bridge {
         Some((post, None))
     }
 
+    /// The link of WhatsApp message `wa_id` of the item's group (its Matrix event and
+    /// author).
+    fn mirrored_link(&self, item: &OutboxItem, wa_id: &str) -> Option<MessageLink> {
+        match self.store.link_for_wa(&item.group_jid, wa_id) {
+            Ok(link) => link,
+            Err(error) => {
+                tracing::error!("store: {error}");
+                None
+            }
+        }
+    }
+
     /// The Matrix event mirroring WhatsApp message `wa_id` of the item's group.
     fn mirrored_event(&self, item: &OutboxItem, wa_id: &str) -> Option<String> {
         match self.store.event_for_wa(&item.group_jid, wa_id) {
@@ -220,13 +232,25 @@ impl Bridge {
                 };
                 Ok(linked(event_id))
             }
-            Some(MatrixChange::Edit { of }) => match self.mirrored_event(item, of) {
-                Some(original) => {
+            Some(MatrixChange::Edit { of, tally }) => match self.mirrored_link(item, of) {
+                Some(original)
+                    if *tally || to_matrix::edit_is_authors(&original.sender, &post.sender) =>
+                {
                     let event_id = self
                         .matrix
-                        .edit_post(room_id, txn, &original, &post)
+                        .edit_post(room_id, txn, &original.event_id, &post)
                         .await?;
                     Ok(linked(event_id))
+                }
+                // A modified client's edit of someone else's message: said, not applied.
+                Some(_) => {
+                    tracing::warn!(
+                        seq = item.seq,
+                        "a WhatsApp edit by someone other than the author was not applied"
+                    );
+                    let notice = to_matrix::forged_edit_notice(&post.sender_name);
+                    self.matrix.send_post(room_id, txn, &notice, None).await?;
+                    Ok(None)
                 }
                 // The original never crossed: the new text is still worth reading.
                 None => {

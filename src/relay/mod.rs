@@ -229,8 +229,13 @@ pub struct MatrixText {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "change", rename_all = "snake_case")]
 pub enum MatrixChange {
-    /// Replace the text of the event mirroring `of`.
-    Edit { of: String },
+    /// Replace the text of the event mirroring `of`: an edit by its author, or
+    /// (`tally`) the bridge's own update of a poll's line with its votes.
+    Edit {
+        of: String,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        tally: bool,
+    },
     /// Redact the event mirroring `of`.
     Redact { of: String },
     /// A line of the bot (the post's text) about `to`, found again by `key`: posted
@@ -657,7 +662,8 @@ mod tests {
         assert_eq!(
             post.change,
             Some(MatrixChange::Edit {
-                of: "3EB0POLL".into()
+                of: "3EB0POLL".into(),
+                tally: true,
             })
         );
         assert_eq!(

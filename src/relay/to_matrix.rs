@@ -155,7 +155,12 @@ impl Relay {
                 post.quoted = quoted.clone();
             }
             Some(WhatsAppRelation::Edit { id }) => {
-                post.change = Some(MatrixChange::Edit { of: id.clone() });
+                post.change = Some(MatrixChange::Edit {
+                    of: id.clone(),
+                    tally: false,
+                });
+                // Named in the notice if the edit turns out not to be theirs to make.
+                post.sender_name = name.to_owned();
             }
             _ => {}
         }
@@ -316,6 +321,7 @@ fn vote(ballot: &PollBallot) -> MatrixPost {
         html,
         change: Some(MatrixChange::Edit {
             of: ballot.poll_id.clone(),
+            tally: true,
         }),
         ..MatrixPost::default()
     }
@@ -625,6 +631,27 @@ pub fn annotation_taken_back<'a>(
     before.filter(|before| *before != now && !still_reacted.contains(before))
 }
 
+/// Whether a WhatsApp edit may change the copy of a message by `original_author`:
+/// WhatsApp lets only the author edit, and its server never checks what a modified
+/// client claims inside the encrypted message, so the bridge does. Messages that came
+/// from Matrix (their author a Matrix user) are nobody's to edit from WhatsApp.
+pub fn edit_is_authors(original_author: &str, editor: &str) -> bool {
+    !editor.is_empty() && original_author == editor
+}
+
+/// What the room is told instead of an edit its sender was not entitled to make.
+pub fn forged_edit_notice(editor_name: &str) -> MatrixPost {
+    let body = format!(
+        "{editor_name} sent an edit of a message that is not theirs: only its author can edit it, so it is not shown here."
+    );
+    let html = format!("<em>{}</em>", escape_html(&body));
+    MatrixPost {
+        body,
+        html,
+        ..MatrixPost::default()
+    }
+}
+
 /// The notice posted when the homeserver refused a relayed WhatsApp message for good.
 pub const REFUSED_BY_HOMESERVER: &str =
     "A WhatsApp message could not be posted here (refused by the homeserver).";
@@ -666,6 +693,16 @@ pub fn with_quote(post: &MatrixPost, quoted: &str) -> MatrixPost {
 #[cfg(test)]
 mod tests {
     use super::annotation_taken_back;
+
+    #[test]
+    fn only_the_author_edits_from_whatsapp() {
+        use super::edit_is_authors;
+        assert!(edit_is_authors("33611111111", "33611111111"));
+        assert!(!edit_is_authors("33622222222", "33611111111"));
+        // A Matrix user's message, sent by the number.
+        assert!(!edit_is_authors("@alice:example.org", "33611111111"));
+        assert!(!edit_is_authors("", ""));
+    }
 
     #[test]
     fn the_bots_reaction_goes_when_nobody_reacts_so_any_more() {

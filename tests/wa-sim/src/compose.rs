@@ -38,6 +38,10 @@ struct Fields {
     reaction: Option<ReactionFields>,
     vote: Option<VoteFields>,
     event: Option<EventFields>,
+    /// Send as a modified client may (Baileys, whatsmeow scripts): without the
+    /// checks an official client makes first (for now: editing someone else's
+    /// message). The server never sees inside the message to check.
+    modified_client: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -129,6 +133,8 @@ pub enum Body {
     Edit {
         of: String,
         text: String,
+        /// Sent even if `of` is not the member's (a modified client).
+        forged: bool,
     },
     Revoke {
         of: String,
@@ -252,6 +258,7 @@ impl Outgoing {
         only("seconds", f.seconds.is_some(), &["audio", "video"])?;
         only("file_name", f.file_name.is_some(), &["document"])?;
         only("view_once", f.view_once.is_some(), &["image", "video"])?;
+        only("modified_client", f.modified_client.is_some(), &["edit_of"])?;
         if let Some(k @ ("revoke" | "reaction" | "vote")) = kind
             && (f.text.is_some() || f.reply_to.is_some() || f.mentions.is_some())
         {
@@ -348,6 +355,7 @@ impl Outgoing {
             Body::Edit {
                 of: non_empty_id("edit_of", of)?,
                 text,
+                forged: f.modified_client.unwrap_or(false),
             }
         } else if let Some(of) = f.revoke {
             Body::Revoke {

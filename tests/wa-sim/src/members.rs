@@ -353,8 +353,9 @@ impl Member {
                 }),
                 ..Default::default()
             },
-            Body::Edit { of, text } => {
-                if let Some(t) = self.lookup(&of, &chat_str)?
+            Body::Edit { of, text, forged } => {
+                if !forged
+                    && let Some(t) = self.lookup(&of, &chat_str)?
                     && !t.0.from_me
                 {
                     return Err(SendFailure::BadRequest(format!(
