@@ -1282,6 +1282,17 @@ async fn photos_voice_notes_documents_and_locations_cross_through_whatsapp_rust(
                 == "Bob sent a kind of message that passerelle does not relay yet: see it in WhatsApp."
         })
         .await;
+    // A text WhatsApp takes but one Matrix event cannot hold (over 64 KiB): its
+    // beginning, and where the rest is.
+    bob_sends(sim, jid, json!({"text": "é".repeat(40_000)})).await;
+    let long = alice
+        .wait_for(&room, "Bob's long text, shortened", |s| {
+            s.body
+                .ends_with("(too long for one Matrix message: the rest is in WhatsApp)")
+        })
+        .await;
+    assert!(long.body.starts_with("Bob: ééé"), "{}", &long.body[..20]);
+    assert!(long.body.chars().count() > 10_000, "{}", long.body.len());
 
     // Locations: a point both ways, with a map link in Matrix and Alice's line
     // before the pin in WhatsApp.

@@ -167,14 +167,46 @@ impl Relay {
         Ok(post)
     }
 
-    /// The Matrix body and HTML of a WhatsApp text (or caption), through the templates.
+    /// The Matrix body and HTML of a WhatsApp text (or caption), through the
+    /// templates. WhatsApp takes texts of 65,536 characters; a Matrix event holds
+    /// 64 KiB in all: a text too long for one event keeps its beginning and says
+    /// where the rest is.
     fn whatsapp_text_for_matrix(&self, message: &WhatsAppText, name: &str) -> (String, String) {
+        let (body, html) = self.render_whatsapp_text(message, &message.text, name);
+        let size = event_bytes(&body, &html);
+        if size <= MAX_MATRIX_TEXT_BYTES {
+            return (body, html);
+        }
+        let mut keep = message.text.len() * MAX_MATRIX_TEXT_BYTES / size;
+        loop {
+            let mut cut = keep.min(message.text.len());
+            while !message.text.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            let shortened = format!("{}…", &message.text[..cut]);
+            let (mut body, mut html) = self.render_whatsapp_text(message, &shortened, name);
+            body.push_str(&format!("\n({TOO_LONG_FOR_MATRIX})"));
+            html.push_str(&format!("<br><em>({TOO_LONG_FOR_MATRIX})</em>"));
+            if event_bytes(&body, &html) <= MAX_MATRIX_TEXT_BYTES || cut == 0 {
+                return (body, html);
+            }
+            keep = cut * 3 / 4;
+        }
+    }
+
+    /// `text` (all or part of the message's) through the templates.
+    fn render_whatsapp_text(
+        &self,
+        message: &WhatsAppText,
+        text: &str,
+        name: &str,
+    ) -> (String, String) {
         let phone = if message.sender_phone.is_empty() {
             String::new()
         } else {
             format!("+{}", message.sender_phone)
         };
-        let (text, text_html) = with_mentions(&message.text, &message.mentions);
+        let (text, text_html) = with_mentions(text, &message.mentions);
         let body = self.templates.to_matrix.render(|key| match key {
             "name" => Some(name.to_owned()),
             "phone" => Some(phone.clone()),
@@ -222,6 +254,19 @@ impl Relay {
         )
     }
 }
+
+/// Most bytes of body and HTML together, as JSON, in one Matrix event: the homeserver
+/// refuses events over 64 KiB, and the event's other fields need room.
+const MAX_MATRIX_TEXT_BYTES: usize = 56 * 1024;
+
+/// How many bytes a body and its HTML take in the event's JSON (escapes included).
+fn event_bytes(body: &str, html: &str) -> usize {
+    let json = |text: &str| serde_json::to_string(text).map_or(usize::MAX / 2, |json| json.len());
+    json(body) + json(html)
+}
+
+/// What ends a WhatsApp text shortened to fit a Matrix event.
+const TOO_LONG_FOR_MATRIX: &str = "too long for one Matrix message: the rest is in WhatsApp";
 
 /// What a WhatsApp message is, for `from_whatsapp` to pick one function per kind.
 /// Checked in this order: a deletion or reaction says nothing of its own, and a kind
@@ -693,6 +738,57 @@ pub fn with_quote(post: &MatrixPost, quoted: &str) -> MatrixPost {
 #[cfg(test)]
 mod tests {
     use super::annotation_taken_back;
+
+    #[test]
+    fn a_text_too_long_for_a_matrix_event_keeps_its_beginning_and_says_so() {
+        use crate::config::{RelayConfig, Templates};
+        use crate::relay::{Relay, WhatsAppText};
+        let relay = Relay::new(
+            "@bot:example.org",
+            Templates::default(),
+            RelayConfig::default(),
+        );
+        // WhatsApp's longest text, all of it markup-heavy: HTML escaping makes `&`
+        // five bytes.
+        let text = "a & b é ".repeat(65_536 / 8);
+        let message = WhatsAppText {
+            group_jid: "g@g.us".into(),
+            message_id: "ABC".into(),
+            sender_phone: "33611111111".into(),
+            push_name: Some("Bob".into()),
+            text: text.clone(),
+            ..WhatsAppText::default()
+        };
+        let (body, html) = relay.whatsapp_text_for_matrix(&message, "Bob");
+        let size = super::event_bytes(&body, &html);
+        assert!(size <= super::MAX_MATRIX_TEXT_BYTES, "{size}");
+        assert!(body.starts_with("Bob: a & b é a & b"), "{}", &body[..40]);
+        assert!(body.ends_with("(too long for one Matrix message: the rest is in WhatsApp)"));
+        assert!(html
+            .ends_with("<br><em>(too long for one Matrix message: the rest is in WhatsApp)</em>"));
+        assert!(body.len() > 10_000, "kept too little: {}", body.len());
+        // A text that fits is left whole.
+        let short = WhatsAppText {
+            text: "salut".into(),
+            ..message
+        };
+        assert_eq!(
+            relay.whatsapp_text_for_matrix(&short, "Bob").0,
+            "Bob: salut"
+        );
+        // Backslashes and quotes take two bytes each in the event's JSON.
+        let escaped = WhatsAppText {
+            text: "\\\"".repeat(30_000),
+            ..short
+        };
+        let (body, html) = relay.whatsapp_text_for_matrix(&escaped, "Bob");
+        assert!(super::event_bytes(&body, &html) <= super::MAX_MATRIX_TEXT_BYTES);
+        assert!(
+            body.ends_with("in WhatsApp)"),
+            "{}",
+            &body[body.len() - 40..]
+        );
+    }
 
     #[test]
     fn only_the_author_edits_from_whatsapp() {
