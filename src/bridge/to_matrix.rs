@@ -184,13 +184,7 @@ impl Bridge {
 
     /// The Matrix event mirroring WhatsApp message `wa_id` of the item's group.
     fn mirrored_event(&self, item: &OutboxItem, wa_id: &str) -> Option<String> {
-        match self.store.event_for_wa(&item.group_jid, wa_id) {
-            Ok(event) => event,
-            Err(error) => {
-                tracing::error!("store: {error}");
-                None
-            }
-        }
+        self.mirrored_link(item, wa_id).map(|link| link.event_id)
     }
 
     /// Sends one WhatsApp post to Matrix. Returns what to link (WhatsApp id, Matrix
