@@ -449,7 +449,12 @@ mod tests {
         }
     }
 
-    fn mx(sender: &str, display: Option<&str>, kind: MatrixKind, body: &str) -> MatrixText {
+    pub(super) fn mx(
+        sender: &str,
+        display: Option<&str>,
+        kind: MatrixKind,
+        body: &str,
+    ) -> MatrixText {
         MatrixText {
             room_id: "!room".into(),
             event_id: "$ev".into(),

@@ -583,20 +583,12 @@ mod tests {
     #[test]
     fn senders_are_told_why_their_message_did_not_cross_and_bots_are_not() {
         let relay = relay();
-        let message = MatrixText {
-            room_id: "!r:example.org".into(),
-            event_id: "$e".into(),
-            sender: "@alice:example.org".into(),
-            sender_display_name: None,
-            kind: MatrixKind::Other,
-            body: "m.video.call".into(),
-            html: None,
-            is_reply: false,
-            relation: MatrixRelation::None,
-            media: None,
-            location: None,
-            poll: None,
-        };
+        let message = crate::relay::tests::mx(
+            "@alice:example.org",
+            None,
+            MatrixKind::Other,
+            "m.video.call",
+        );
         let told = |skip| relay.skip_notice(skip, &message);
         assert!(told(Skip::Unsupported)
             .unwrap()
