@@ -14,7 +14,7 @@ use crate::relay::ids::{self, CrossedReaction};
 use crate::relay::mentions::KnownPerson;
 use crate::relay::pacing::Wait;
 use crate::relay::to_whatsapp::{self, DigestReply, DigestState, Linked, Refused};
-use crate::relay::{self, MatrixText, Skip, WhatsAppChange, WhatsAppPost};
+use crate::relay::{self, MatrixText, Relay, Skip, WhatsAppChange, WhatsAppPost};
 use crate::store::{Digest, DigestEntry, Direction, MessageLink, NewOutboxItem, OutboxItem};
 use crate::whatsapp::{Outgoing, Quoted, WhatsAppError};
 
@@ -400,14 +400,19 @@ impl Bridge {
                 }),
             };
         }
-        let moderator = self
-            .matrix
-            .can_redact_others(&item.room_id, &post.sender)
-            .await;
+        let original = link.map(linked);
+        let moderator = match &original {
+            Some(original) if Relay::revoke_needs_moderator(post, original) => {
+                self.matrix
+                    .can_redact_others(&item.room_id, &post.sender)
+                    .await
+            }
+            _ => false,
+        };
         let target = self
             .active()
             .relay
-            .revoke_target(post, link.map(linked), moderator)?;
+            .revoke_target(post, original, moderator)?;
         Ok(Outgoing::Revoke { target })
     }
 

@@ -347,7 +347,7 @@ impl Relay {
         let original = original
             .filter(|original| original.from_matrix)
             .ok_or_else(Refused::silently)?;
-        if original.sender != post.sender && !moderator {
+        if Self::revoke_needs_moderator(post, &original) && !moderator {
             return Err(Refused::silently());
         }
         if original.age_secs > WHATSAPP_REVOKE_WINDOW_SECS {
@@ -358,6 +358,13 @@ impl Relay {
             )));
         }
         Ok(original.wa_id)
+    }
+
+    /// Whether deleting `original` takes a room moderator: it is a message of the
+    /// number's written by someone other than the redaction's sender. The bridge asks
+    /// the room's power levels only then.
+    pub fn revoke_needs_moderator(post: &WhatsAppPost, original: &Linked) -> bool {
+        original.from_matrix && original.sender != post.sender
     }
 
     /// The notice a Matrix sender gets for a message that does not cross, when they
