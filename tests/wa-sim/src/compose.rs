@@ -42,6 +42,21 @@ struct Fields {
     /// checks an official client makes first (for now: editing someone else's
     /// message). The server never sees inside the message to check.
     modified_client: Option<bool>,
+    /// Any `waE2E.Message` as proto3 JSON, sent as it is (a modified client).
+    message: Option<Value>,
+    /// With `message`: protobuf bytes (base64) appended to its encoding.
+    extra_wire: Option<String>,
+    /// With `message`: a file uploaded first; its upload fills the media
+    /// fields the JSON leaves out.
+    upload: Option<UploadFields>,
+}
+
+/// A file for a raw `message`, uploaded as media type `r#type`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UploadFields {
+    r#type: String,
+    data: String,
 }
 
 #[derive(Deserialize)]
@@ -154,6 +169,14 @@ pub enum Body {
         poll: String,
         options: Vec<String>,
     },
+    /// Any message, as a modified client sends it: `message` in proto3 JSON,
+    /// `extra_wire` appended to its encoding; `upload` is uploaded first and
+    /// fills the media fields of its kind's message that `message` leaves out.
+    Raw {
+        message: Value,
+        extra_wire: Vec<u8>,
+        upload: Option<(MediaKind, Vec<u8>)>,
+    },
 }
 
 /// Which media message (and media type for the upload).
@@ -204,7 +227,25 @@ impl Outgoing {
 
     /// Checks a send body (a JSON object without its `from` / `to`).
     pub fn from_json(fields: Value) -> Result<Self, String> {
+        let raw = fields.get("message").is_some();
+        if raw
+            && let Some(other) = fields.as_object().and_then(|o| {
+                o.keys()
+                    .find(|k| !["message", "extra_wire", "upload"].contains(&k.as_str()))
+            })
+        {
+            return Err(format!(
+                "message is the whole message: {other} does not go with it \
+                 (only extra_wire and upload)"
+            ));
+        }
         let f: Fields = serde_json::from_value(fields).map_err(|e| format!("{e}"))?;
+        if raw {
+            return raw_message(f);
+        }
+        if f.extra_wire.is_some() || f.upload.is_some() {
+            return Err("extra_wire and upload only go with message".into());
+        }
         let media_fields = [
             (MediaKind::Image, &f.image),
             (MediaKind::Video, &f.video),
@@ -388,6 +429,59 @@ impl Outgoing {
     }
 }
 
+/// A raw `message`: nothing else but its `extra_wire` and `upload`.
+fn raw_message(f: Fields) -> Result<Outgoing, String> {
+    let Fields {
+        message: Some(message),
+        extra_wire,
+        upload,
+        ..
+    } = f
+    else {
+        unreachable!("called for a body with a message");
+    };
+    let extra_wire = match extra_wire {
+        Some(b64) => base64::prelude::BASE64_STANDARD
+            .decode(b64.trim())
+            .map_err(|e| format!("extra_wire is not base64: {e}"))?,
+        None => Vec::new(),
+    };
+    let upload = upload
+        .map(|u| {
+            let kind = [
+                MediaKind::Image,
+                MediaKind::Video,
+                MediaKind::Audio,
+                MediaKind::Document,
+                MediaKind::Sticker,
+            ]
+            .into_iter()
+            .find(|k| k.name() == u.r#type)
+            .ok_or_else(|| {
+                format!(
+                    "upload.type is one of image, video, audio, document, sticker: {:?}",
+                    u.r#type
+                )
+            })?;
+            let data = base64::prelude::BASE64_STANDARD
+                .decode(u.data.trim())
+                .map_err(|e| format!("upload.data is not base64: {e}"))?;
+            Ok::<_, String>((kind, data))
+        })
+        .transpose()?;
+    // Checked now, so that a malformed message is a 400 before any upload.
+    crate::raw::message(&message, &extra_wire)?;
+    Ok(Outgoing {
+        body: Body::Raw {
+            message,
+            extra_wire,
+            upload,
+        },
+        reply_to: None,
+        mentions: Vec::new(),
+    })
+}
+
 fn non_empty_id(field: &str, id: String) -> Result<String, String> {
     if id.trim().is_empty() {
         return Err(format!("{field} must be a message id"));
@@ -447,6 +541,19 @@ mod tests {
         assert!(err(json!({"txt": "t"})).contains("unknown field"));
         assert!(err(json!({"location": {"lat": 91, "lon": 0}})).contains("out of range"));
         assert!(err(json!({})).contains("need text"));
+        assert!(
+            err(json!({"message": {"conversation": "x"}, "text": "t"}))
+                .contains("text does not go with it")
+        );
+        assert!(err(json!({"message": {"conversashun": "x"}})).contains("proto3 JSON"));
+        assert!(
+            err(json!({"text": "t", "upload": {"type": "image", "data": ""}}))
+                .contains("only go with message")
+        );
+        assert!(
+            err(json!({"message": {}, "upload": {"type": "gif", "data": ""}}))
+                .contains("upload.type")
+        );
         assert!(
             err(json!({"vote": {"poll": "P", "options": []}, "text": "t"}))
                 .contains("vote takes no")

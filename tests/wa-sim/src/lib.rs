@@ -18,6 +18,7 @@ mod noise;
 mod pair_code;
 mod pairing;
 mod phone;
+mod raw;
 mod readback;
 mod stanza;
 mod state;

@@ -433,6 +433,17 @@ impl Member {
             Body::Vote { poll, options } => {
                 return self.vote(chat, &chat_str, &poll, options).await;
             }
+            Body::Raw {
+                mut message,
+                extra_wire,
+                upload,
+            } => {
+                if let Some((kind, data)) = upload {
+                    media_sha256 = Some(hex(&sha2::Sha256::digest(&data)));
+                    self.fill_upload(&mut message, kind, data).await?;
+                }
+                crate::raw::message(&message, &extra_wire).map_err(SendFailure::BadRequest)?
+            }
         };
         let sent = self
             .client
@@ -613,21 +624,60 @@ impl Member {
 
     /// Uploads the file (encrypted, to the simulator's media store) and builds
     /// the message with whatsapp-rust's media builders (sticker by hand).
+    /// Uploads `data` and writes what the upload gives (URL, path, keys,
+    /// hashes, length) into `message`'s media message of `kind`, for the fields
+    /// it does not set itself (a forged key or length stays as given).
+    async fn fill_upload(
+        &self,
+        message: &mut serde_json::Value,
+        kind: MediaKind,
+        data: Vec<u8>,
+    ) -> Result<(), SendFailure> {
+        use base64::Engine as _;
+        let upload = self
+            .client
+            .upload(data, media_type_of(kind), UploadOptions::default())
+            .await
+            .map_err(|e| SendFailure::Failed(format!("uploading the {}: {e:#}", kind.name())))?;
+        let b64 = |bytes: &[u8]| base64::prelude::BASE64_STANDARD.encode(bytes);
+        let field = format!("{}Message", kind.name());
+        let Some(media) = message
+            .as_object_mut()
+            .map(|m| {
+                m.entry(field.clone())
+                    .or_insert_with(|| serde_json::json!({}))
+            })
+            .and_then(serde_json::Value::as_object_mut)
+        else {
+            return Err(SendFailure::BadRequest(format!(
+                "message.{field} must be an object to take the upload"
+            )));
+        };
+        for (name, value) in [
+            ("url", serde_json::Value::from(upload.url)),
+            ("directPath", upload.direct_path.into()),
+            ("mediaKey", b64(&upload.media_key).into()),
+            ("fileSha256", b64(&upload.file_sha256).into()),
+            ("fileEncSha256", b64(&upload.file_enc_sha256).into()),
+            ("fileLength", upload.file_length.to_string().into()),
+            (
+                "mediaKeyTimestamp",
+                upload.media_key_timestamp.to_string().into(),
+            ),
+        ] {
+            media.entry(name).or_insert(value);
+        }
+        Ok(())
+    }
+
     async fn media_message(
         &self,
         m: MediaFile,
         context: Option<wa::ContextInfo>,
     ) -> Result<wa::Message, SendFailure> {
-        let media_type = match m.kind {
-            MediaKind::Image => MediaType::Image,
-            MediaKind::Video => MediaType::Video,
-            MediaKind::Audio => MediaType::Audio,
-            MediaKind::Document => MediaType::Document,
-            MediaKind::Sticker => MediaType::Sticker,
-        };
         let upload = self
             .client
-            .upload(m.data, media_type, UploadOptions::default())
+            .upload(m.data, media_type_of(m.kind), UploadOptions::default())
             .await
             .map_err(|e| SendFailure::Failed(format!("uploading the {}: {e:#}", m.kind.name())))?;
         let context_info = context.map(Box::new);
@@ -705,6 +755,16 @@ impl Member {
                 ..Default::default()
             },
         })
+    }
+}
+
+fn media_type_of(kind: MediaKind) -> MediaType {
+    match kind {
+        MediaKind::Image => MediaType::Image,
+        MediaKind::Video => MediaType::Video,
+        MediaKind::Audio => MediaType::Audio,
+        MediaKind::Document => MediaType::Document,
+        MediaKind::Sticker => MediaType::Sticker,
     }
 }
 
