@@ -30,6 +30,9 @@ pub struct Figures {
     pub to_matrix: QueueFigures,
     pub to_whatsapp: QueueFigures,
     pub set_aside: u64,
+    /// WhatsApp edits and deletions refused since the start: their sender may not
+    /// make them (a modified client's).
+    pub forgeries_refused: u64,
     pub whatsapp_connected: bool,
     pub groups_approved: u64,
     pub groups_bridged: u64,
@@ -79,6 +82,12 @@ pub fn render(figures: &Figures) -> String {
         "gauge",
         "Messages refused for good and set aside (recent ones).",
         &[("", figures.set_aside)],
+    );
+    metric(
+        "passerelle_forged_changes_refused_total",
+        "counter",
+        "WhatsApp edits and deletions refused because their sender may not make them.",
+        &[("", figures.forgeries_refused)],
     );
     metric(
         "passerelle_whatsapp_connected",
@@ -175,6 +184,7 @@ mod tests {
                 relayed_total: 7,
             },
             set_aside: 1,
+            forgeries_refused: 4,
             whatsapp_connected: false,
             groups_approved: 2,
             groups_bridged: 1,
@@ -186,6 +196,7 @@ mod tests {
             "passerelle_queue_oldest_age_seconds{direction=\"to_whatsapp\"} 42",
             "passerelle_relayed_messages_total{direction=\"to_matrix\"} 12",
             "passerelle_set_aside_messages 1",
+            "passerelle_forged_changes_refused_total 4",
             "passerelle_whatsapp_connected 0",
             "passerelle_groups_bridged 1",
         ] {

@@ -2183,3 +2183,112 @@ async fn a_message_lost_before_whatsapp_acked_it_is_sent_again_once() {
     }
     scene.bridge.stop().await;
 }
+
+/// Whether the server shows `event_id` as redacted now.
+async fn is_redacted(synapse: &Synapse, user: &MatrixUser, room: &str, event_id: &str) -> bool {
+    user.raw_event(synapse, room, event_id).await["unsigned"]["redacted_because"].is_object()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn whatsapp_deletions_apply_only_from_the_author_or_a_group_admin() {
+    init_test_logs();
+    let synapse = Synapse::shared();
+    let mut scene = linked_scene(synapse, "Suppressions", false, "").await;
+    let room = scene.start().await;
+    let (sim, alice, jid) = (&scene.sim, &scene.alice, scene.jid.clone());
+    let (status, body) = control(
+        "POST",
+        format!("{}members", sim.http_url()),
+        json!({"phone": CAROL, "name": "Carol"}),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = control(
+        "POST",
+        format!("{}groups/{jid}/participants", sim.http_url()),
+        json!({"add": [CAROL]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+
+    // Bob created the group (its admin); Carol is a plain member.
+    let bobs = bob_sends(sim, &jid, json!({"text": "le message de Bob"})).await;
+    let bobs_event = alice
+        .wait_for(&room, "Bob's message", |s| {
+            s.body == "Bob: le message de Bob"
+        })
+        .await
+        .event_id;
+    alice.send_text(&room, "le message d'Alice").await;
+    let alices_event = alice
+        .wait_for(&room, "Alice's own message", |s| {
+            s.body == "le message d'Alice" && s.sender == alice.user_id
+        })
+        .await
+        .event_id;
+    let alices = wait_member_text(sim, CAROL, &jid, "*Alice*: le message d'Alice").await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let carols = member_sends(sim, CAROL, &jid, json!({"text": "le message de Carol"})).await;
+    let carols_event = alice
+        .wait_for(&room, "Carol's message", |s| {
+            s.body == "Carol: le message de Carol"
+        })
+        .await
+        .event_id;
+
+    // Carol's modified client deletes Bob's message twice (as an admin would, and
+    // claiming it was hers), and Alice's (sent by the number); Bob, an admin, deletes
+    // Alice's too. None of it may touch the Matrix copies.
+    member_sends(sim, CAROL, &jid, json!({"revoke": bobs})).await;
+    member_sends(
+        sim,
+        CAROL,
+        &jid,
+        json!({"message": {"protocolMessage": {
+            "type": "REVOKE",
+            "key": {"remoteJid": jid, "fromMe": true, "id": bobs}
+        }}}),
+    )
+    .await;
+    member_sends(sim, CAROL, &jid, json!({"revoke": alices})).await;
+    bob_sends(sim, &jid, json!({"revoke": alices})).await;
+    // Relayed in order: once this is in, the deletions before it were judged.
+    member_sends(sim, CAROL, &jid, json!({"text": "témoin"})).await;
+    alice
+        .wait_for(&room, "Carol's witness", |s| s.body == "Carol: témoin")
+        .await;
+    for (event, whose) in [(&bobs_event, "Bob's"), (&alices_event, "Alice's")] {
+        assert!(
+            !is_redacted(synapse, alice, &room, event).await,
+            "a forged deletion redacted {whose} message"
+        );
+    }
+
+    // Bob, an admin, deletes Carol's message; Bob deletes his own.
+    bob_sends(sim, &jid, json!({"revoke": carols})).await;
+    alice.wait_redacted(synapse, &room, &carols_event).await;
+    let second = bob_sends(sim, &jid, json!({"text": "je retire ça"})).await;
+    let second_event = alice
+        .wait_for(&room, "Bob's second message", |s| {
+            s.body == "Bob: je retire ça"
+        })
+        .await
+        .event_id;
+    bob_sends(sim, &jid, json!({"revoke": second})).await;
+    alice.wait_redacted(synapse, &room, &second_event).await;
+
+    // Carol made an admin: now her deletion of Bob's message is WhatsApp's admin delete.
+    let (status, body) = control(
+        "PUT",
+        format!("{}groups/{jid}", sim.http_url()),
+        json!({"admins": [CAROL]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    member_sends(sim, CAROL, &jid, json!({"revoke": bobs})).await;
+    alice.wait_redacted(synapse, &room, &bobs_event).await;
+    assert!(!is_redacted(synapse, alice, &room, &alices_event).await);
+    scene.bridge.stop().await;
+}

@@ -76,6 +76,9 @@ pub(crate) struct Bridge {
     /// (room, user) pairs already told they may not speak, to tell each only once.
     refused_senders: Mutex<HashSet<(String, String)>>,
     pacer: Mutex<Pacer>,
+    /// WhatsApp edits and deletions refused since the start because their sender
+    /// may not make them (a modified client's forgeries), for the metrics.
+    forgeries_refused: std::sync::atomic::AtomicU64,
     /// A weak handle on itself, for tasks spawned from `&self` callbacks.
     me: OnceLock<std::sync::Weak<Bridge>>,
 }
@@ -113,6 +116,7 @@ impl Bridge {
             rooms_ready: Mutex::new(HashSet::new()),
             refused_senders: Mutex::new(HashSet::new()),
             pacer: Mutex::new(pacer),
+            forgeries_refused: Default::default(),
             me: OnceLock::new(),
         });
         let _ = bridge.me.set(Arc::downgrade(&bridge));

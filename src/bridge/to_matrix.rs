@@ -170,6 +170,12 @@ impl Bridge {
         Some((post, None))
     }
 
+    /// Counts a WhatsApp edit or deletion refused because its sender may not make it.
+    fn count_forgery(&self) {
+        self.forgeries_refused
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// The link of WhatsApp message `wa_id` of the item's group (its Matrix event and
     /// author).
     fn mirrored_link(&self, item: &OutboxItem, wa_id: &str) -> Option<MessageLink> {
@@ -242,6 +248,7 @@ impl Bridge {
                         seq = item.seq,
                         "a WhatsApp edit by someone other than the author was not applied"
                     );
+                    self.count_forgery();
                     let notice = to_matrix::forged_edit_notice(&post.sender_name);
                     self.matrix.send_post(room_id, txn, &notice, None).await?;
                     Ok(None)
@@ -252,10 +259,25 @@ impl Bridge {
                     Ok(linked(event_id))
                 }
             },
-            Some(MatrixChange::Redact { of }) => match self.mirrored_event(item, of) {
-                Some(original) => {
-                    let event_id = self.matrix.redact(room_id, txn, &original).await?;
+            Some(MatrixChange::Redact { of, by_admin }) => match self.mirrored_link(item, of) {
+                Some(original)
+                    if to_matrix::deletion_is_allowed(
+                        &original.sender,
+                        &post.sender,
+                        *by_admin,
+                    ) =>
+                {
+                    let event_id = self.matrix.redact(room_id, txn, &original.event_id).await?;
                     Ok(linked(event_id))
+                }
+                // A modified client's deletion of a message that is not its sender's.
+                Some(_) => {
+                    tracing::debug!(
+                        seq = item.seq,
+                        "a WhatsApp deletion by someone who may not delete was ignored"
+                    );
+                    self.count_forgery();
+                    Ok(None)
                 }
                 None => Ok(None),
             },

@@ -176,6 +176,9 @@ impl metrics::FigureSource for Bridge {
                 .map(|letters| letters.len() as u64)
                 .unwrap_or(0),
             whatsapp_connected,
+            forgeries_refused: self
+                .forgeries_refused
+                .load(std::sync::atomic::Ordering::Relaxed),
             groups_approved: self.active().groups.len() as u64,
             groups_bridged: self
                 .rooms_ready

@@ -143,6 +143,9 @@ pub struct WhatsAppText {
     pub location: Option<Location>,
     /// A contact, poll, vote or view-once message, shown as a readable line.
     pub shared: Option<Shared>,
+    /// The sender is an admin of the group now (read for deletions only: an admin
+    /// may delete anyone's message).
+    pub sender_is_admin: bool,
 }
 
 /// What kind of Matrix message event arrived.
@@ -236,8 +239,13 @@ pub enum MatrixChange {
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         tally: bool,
     },
-    /// Redact the event mirroring `of`.
-    Redact { of: String },
+    /// Redact the event mirroring `of`: a deletion for everyone, by its author or
+    /// (`by_admin`) by someone WhatsApp said was an admin of the group when it came.
+    Redact {
+        of: String,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        by_admin: bool,
+    },
     /// A line of the bot (the post's text) about `to`, found again by `key`: posted
     /// as a reply, edited when it changes, redacted when `removed`. One per message
     /// and sender for reactions shown as lines; one per poll for the WhatsApp votes
@@ -1020,7 +1028,13 @@ mod tests {
         let mut revoke = wa("", None);
         revoke.relation = Some(WhatsAppRelation::Revoke { id: "M1".into() });
         let post = relay.from_whatsapp(Some(&g), &revoke, false).unwrap();
-        assert_eq!(post.change, Some(MatrixChange::Redact { of: "M1".into() }));
+        assert_eq!(
+            post.change,
+            Some(MatrixChange::Redact {
+                of: "M1".into(),
+                by_admin: false
+            })
+        );
         assert!(post.body.is_empty());
 
         // The bridge's own edit seen again from its number is an echo.

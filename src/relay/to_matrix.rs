@@ -29,7 +29,10 @@ impl Relay {
         let name = whatsapp_display_name(message);
         let post = match WhatsAppKind::of(message) {
             WhatsAppKind::Revoke { id } => MatrixPost {
-                change: Some(MatrixChange::Redact { of: id.to_owned() }),
+                change: Some(MatrixChange::Redact {
+                    of: id.to_owned(),
+                    by_admin: message.sender_is_admin,
+                }),
                 ..MatrixPost::default()
             },
             WhatsAppKind::Reaction { id, emoji } => {
@@ -684,6 +687,16 @@ pub fn edit_is_authors(original_author: &str, editor: &str) -> bool {
     !editor.is_empty() && original_author == editor
 }
 
+/// Whether a WhatsApp deletion for everyone may redact the copy of a message by
+/// `original_author`: its author may, and so may a group admin (WhatsApp's admin
+/// delete), since WhatsApp lets them; anyone else's is a modified client's forgery.
+/// A message from Matrix (its author a Matrix user, sent by the number) is never
+/// redacted from WhatsApp: its Matrix author's event is theirs alone.
+pub fn deletion_is_allowed(original_author: &str, deleter: &str, by_admin: bool) -> bool {
+    let from_matrix = original_author.starts_with('@');
+    !from_matrix && (by_admin || edit_is_authors(original_author, deleter))
+}
+
 /// What the room is told instead of an edit its sender was not entitled to make.
 pub fn forged_edit_notice(editor_name: &str) -> MatrixPost {
     let body = format!(
@@ -788,6 +801,26 @@ mod tests {
             "{}",
             &body[body.len() - 40..]
         );
+    }
+
+    #[test]
+    fn only_the_author_or_an_admin_deletes_from_whatsapp() {
+        use super::deletion_is_allowed;
+        assert!(deletion_is_allowed("33611111111", "33611111111", false));
+        assert!(deletion_is_allowed("33611111111", "33622222222", true));
+        assert!(!deletion_is_allowed("33611111111", "33622222222", false));
+        assert!(!deletion_is_allowed("", "", false));
+        // A Matrix user's message, sent by the number: nobody's to delete from WhatsApp.
+        assert!(!deletion_is_allowed(
+            "@alice:example.org",
+            "33699999999",
+            false
+        ));
+        assert!(!deletion_is_allowed(
+            "@alice:example.org",
+            "33622222222",
+            true
+        ));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! and handed to the sink before whatsapp-rust acknowledges it.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use whatsapp_rust::client::Client;
@@ -17,6 +18,7 @@ use whatsapp_rust::waproto::whatsapp as wa;
 use whatsapp_rust::waproto::whatsapp::message::protocol_message::Type as ProtocolType;
 use whatsapp_rust::{InboundDurabilityHook, Jid, Server};
 
+use super::outbound::GroupRules;
 use crate::relay::location::Location;
 use crate::relay::{
     GroupSetting, MemberChange, Mention, PollBallot, Shared, WhatsAppRelation, WhatsAppText,
@@ -33,6 +35,8 @@ pub(super) struct SinkHook {
     pub(super) sink: Arc<dyn InboundSink>,
     /// The key store, where the polls seen are kept to read their votes.
     pub(super) polls: Arc<SqliteBackend>,
+    /// The groups' metadata, to know who deletes as an admin.
+    pub(super) rules: GroupRules,
 }
 
 #[async_trait]
@@ -45,7 +49,8 @@ impl InboundDurabilityHook for SinkHook {
         let mut texts = Vec::with_capacity(batch.len());
         for inbound in batch {
             let polls = polls_if_bridged(self.sink.as_ref(), &self.polls, inbound);
-            if let Some(text) = group_text(&client, polls, inbound).await {
+            if let Some(mut text) = group_text(&client, polls, inbound).await {
+                mark_admin_deletion(&client, &self.rules, inbound, &mut text).await;
                 texts.push(text);
             }
         }
@@ -70,6 +75,38 @@ pub(super) fn polls_if_bridged<'a>(
 ) -> Option<&'a SqliteBackend> {
     sink.bridges(&inbound.info.source.chat.to_string())
         .then_some(polls)
+}
+
+/// How long the admins of a group may take to be read for a deletion; past it the
+/// deleter counts as no admin (the safe side: nothing is redacted).
+const ADMINS_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// For a deletion in a bridged group, whether its sender is an admin of the group
+/// now: WhatsApp lets admins delete anyone's message, and `relay` needs to know it
+/// to refuse everyone else's. Read from the group's metadata, kept until the group
+/// changes (a promotion or demotion forgets it).
+pub(super) async fn mark_admin_deletion(
+    client: &Client,
+    rules: &GroupRules,
+    inbound: &InboundMessage,
+    text: &mut WhatsAppText,
+) {
+    if !matches!(text.relation, Some(WhatsAppRelation::Revoke { .. })) {
+        return;
+    }
+    let group = &inbound.info.source.chat;
+    text.sender_is_admin = match tokio::time::timeout(ADMINS_TIMEOUT, rules.of(client, group)).await
+    {
+        Ok(Ok(known)) => known.is_admin(&inbound.info.source.sender),
+        Ok(Err(error)) => {
+            tracing::warn!("could not read a group's admins for a deletion: {error}");
+            false
+        }
+        Err(_) => {
+            tracing::warn!("reading a group's admins for a deletion timed out");
+            false
+        }
+    };
 }
 
 pub(super) fn deliver(sink: &dyn InboundSink, texts: Vec<WhatsAppText>) -> Result<(), SinkError> {

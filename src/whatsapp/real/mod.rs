@@ -26,7 +26,8 @@ use super::store::SqliteBackend;
 use super::{ConnectionState, GroupChange, InboundSink, WhatsAppError};
 use acks::{RecentIds, ServerAcks};
 use inbound::{
-    deliver, group_call, group_text, member_change, polls_if_bridged, setting_change, SinkHook,
+    deliver, group_call, group_text, mark_admin_deletion, member_change, polls_if_bridged,
+    setting_change, SinkHook,
 };
 use outbound::GroupRules;
 use whatsapp_rust::wacore::stanza::groups::GroupNotificationAction;
@@ -147,6 +148,7 @@ impl RealWhatsApp {
             .with_inbound_durability_hook(SinkHook {
                 sink: Arc::clone(&sink),
                 polls,
+                rules: rules.clone(),
             })
             .with_event_handler(events)
             .with_http_client(super::server::media_http_for(options.url.as_deref()));
@@ -232,11 +234,13 @@ impl Events {
         };
         let sink = Arc::clone(&self.sink);
         let polls = Arc::clone(&self.polls);
+        let rules = self.rules.clone();
         runtime.spawn(async move {
             let mut texts = Vec::with_capacity(inbound.len());
             for message in &inbound {
                 let polls = polls_if_bridged(sink.as_ref(), &polls, message);
-                if let Some(text) = group_text(&client, polls, message).await {
+                if let Some(mut text) = group_text(&client, polls, message).await {
+                    mark_admin_deletion(&client, &rules, message, &mut text).await;
                     texts.push(text);
                 }
             }

@@ -3,7 +3,7 @@
 //! waiting for the server's ack), the send rules of each group, and group queries
 //! (subjects, pictures, the number's groups, joining by invite).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -564,14 +564,24 @@ fn chain_error(error: &(dyn std::error::Error + 'static)) -> WhatsAppError {
     WhatsAppError::Transient(error.to_string())
 }
 
-/// What a group lets the number send, from its metadata.
-#[derive(Debug, Clone, Copy)]
+/// What a group lets the number send, and who may act as its admin, from its
+/// metadata.
+#[derive(Debug, Clone)]
 pub(super) struct SendRules {
     /// Announcement mode: only admins may send messages.
     admins_only: bool,
     number_is_admin: bool,
     /// The group's disappearing-message timer in seconds (0 = off).
     disappear_after: u32,
+    /// The user parts of the admins' JIDs (LID and phone number where known).
+    admins: Arc<HashSet<String>>,
+}
+
+impl SendRules {
+    /// Whether `person` (a participant's JID, LID or phone number) is an admin.
+    pub(super) fn is_admin(&self, person: &Jid) -> bool {
+        self.admins.contains(person.user_base())
+    }
 }
 
 /// [`SendRules`] per group, read from WhatsApp when first needed and forgotten
@@ -593,7 +603,7 @@ impl GroupRules {
     ) -> Result<SendRules, WhatsAppError> {
         let key = group.to_string();
         if let Some(rules) = self.lock().get(&key) {
-            return Ok(*rules);
+            return Ok(rules.clone());
         }
         let metadata = client
             .groups()
@@ -616,8 +626,18 @@ impl GroupRules {
                 .ephemeral
                 .and_then(|settings| settings.expiration)
                 .unwrap_or(0),
+            admins: Arc::new(
+                metadata
+                    .participants
+                    .iter()
+                    .filter(|person| person.is_admin())
+                    .flat_map(|person| [Some(&person.jid), person.phone_number.as_ref()])
+                    .flatten()
+                    .map(|jid| jid.user_base().to_owned())
+                    .collect(),
+            ),
         };
-        self.lock().insert(key, rules);
+        self.lock().insert(key, rules.clone());
         Ok(rules)
     }
 

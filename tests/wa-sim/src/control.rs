@@ -43,6 +43,8 @@ struct GroupInfoBody {
     description: Option<String>,
     admins_only: Option<bool>,
     ephemeral: Option<u32>,
+    /// The group's admins besides its creator (phone numbers of participants).
+    admins: Option<Vec<String>>,
 }
 
 /// A send body: the address field (`from` or `to`) and the message fields
@@ -385,16 +387,28 @@ fn group_info(sim: &Core, jid: &str) -> Response {
 fn group_update(sim: &Core, jid: &str, body: &[u8]) -> Response {
     let body: GroupInfoBody = match parse(
         body,
-        r#"{"subject": "...", "description": "...", "admins_only": true, "ephemeral": 604800}"#,
+        r#"{"subject": "...", "description": "...", "admins_only": true, "ephemeral": 604800, "admins": ["336..."]}"#,
     ) {
         Ok(b) => b,
         Err(r) => return r,
     };
     let gid = group_id(jid);
     let mut inner = sim.world.lock();
-    let Some(creator) = inner.groups.get(&gid).map(|g| g.creator.clone()) else {
+    let Some(group) = inner.groups.get(&gid) else {
         return Response::error(404, format!("no group {gid}@g.us"));
     };
+    let creator = group.creator.clone();
+    if let Some(stranger) = body
+        .admins
+        .iter()
+        .flatten()
+        .find(|p| !group.participants.contains(p))
+    {
+        return Response::error(400, format!("admins: {stranger} is not in the group"));
+    }
+    if let Some(admins) = &body.admins {
+        crate::groups::set_admins(&mut inner, &gid, &creator, admins);
+    }
     crate::groups::set_info(
         &mut inner,
         &gid,

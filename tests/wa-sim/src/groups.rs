@@ -213,6 +213,44 @@ pub fn change_participants(
     Some((added, removed))
 }
 
+/// Makes `admins` (participants) the group's admins besides its creator, on
+/// behalf of `actor`: a `promote` notification for the new ones, a `demote` one
+/// for those no longer listed.
+pub fn set_admins(inner: &mut Inner, gid: &str, actor: &str, admins: &[String]) {
+    let Some(group) = inner.groups.get_mut(gid) else {
+        return;
+    };
+    let wanted: Vec<String> = admins
+        .iter()
+        .filter(|p| **p != group.creator)
+        .cloned()
+        .collect();
+    let promoted: Vec<String> = wanted
+        .iter()
+        .filter(|p| !group.admins.contains(p))
+        .cloned()
+        .collect();
+    let demoted: Vec<String> = group
+        .admins
+        .iter()
+        .filter(|p| !wanted.contains(p))
+        .cloned()
+        .collect();
+    group.admins = wanted;
+    if !promoted.is_empty() {
+        notify(
+            inner,
+            gid,
+            actor,
+            participant_list("promote", &promoted),
+            &[],
+        );
+    }
+    if !demoted.is_empty() {
+        notify(inner, gid, actor, participant_list("demote", &demoted), &[]);
+    }
+}
+
 /// Sets subject and/or description on behalf of `actor`, notifying members.
 pub fn set_info(
     inner: &mut Inner,
