@@ -2292,3 +2292,41 @@ async fn whatsapp_deletions_apply_only_from_the_author_or_a_group_admin() {
     assert!(!is_redacted(synapse, alice, &room, &alices_event).await);
     scene.bridge.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_numbers_own_whatsapp_web_is_relayed_whatever_its_ids_look_like() {
+    init_test_logs();
+    let synapse = Synapse::shared();
+    let mut scene = linked_scene(synapse, "Web", false, "").await;
+    let room = scene.start().await;
+    let (sim, alice, jid) = (&scene.sim, &scene.alice, scene.jid.clone());
+    // The association also uses its number from WhatsApp Web: another linked device.
+    let (status, body) = control(
+        "POST",
+        format!("{}members", sim.http_url()),
+        json!({"phone": BRIDGE_PHONE, "name": "Association"}),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    alice.send_text(&room, "depuis Matrix").await;
+    wait_member_text(sim, BOB, &jid, "*Alice*: depuis Matrix").await;
+    // WhatsApp Web's ids are `3EB0` + hex: one can start like the bridge's own.
+    member_sends(
+        sim,
+        BRIDGE_PHONE,
+        &jid,
+        json!({"text": "depuis WhatsApp Web", "id": "3EB0BE0123456789ABCDEF"}),
+    )
+    .await;
+    alice
+        .wait_for(&room, "the Web client's message", |s| {
+            s.body.ends_with(": depuis WhatsApp Web")
+        })
+        .await;
+    let from_bot = alice.history_from(&room, &scene.bridge.bot_user).await;
+    assert!(
+        !from_bot.iter().any(|line| line.contains("depuis Matrix")),
+        "the bridge's own message came back: {from_bot:?}"
+    );
+    scene.bridge.stop().await;
+}

@@ -11,8 +11,9 @@ pub fn reaction_key(message_id: &str, sender_phone: &str) -> String {
 
 /// The WhatsApp message id the bridge uses for a Matrix event: derived from the event
 /// id, so a retry after a crash reuses it and WhatsApp never shows the message twice.
-/// The shape follows WhatsApp Web ids (`3EB0` + hex); our prefix `3EB0BE` marks
-/// messages of this bridge.
+/// The shape follows WhatsApp Web ids (`3EB0` + hex), so WhatsApp shows nothing
+/// unusual; it marks nothing: WhatsApp Web can make the same shape, so the bridge
+/// knows its own messages by the ids it stored (`sent_whatsapp_ids`).
 pub fn whatsapp_id_for_event(event_id: &str) -> String {
     let digest = Sha256::digest(event_id.as_bytes());
     let hex: String = digest.iter().take(8).map(|b| format!("{b:02X}")).collect();
@@ -20,10 +21,6 @@ pub fn whatsapp_id_for_event(event_id: &str) -> String {
 }
 
 const BRIDGE_ID_PREFIX: &str = "3EB0BE";
-
-pub(crate) fn looks_like_bridge_id(message_id: &str) -> bool {
-    message_id.len() == BRIDGE_ID_PREFIX.len() + 16 && message_id.starts_with(BRIDGE_ID_PREFIX)
-}
 
 /// The Matrix transaction id the bot uses for a WhatsApp message: derived from the
 /// message id, so a retry returns the already-sent event instead of a second copy.

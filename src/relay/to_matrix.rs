@@ -2,7 +2,7 @@
 //! bot posts for it (text through the templates, files, shared things, notices).
 
 use super::format::{self, escape_html};
-use super::ids::{looks_like_bridge_id, reaction_key};
+use super::ids::reaction_key;
 use super::location::Location;
 use super::media::{self, Media};
 use super::{
@@ -23,7 +23,9 @@ impl Relay {
         if group.is_none() {
             return Err(Skip::UnapprovedGroup);
         }
-        if sent_by_bridge || is_own_echo(message) {
+        // Known by the ids it sent, never by their shape: WhatsApp Web and Desktop
+        // make ids of the same shape for the number's own messages.
+        if sent_by_bridge {
             return Err(Skip::OwnEcho);
         }
         let name = whatsapp_display_name(message);
@@ -307,20 +309,6 @@ impl<'a> WhatsAppKind<'a> {
                 None => WhatsAppKind::Said,
             },
         }
-    }
-}
-
-/// Whether the message is the bridge's own, seen again from its number: a message,
-/// edit or deletion under an id of the shape the bridge derives.
-fn is_own_echo(message: &WhatsAppText) -> bool {
-    if !message.from_me {
-        return false;
-    }
-    match &message.relation {
-        Some(WhatsAppRelation::Edit { id } | WhatsAppRelation::Revoke { id }) => {
-            looks_like_bridge_id(id) || looks_like_bridge_id(&message.message_id)
-        }
-        _ => looks_like_bridge_id(&message.message_id),
     }
 }
 

@@ -151,16 +151,13 @@ impl Store {
         )? > 0)
     }
 
-    /// True when `wa_id` is a WhatsApp message the bridge itself sends (a queued
-    /// `ToWhatsApp` outbox row whose target id it is) or sent (a link with origin
-    /// `ToWhatsApp`) in `group_jid`: drop it if WhatsApp echoes it back.
+    /// True when `wa_id` is a WhatsApp message (or edit, deletion, reaction) the
+    /// bridge itself sends or sent in `group_jid`: every id is recorded when its
+    /// outbox item is queued. Drop it if WhatsApp shows it again from the number.
     pub fn is_bridge_wa_message(&self, group_jid: &str, wa_id: &str) -> Result<bool, StoreError> {
         Ok(self.lock().query_row(
-            "SELECT EXISTS (SELECT 1 FROM outbox WHERE direction = ?3 AND group_jid = ?1
-                                                   AND target_id = ?2)
-                 OR EXISTS (SELECT 1 FROM message_links WHERE group_jid = ?1 AND wa_id = ?2
-                                                          AND origin = ?3)",
-            params![group_jid, wa_id, Direction::ToWhatsApp],
+            "SELECT EXISTS (SELECT 1 FROM sent_whatsapp_ids WHERE group_jid = ?1 AND wa_id = ?2)",
+            params![group_jid, wa_id],
             |row| row.get(0),
         )?)
     }
@@ -253,10 +250,38 @@ mod tests {
         store
             .record_link(&link("W1", "$e1", Direction::ToMatrix, 1))
             .unwrap();
-        // Came from Matrix: the bridge number wrote the WA message; the event is not ours.
-        store
-            .record_link(&link("W2", "$e2", Direction::ToWhatsApp, 1))
+        // Came from Matrix: the bridge number writes the WA message (its id is known
+        // from the moment it is queued, and stays known once sent, whatever the
+        // link says: a reaction's link is keyed by its target); the event is not ours.
+        fn queued<'a>(source: &'a str, target: &'a str) -> crate::store::NewOutboxItem<'a> {
+            crate::store::NewOutboxItem {
+                direction: Direction::ToWhatsApp,
+                source_id: source,
+                target_id: target,
+                group_jid: "g@g.us",
+                room_id: "!r:x",
+                payload: "{}",
+            }
+        }
+        store.enqueue(&queued("$e2", "W2")).unwrap();
+        store.enqueue(&queued("$e3", "W3")).unwrap();
+        assert!(store.is_bridge_wa_message("g@g.us", "W2").unwrap());
+        let item = store
+            .next_due(Direction::ToWhatsApp, i64::MAX)
+            .unwrap()
             .unwrap();
+        store
+            .complete(
+                item.seq,
+                &link("mx-reaction:W1:W2", "$e2", Direction::ToWhatsApp, 1),
+            )
+            .unwrap();
+        let item = store
+            .next_due(Direction::ToWhatsApp, i64::MAX)
+            .unwrap()
+            .unwrap();
+        store.complete_unlinked(item.seq).unwrap();
+        assert!(store.is_bridge_wa_message("g@g.us", "W3").unwrap());
         assert!(store.is_bridge_event("!r:x", "$e1").unwrap());
         assert!(!store.is_bridge_event("!r:x", "$e2").unwrap());
         assert!(!store.is_bridge_event("!other:x", "$e1").unwrap());

@@ -185,6 +185,13 @@ impl Store {
                 now_unix_ms
             ],
         )?;
+        if item.direction == Direction::ToWhatsApp {
+            tx.execute(
+                "INSERT OR IGNORE INTO sent_whatsapp_ids (group_jid, wa_id, queued_at)
+                 VALUES (?1, ?2, ?3)",
+                params![item.group_jid, item.target_id, now_unix_ms.div_euclid(1000)],
+            )?;
+        }
         tx.commit()?;
         Ok(inserted == 1)
     }

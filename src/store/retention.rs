@@ -37,6 +37,15 @@ impl Store {
             "DELETE FROM whatsapp_names WHERE updated_at < ?1",
             [cutoff_secs],
         )?;
+        // The ids of what was sent long ago: an echo comes within minutes, and a
+        // message still queued keeps its id.
+        tx.execute(
+            "DELETE FROM sent_whatsapp_ids WHERE queued_at < ?1
+                 AND NOT EXISTS (SELECT 1 FROM outbox WHERE direction = 'whatsapp'
+                                 AND outbox.group_jid = sent_whatsapp_ids.group_jid
+                                 AND outbox.target_id = sent_whatsapp_ids.wa_id)",
+            [cutoff_secs],
+        )?;
         let poll_votes = tx.execute(
             "DELETE FROM poll_votes WHERE (group_jid, poll_id) IN (
                  SELECT group_jid, poll_id FROM poll_votes

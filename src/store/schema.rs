@@ -132,9 +132,26 @@ CREATE TABLE poll_votes (
 ) WITHOUT ROWID;
 ";
 
+/// Version 7: the WhatsApp ids of everything the bridge sends, recorded when it is
+/// queued, so that its own messages seen again from the number are known by id (not
+/// by the shape of the id, which WhatsApp Web's own ids can share). Filled from the
+/// links of what was sent before.
+const V7: &str = "
+CREATE TABLE sent_whatsapp_ids (
+    group_jid TEXT NOT NULL,
+    wa_id     TEXT NOT NULL,
+    queued_at INTEGER NOT NULL,
+    PRIMARY KEY (group_jid, wa_id)
+) WITHOUT ROWID;
+INSERT OR IGNORE INTO sent_whatsapp_ids (group_jid, wa_id, queued_at)
+    SELECT group_jid, wa_id, created_at FROM message_links WHERE origin = 'whatsapp';
+INSERT OR IGNORE INTO sent_whatsapp_ids (group_jid, wa_id, queued_at)
+    SELECT group_jid, target_id, enqueued_at FROM outbox WHERE direction = 'whatsapp';
+";
+
 /// All migrations, in order. The schema version of a fully migrated database is
 /// `MIGRATIONS.len()`.
-pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6];
+pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7];
 
 /// The current schema version.
 pub fn schema_version(conn: &Connection) -> Result<i64, StoreError> {

@@ -44,6 +44,8 @@ struct Fields {
     modified_client: Option<bool>,
     /// Any `waE2E.Message` as proto3 JSON, sent as it is (a modified client).
     message: Option<Value>,
+    /// The stanza id to send under, instead of a fresh one (any kind).
+    id: Option<String>,
     /// With `message`: protobuf bytes (base64) appended to its encoding.
     extra_wire: Option<String>,
     /// With `message`: a file uploaded first; its upload fills the media
@@ -115,6 +117,8 @@ pub struct Outgoing {
     /// Phone numbers mentioned (`contextInfo.mentionedJid`); the text carries
     /// `@phone` for each.
     pub mentions: Vec<String>,
+    /// The message id to send under (a fresh one when `None`).
+    pub id: Option<String>,
 }
 
 /// A message referred to by id; its sender is looked up in the member's log
@@ -222,6 +226,7 @@ impl Outgoing {
             body: Body::Text(text.into()),
             reply_to: None,
             mentions: Vec::new(),
+            id: None,
         }
     }
 
@@ -231,12 +236,12 @@ impl Outgoing {
         if raw
             && let Some(other) = fields.as_object().and_then(|o| {
                 o.keys()
-                    .find(|k| !["message", "extra_wire", "upload"].contains(&k.as_str()))
+                    .find(|k| !["message", "extra_wire", "upload", "id"].contains(&k.as_str()))
             })
         {
             return Err(format!(
                 "message is the whole message: {other} does not go with it \
-                 (only extra_wire and upload)"
+                 (only extra_wire, upload and id)"
             ));
         }
         let f: Fields = serde_json::from_value(fields).map_err(|e| format!("{e}"))?;
@@ -309,6 +314,9 @@ impl Outgoing {
             && f.text.is_some()
         {
             return Err(format!("{k} takes no text (no caption)"));
+        }
+        if kind == Some("vote") && f.id.is_some() {
+            return Err("a vote is sent by whatsapp-rust's polls().vote: no id".into());
         }
         if kind == Some("edit_of") && f.reply_to.is_some() {
             return Err("an edit takes no reply_to".into());
@@ -425,6 +433,7 @@ impl Outgoing {
             body,
             reply_to,
             mentions,
+            id: f.id.map(|id| non_empty_id("id", id)).transpose()?,
         })
     }
 }
@@ -435,6 +444,7 @@ fn raw_message(f: Fields) -> Result<Outgoing, String> {
         message: Some(message),
         extra_wire,
         upload,
+        id,
         ..
     } = f
     else {
@@ -479,6 +489,7 @@ fn raw_message(f: Fields) -> Result<Outgoing, String> {
         },
         reply_to: None,
         mentions: Vec::new(),
+        id: id.map(|id| non_empty_id("id", id)).transpose()?,
     })
 }
 

@@ -16,6 +16,7 @@ use whatsapp_rust::bot::{Bot, BotHandle};
 use whatsapp_rust::download::MediaType;
 use whatsapp_rust::media;
 use whatsapp_rust::prelude::{MessageBuilderExt, MessageExt};
+use whatsapp_rust::send::SendOptions;
 use whatsapp_rust::transport::TokioWebSocketTransportFactory;
 use whatsapp_rust::types::events::Event;
 use whatsapp_rust::upload::UploadOptions;
@@ -279,6 +280,7 @@ impl Member {
             }),
             reply_to: None,
             mentions: Vec::new(),
+            id: None,
         };
         Ok(self.send(to, out).await?)
     }
@@ -445,9 +447,13 @@ impl Member {
                 crate::raw::message(&message, &extra_wire).map_err(SendFailure::BadRequest)?
             }
         };
+        let options = match out.id {
+            Some(id) => SendOptions::default().with_message_id(id),
+            None => SendOptions::default(),
+        };
         let sent = self
             .client
-            .send_message(chat, message.clone())
+            .send_message_with_options(chat, message.clone(), options)
             .await
             .map_err(|e| SendFailure::Failed(format!("send failed: {e}")))?;
         let id = sent.message_id.to_string();

@@ -8,7 +8,8 @@
 
 use std::sync::{Arc, OnceLock};
 
-use buffa_descriptor::{DescriptorPool, DynamicMessage};
+use buffa_descriptor::{DescriptorPool, DynamicMessageSeed};
+use serde::de::DeserializeSeed as _;
 use waproto::buffa::Message as _;
 use waproto::whatsapp as wa;
 
@@ -21,7 +22,7 @@ fn pool() -> &'static Arc<DescriptorPool> {
         let options = waproto::buffa::DecodeOptions::new().with_element_memory_limit(usize::MAX);
         Arc::new(
             DescriptorPool::decode_with_options(DESCRIPTOR, &options)
-                .expect("waproto's descriptor decodes"),
+                .unwrap_or_else(|e| panic!("waproto's descriptor decodes: {e:?}")),
         )
     })
 }
@@ -32,7 +33,12 @@ pub fn wire_bytes(json: &serde_json::Value, extra_wire: &[u8]) -> Result<Vec<u8>
     let index = pool
         .message_index("whatsapp.Message")
         .ok_or("waproto's descriptor has no whatsapp.Message")?;
-    let dynamic = DynamicMessage::from_json(pool.clone(), index, &json.to_string())
+    // `DynamicMessage::from_json` needs buffa-descriptor's `std` (see Cargo.toml).
+    let text = json.to_string();
+    let mut reader = serde_json::Deserializer::from_str(&text);
+    let dynamic = DynamicMessageSeed::new(pool.clone(), index)
+        .deserialize(&mut reader)
+        .and_then(|message| reader.end().map(|()| message))
         .map_err(|e| format!("message: not a waE2E.Message in proto3 JSON: {e}"))?;
     let mut bytes = dynamic.encode_to_vec();
     bytes.extend_from_slice(extra_wire);
