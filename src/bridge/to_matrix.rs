@@ -230,6 +230,7 @@ impl Bridge {
                             .await?
                     }
                 };
+                self.send_more_parts(room_id, txn, &post).await?;
                 Ok(linked(event_id))
             }
             Some(MatrixChange::Edit { of, tally }) => match self.mirrored_link(item, of) {
@@ -240,6 +241,7 @@ impl Bridge {
                         .matrix
                         .edit_post(room_id, txn, &original.event_id, &post)
                         .await?;
+                    self.send_more_parts(room_id, txn, &post).await?;
                     Ok(linked(event_id))
                 }
                 // A modified client's edit of someone else's message: said, not applied.
@@ -256,6 +258,7 @@ impl Bridge {
                 // The original never crossed: the new text is still worth reading.
                 None => {
                     let event_id = self.matrix.send_post(room_id, txn, &post, None).await?;
+                    self.send_more_parts(room_id, txn, &post).await?;
                     Ok(linked(event_id))
                 }
             },
@@ -290,6 +293,29 @@ impl Bridge {
                     .await
             }
         }
+    }
+
+    /// The further parts of a text too long for one event, in order, each under a
+    /// transaction id of its own derived from the item's: a retry after a failure
+    /// half-way sends none twice.
+    async fn send_more_parts(
+        &self,
+        room_id: &str,
+        txn: &str,
+        post: &MatrixPost,
+    ) -> Result<(), crate::matrix::MatrixError> {
+        for (index, part) in post.more_parts.iter().enumerate() {
+            let shown = MatrixPost {
+                body: part.body.clone(),
+                html: part.html.clone(),
+                ..MatrixPost::default()
+            };
+            let part_txn = format!("{txn}.{}", index + 2);
+            self.matrix
+                .send_post(room_id, &part_txn, &shown, None)
+                .await?;
+        }
+        Ok(())
     }
 
     /// A line of the bot about WhatsApp message `to` (a reaction, a poll's tally),

@@ -265,12 +265,23 @@ pub enum MatrixChange {
     },
 }
 
+/// A further part of a WhatsApp text too long for one Matrix event, posted after
+/// the first part (the post itself), in order.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PostPart {
+    pub body: String,
+    pub html: String,
+}
+
 /// What the bot posts in a Matrix room (stored in the outbox as JSON; fields added
 /// later default, so rows queued by an older version still read).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct MatrixPost {
     pub body: String,
     pub html: String,
+    /// The rest of a text too long for one event, each part its own event.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub more_parts: Vec<PostPart>,
     /// The WhatsApp message this one replies to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply_to: Option<String>,
