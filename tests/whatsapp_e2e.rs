@@ -2359,3 +2359,100 @@ async fn the_numbers_own_whatsapp_web_is_relayed_whatever_its_ids_look_like() {
     );
     scene.bridge.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hostile_media_urls_sizes_and_keys_never_reach_the_host_or_block_the_group() {
+    init_test_logs();
+    use base64::Engine as _;
+    let b64 = |data: &[u8]| base64::engine::general_purpose::STANDARD.encode(data);
+    let synapse = Synapse::shared();
+    let mut scene = linked_scene(synapse, "Médias", false, "\n[relay]\nmax_file_mb = 1").await;
+    let room = scene.start().await;
+    let (sim, alice, jid) = (&scene.sim, &scene.alice, scene.jid.clone());
+
+    // A local listener that accepts and never answers: the address a modified
+    // client names as its photo's `staticUrl` and `url`.
+    let trap = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let trap_url = format!("http://{}/photo.jpg", trap.local_addr().unwrap());
+    let visits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = visits.clone();
+    let trap_task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = trap.accept().await {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            held.push(stream);
+        }
+    });
+    let photo = sample_file(7, 30_000);
+    bob_sends(
+        sim,
+        &jid,
+        json!({
+            "message": {"imageMessage": {
+                "mimetype": "image/jpeg", "caption": "la photo",
+                "staticUrl": trap_url, "url": trap_url
+            }},
+            "upload": {"type": "image", "data": b64(&photo)}
+        }),
+    )
+    .await;
+    let image = alice
+        .wait_for(&room, "Bob's photo", |s| s.msgtype == "m.image")
+        .await;
+    let (_, data) = matrix_file(synapse, alice, &room, &image.event_id).await;
+    assert_eq!(data, photo, "the photo, fetched from WhatsApp's media host");
+    assert_eq!(
+        visits.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "the trap was visited"
+    );
+    trap_task.abort();
+
+    // 3 MB declared as 100 bytes, with max_file_mb = 1: cut off, and said.
+    let big = sample_file(8, 3_000_000);
+    bob_sends(
+        sim,
+        &jid,
+        json!({
+            "message": {"documentMessage": {
+                "mimetype": "application/octet-stream", "fileName": "petit.bin",
+                "fileLength": "100"
+            }},
+            "upload": {"type": "document", "data": b64(&big)}
+        }),
+    )
+    .await;
+    alice
+        .wait_for(&room, "the notice for the oversize file", |s| {
+            s.body
+                == "Bob sent petit.bin, which is larger than its message said (100 B): \
+                    not relayed, see it in WhatsApp."
+        })
+        .await;
+
+    // A file under a wrong media key never decrypts: said at once, and the text
+    // behind it follows.
+    bob_sends(
+        sim,
+        &jid,
+        json!({
+            "message": {"imageMessage": {
+                "mimetype": "image/jpeg", "mediaKey": b64(&[7u8; 32])
+            }},
+            "upload": {"type": "image", "data": b64(&photo)}
+        }),
+    )
+    .await;
+    bob_says(sim, &jid, "après la photo illisible").await;
+    alice
+        .wait_for(&room, "the notice for the unreadable photo", |s| {
+            s.body == "Bob sent a photo that could not be fetched from WhatsApp: see it there."
+        })
+        .await;
+    alice
+        .wait_for(&room, "the text behind it", |s| {
+            s.body == "Bob: après la photo illisible"
+        })
+        .await;
+    scene.bridge.stop().await;
+}

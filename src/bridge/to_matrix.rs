@@ -8,7 +8,7 @@ use crate::relay::{
     self, ids, to_matrix, MatrixChange, MatrixPost, Mention, PollVoter, Shared, WhatsAppText,
 };
 use crate::store::{DigestEntry, Direction, MessageLink, NewOutboxItem, OutboxItem, PollVote};
-use crate::whatsapp::{ConnectionState, GroupChange, InboundSink, SinkError};
+use crate::whatsapp::{ConnectionState, GroupChange, InboundSink, SinkError, WhatsAppError};
 
 impl InboundSink for Bridge {
     fn message(&self, mut message: WhatsAppText) -> Result<(), SinkError> {
@@ -142,14 +142,30 @@ impl Bridge {
             return None;
         };
         let relay = &self.active().relay;
-        let (body, html) = match client.download(&media).await {
-            Ok(data) if relay.file_fits(data.len() as u64) => return Some((post, Some(data))),
-            Ok(data) => relay.whatsapp_file_too_large(
+        let (body, html) = match client.download(&media, relay.max_file_bytes()).await {
+            Ok(data) => return Some((post, Some(data))),
+            // Larger than it said, or than the bridge relays: cut off, and said.
+            Err(WhatsAppError::TooLarge { received_over })
+                if received_over < relay.max_file_bytes() =>
+            {
+                to_matrix::whatsapp_file_not_as_declared(&post.sender_name, &media)
+            }
+            Err(WhatsAppError::TooLarge { received_over }) => relay.whatsapp_file_too_large(
                 &media,
                 &post.sender_name,
                 "WhatsApp",
-                data.len() as u64,
+                received_over + 1,
             ),
+            Err(error @ WhatsAppError::Transient(_))
+                if item.attempts + 1 >= to_matrix::MAX_DOWNLOAD_ATTEMPTS =>
+            {
+                tracing::warn!(
+                    seq = item.seq,
+                    attempts = item.attempts,
+                    "WhatsApp media download given up: {error}"
+                );
+                to_matrix::whatsapp_file_unavailable(&post.sender_name, &media)
+            }
             Err(error) if error.is_retryable() => {
                 tracing::warn!(
                     seq = item.seq,

@@ -405,6 +405,11 @@ impl Relay {
     pub fn file_fits(&self, size: u64) -> bool {
         size <= self.settings.max_file_bytes
     }
+
+    /// The largest file relayed (`[relay] max_file_mb`), in bytes.
+    pub fn max_file_bytes(&self) -> u64 {
+        self.settings.max_file_bytes
+    }
 }
 
 /// Text on one line, runs of whitespace made one space.

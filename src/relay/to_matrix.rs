@@ -338,6 +338,11 @@ fn event_bytes(body: &str, html: &str) -> usize {
 /// What ends the last part of a text cut short (more than [`MAX_MATRIX_PARTS`]).
 const TOO_LONG_FOR_MATRIX: &str = "too long for Matrix: the rest is in WhatsApp";
 
+/// Attempts at downloading a WhatsApp file that keeps failing (network errors,
+/// timeouts; not while WhatsApp is away) before the room is told it could not be
+/// had: with the outbox's growing delays (up to a minute), a few minutes.
+pub const MAX_DOWNLOAD_ATTEMPTS: u32 = 8;
+
 /// Most events one WhatsApp text becomes: WhatsApp's longest text (65,536
 /// characters, at worst 4 bytes each and escaped) takes about ten; only a modified
 /// client sends more, and its text stops there.
@@ -790,6 +795,22 @@ pub fn whatsapp_file_unavailable(sender_name: &str, media: &Media) -> (String, S
     let body = format!(
         "{sender_name} sent {} that could not be fetched from WhatsApp: see it there.",
         media.kind.with_article()
+    );
+    let html = format!("<em>{}</em>", escape_html(&body));
+    (body, html)
+}
+
+/// What the room reads for a WhatsApp file longer than its message said (a modified
+/// client's): cut off where it passed its declared size, never relayed.
+pub fn whatsapp_file_not_as_declared(sender_name: &str, media: &Media) -> (String, String) {
+    let declared = media::human_size(media.size.unwrap_or(0));
+    let what = match &media.file_name {
+        Some(name) if !name.trim().is_empty() => single_line(name),
+        _ => media.kind.with_article().to_owned(),
+    };
+    let body = format!(
+        "{sender_name} sent {what}, which is larger than its message said ({declared}): \
+         not relayed, see it in WhatsApp."
     );
     let html = format!("<em>{}</em>", escape_html(&body));
     (body, html)

@@ -463,15 +463,20 @@ impl WhatsAppClient for FakeClient {
         })
     }
 
-    async fn download(&self, media: &Media) -> Result<Vec<u8>, WhatsAppError> {
+    async fn download(&self, media: &Media, max_bytes: u64) -> Result<Vec<u8>, WhatsAppError> {
         let state = self.network.lock();
         if !state.connected {
             return Err(WhatsAppError::NotConnected);
         }
-        state
+        let file = state
             .files
             .get(&media.source)
-            .cloned()
-            .ok_or_else(|| WhatsAppError::Rejected("no such file".into()))
+            .ok_or_else(|| WhatsAppError::Rejected("no such file".into()))?;
+        if file.len() as u64 > max_bytes {
+            return Err(WhatsAppError::TooLarge {
+                received_over: max_bytes,
+            });
+        }
+        Ok(file.clone())
     }
 }

@@ -2,9 +2,14 @@
 //! an opaque reference until it is relayed), downloading it, and uploading a file to
 //! send it as the association's number.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
 use base64::Engine as _;
 use whatsapp_rust::media::{AudioOptions, DocumentOptions, ImageOptions, VideoOptions};
 use whatsapp_rust::upload::UploadOptions;
+use whatsapp_rust::wacore::download::DownloadWriter;
 use whatsapp_rust::wacore::download::MediaType;
 use whatsapp_rust::waproto::buffa::{Message as _, MessageField};
 use whatsapp_rust::waproto::whatsapp as wa;
@@ -21,6 +26,9 @@ pub(super) fn media_of(message: &wa::Message) -> Option<(Media, String)> {
     let (kind, mime, file_name, size, seconds, caption) =
         if let Some(image) = message.image_message.as_option() {
             let mut kept = image.clone();
+            // Never fetched: a sender may name any address (see `download`).
+            kept.url = None;
+            kept.static_url = None;
             kept.jpeg_thumbnail = None;
             kept.caption = None;
             kept.context_info = MessageField::none();
@@ -35,6 +43,8 @@ pub(super) fn media_of(message: &wa::Message) -> Option<(Media, String)> {
             )
         } else if let Some(video) = message.video_message.as_option() {
             let mut kept = video.clone();
+            kept.url = None;
+            kept.static_url = None;
             kept.jpeg_thumbnail = None;
             kept.caption = None;
             kept.context_info = MessageField::none();
@@ -204,38 +214,142 @@ fn vcards_of(message: &wa::Message) -> Option<Vec<u8>> {
     Some(format!("{}\r\n", cards.join("\r\n")).into_bytes())
 }
 
-/// Downloads and decrypts the file `media` refers to.
-pub(super) async fn download(client: &Client, media: &Media) -> Result<Vec<u8>, WhatsAppError> {
+/// Longest a download may take, from the first connection to the last byte; past
+/// it the download fails (and is tried again later, a bounded number of times).
+pub const DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+
+/// Downloads and decrypts the file `media` refers to, keeping at most `max_bytes`:
+/// a file that grows past that, or past the size its message declared, is cut off
+/// ([`WhatsAppError::TooLarge`]). Only WhatsApp's own media hosts are asked: a
+/// sender's `url` or `static_url` (a modified client can name any address, the
+/// host's own network included) is dropped, so the library builds the URL from the
+/// file's path and the hosts WhatsApp's server gave.
+pub(super) async fn download(
+    client: &Client,
+    media: &Media,
+    max_bytes: u64,
+) -> Result<Vec<u8>, WhatsAppError> {
     let unreadable = || WhatsAppError::Rejected("unreadable WhatsApp media reference".to_owned());
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(&media.source)
         .map_err(|_| unreadable())?;
-    let message = wa::Message::decode_from_slice(&bytes).map_err(|_| unreadable())?;
+    let mut message = wa::Message::decode_from_slice(&bytes).map_err(|_| unreadable())?;
     if let Some(cards) = vcards_of(&message) {
         return Ok(cards);
     }
-    let result = if let Some(image) = message.image_message.as_option() {
-        client.download(image).await
-    } else if let Some(video) = message.video_message.as_option() {
-        client.download(video).await
-    } else if let Some(audio) = message.audio_message.as_option() {
-        client.download(audio).await
-    } else if let Some(document) = message.document_message.as_option() {
-        client.download(document).await
-    } else if let Some(sticker) = message.sticker_message.as_option() {
-        client.download(sticker).await
+    let declared = media.size.filter(|size| *size > 0).unwrap_or(u64::MAX);
+    let cap = CappedBuffer::new(max_bytes.min(declared));
+    let overflowed = cap.overflowed.clone();
+    macro_rules! fetch {
+        ($field:expr $(, $static_url:ident)?) => {{
+            let kept = $field;
+            kept.url = None;
+            $(kept.$static_url = None;)?
+            tokio::time::timeout(DOWNLOAD_TIMEOUT, client.download_to_writer(&*kept, cap)).await
+        }};
+    }
+    let result = if let Some(image) = message.image_message.as_option_mut() {
+        fetch!(image, static_url)
+    } else if let Some(video) = message.video_message.as_option_mut() {
+        fetch!(video, static_url)
+    } else if let Some(audio) = message.audio_message.as_option_mut() {
+        fetch!(audio)
+    } else if let Some(document) = message.document_message.as_option_mut() {
+        fetch!(document)
+    } else if let Some(sticker) = message.sticker_message.as_option_mut() {
+        fetch!(sticker)
     } else {
         return Err(unreadable());
     };
-    result.map_err(|error| {
-        // Expired or deleted media will never come back; anything else may.
-        let text = format!("{error:#}");
-        if text.contains("404") || text.contains("410") {
-            WhatsAppError::Rejected(format!("media no longer available: {text}"))
-        } else {
-            WhatsAppError::Transient(format!("media download: {text}"))
+    let Ok(result) = result else {
+        return Err(WhatsAppError::Transient(format!(
+            "media download took longer than {} minutes",
+            DOWNLOAD_TIMEOUT.as_secs() / 60
+        )));
+    };
+    match result {
+        Ok(buffer) => Ok(buffer.into_bytes()),
+        Err(_) if overflowed.load(Ordering::Relaxed) => Err(WhatsAppError::TooLarge {
+            received_over: max_bytes.min(declared),
+        }),
+        Err(error) => Err(download_error(&error)),
+    }
+}
+
+/// What a failed download means: expired or deleted media never come back, and a
+/// file that does not decrypt (a wrong key, a sender's forgery) never will either;
+/// anything else may.
+fn download_error(error: &anyhow::Error) -> WhatsAppError {
+    let text = format!("{error:#}");
+    let lower = text.to_lowercase();
+    if text.contains("404") || text.contains("410") {
+        WhatsAppError::Rejected(format!("media no longer available: {text}"))
+    } else if [
+        "mismatch",
+        "padding",
+        "missing",
+        "invalid final media size",
+        "bad aes key",
+        "not on whatsapp's media hosts",
+    ]
+    .iter()
+    .any(|sign| lower.contains(sign))
+    {
+        WhatsAppError::Rejected(format!("media unreadable: {text}"))
+    } else {
+        WhatsAppError::Transient(format!("media download: {text}"))
+    }
+}
+
+/// The decrypted file, in memory, refusing to grow past its cap: the write that
+/// would pass it fails, which stops the download, and `overflowed` says why.
+struct CappedBuffer {
+    bytes: std::io::Cursor<Vec<u8>>,
+    cap: u64,
+    overflowed: Arc<AtomicBool>,
+}
+
+impl CappedBuffer {
+    fn new(cap: u64) -> Self {
+        CappedBuffer {
+            bytes: std::io::Cursor::new(Vec::new()),
+            cap,
+            overflowed: Arc::new(AtomicBool::new(false)),
         }
-    })
+    }
+
+    fn into_bytes(self) -> Vec<u8> {
+        self.bytes.into_inner()
+    }
+}
+
+impl std::io::Write for CappedBuffer {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let end = self.bytes.position().saturating_add(data.len() as u64);
+        if end > self.cap {
+            self.overflowed.store(true, Ordering::Relaxed);
+            return Err(std::io::Error::other(
+                "the file is larger than the bridge keeps",
+            ));
+        }
+        self.bytes.write(data)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl std::io::Seek for CappedBuffer {
+    fn seek(&mut self, position: std::io::SeekFrom) -> std::io::Result<u64> {
+        self.bytes.seek(position)
+    }
+}
+
+impl DownloadWriter for CappedBuffer {
+    fn truncate(&mut self, len: u64) -> std::io::Result<()> {
+        self.bytes.truncate(len)
+    }
 }
 
 /// Uploads `data` and builds the message that sends it, with `caption` where

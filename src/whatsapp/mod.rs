@@ -31,12 +31,19 @@ pub enum WhatsAppError {
     /// A failure that may go away (network, timeout).
     #[error("WhatsApp error: {0}")]
     Transient(String),
+    /// A file grew past what the bridge keeps (`[relay] max_file_mb`) or past the
+    /// size its message declared: cut off after `received_over` bytes.
+    #[error("the WhatsApp file is larger than {received_over} bytes")]
+    TooLarge { received_over: u64 },
 }
 
 impl WhatsAppError {
     /// Whether retrying the same request later can succeed.
     pub fn is_retryable(&self) -> bool {
-        !matches!(self, WhatsAppError::Rejected(_))
+        !matches!(
+            self,
+            WhatsAppError::Rejected(_) | WhatsAppError::TooLarge { .. }
+        )
     }
 
     /// Why, in words for the people whose message it was: a refusal's own reason
@@ -165,8 +172,8 @@ pub trait WhatsAppClient: Send + Sync {
     async fn join(&self, invite: &str) -> Result<JoinOutcome, WhatsAppError>;
 
     /// Downloads the file of an incoming media message (`media` as this side
-    /// described it).
-    async fn download(&self, media: &Media) -> Result<Vec<u8>, WhatsAppError>;
+    /// described it), keeping at most `max_bytes` ([`WhatsAppError::TooLarge`]).
+    async fn download(&self, media: &Media, max_bytes: u64) -> Result<Vec<u8>, WhatsAppError>;
 
     /// Forgets what this side keeps about messages older than `cutoff_secs` (Unix
     /// seconds): the polls kept to read their votes. Returns how many. Adapters

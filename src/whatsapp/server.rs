@@ -9,6 +9,7 @@
 //! Both rules are checked here, before any connection is made.
 
 use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use whatsapp_rust::http::{HttpClient, HttpRequest, HttpResponse, UreqHttpClient};
@@ -104,10 +105,23 @@ pub fn transport_for(
     Ok(url.map(|url| TokioWebSocketTransportFactory::new().with_url(url)))
 }
 
+/// How long connecting to a media host may take.
+const MEDIA_CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a media host may keep silent, before its answer or inside its body.
+const MEDIA_SILENCE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest one media request may take in all (the download's own deadline is in
+/// `whatsapp/media.rs`).
+const MEDIA_REQUEST_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+/// Largest body read from a media host: above any file worth relaying (WhatsApp's
+/// own limit is 2 GiB); each download is also capped at `[relay] max_file_mb`.
+const MEDIA_MAX_BODY_BYTES: u64 = 512 * 1024 * 1024;
+
 /// The HTTP client for media (uploads and downloads) of the configured server, once
 /// [`transport_for`] allowed it: WhatsApp's own (TLS, checked certificates), or for
-/// a simulator, plain HTTP to the simulator's address whatever host the media
-/// URLs name (wa-sim serves media on its control port; see tests/wa-sim/README.md).
+/// a simulator, plain HTTP to the simulator's address (wa-sim serves media on its
+/// control port; see tests/wa-sim/README.md). Either way it asks only the media
+/// hosts of that server ([`media_host_allowed`]), follows no redirect, and gives up
+/// on a host that does not answer in time.
 pub fn media_http_for(url: Option<&str>) -> MediaHttp {
     let simulator = url
         .and_then(|url| url::Url::parse(url).ok())
@@ -115,7 +129,39 @@ pub fn media_http_for(url: Option<&str>) -> MediaHttp {
         .and_then(|addrs| addrs.into_iter().find(|addr| addr.ip().is_loopback()));
     match simulator {
         Some(addr) => MediaHttp::Simulator(addr),
-        None => MediaHttp::WhatsApp(UreqHttpClient::new()),
+        None => {
+            let agent: ureq::Agent = ureq::config::Config::builder()
+                .timeout_connect(Some(MEDIA_CONNECT_TIMEOUT))
+                .timeout_recv_response(Some(MEDIA_SILENCE_TIMEOUT))
+                .timeout_global(Some(MEDIA_REQUEST_TIMEOUT))
+                .max_redirects(0)
+                .https_only(true)
+                .build()
+                .into();
+            MediaHttp::WhatsApp(
+                UreqHttpClient::with_agent(agent).with_max_body_bytes(MEDIA_MAX_BODY_BYTES),
+            )
+        }
+    }
+}
+
+/// Whether a media request may go to `url`: WhatsApp's hosts over HTTPS
+/// (`*.whatsapp.net`, `*.whatsapp.com`), or for a simulator its media host. A URL a
+/// message names is never fetched (the download drops it), and this refuses any
+/// that would still come through: no request ever reaches the host's own network.
+fn media_host_allowed(url: &str, simulator: bool) -> bool {
+    let Ok(parsed) = url::Url::parse(url) else {
+        return false;
+    };
+    let Some(url::Host::Domain(host)) = parsed.host() else {
+        return false;
+    };
+    let host = host.to_ascii_lowercase();
+    let under = |domain: &str| host == domain || host.ends_with(&format!(".{domain}"));
+    if simulator {
+        under("wa-sim.invalid")
+    } else {
+        parsed.scheme() == "https" && (under("whatsapp.net") || under("whatsapp.com"))
     }
 }
 
@@ -125,9 +171,21 @@ pub enum MediaHttp {
     Simulator(SocketAddr),
 }
 
+impl MediaHttp {
+    fn check(&self, url: &str) -> anyhow::Result<()> {
+        let simulator = matches!(self, MediaHttp::Simulator(_));
+        if media_host_allowed(url, simulator) {
+            Ok(())
+        } else {
+            anyhow::bail!("refused a media URL not on WhatsApp's media hosts")
+        }
+    }
+}
+
 #[whatsapp_rust::async_trait]
 impl HttpClient for MediaHttp {
     async fn execute(&self, request: HttpRequest) -> anyhow::Result<HttpResponse> {
+        self.check(&request.url)?;
         match self {
             MediaHttp::WhatsApp(client) => client.execute(request).await,
             MediaHttp::Simulator(addr) => plain_http(*addr, request).await,
@@ -137,7 +195,7 @@ impl HttpClient for MediaHttp {
     fn supports_streaming(&self) -> bool {
         match self {
             MediaHttp::WhatsApp(client) => client.supports_streaming(),
-            MediaHttp::Simulator(_) => false,
+            MediaHttp::Simulator(_) => true,
         }
     }
 
@@ -145,30 +203,29 @@ impl HttpClient for MediaHttp {
         &self,
         request: HttpRequest,
     ) -> anyhow::Result<whatsapp_rust::wacore::net::StreamingHttpResponse> {
+        self.check(&request.url)?;
         match self {
             MediaHttp::WhatsApp(client) => client.execute_streaming(request),
-            MediaHttp::Simulator(_) => anyhow::bail!("no streaming from the simulator"),
+            MediaHttp::Simulator(addr) => plain_http_streaming(*addr, &request),
         }
     }
 }
 
-/// One HTTP/1.1 request over plain TCP to `addr` (the simulator), answered with
-/// `Connection: close`: the path of the `https://HOST/PATH` URL is kept.
-async fn plain_http(addr: SocketAddr, request: HttpRequest) -> anyhow::Result<HttpResponse> {
+/// The request line and headers of `request` for the simulator at `addr`, with
+/// its body's length: the path of the `https://HOST/PATH` URL is kept.
+fn plain_http_head(request: &HttpRequest, body_len: usize) -> anyhow::Result<String> {
     let rest = request
         .url
         .split_once("://")
         .map(|(_, rest)| rest)
-        .ok_or_else(|| anyhow::anyhow!("not a URL: {}", request.url))?;
+        .ok_or_else(|| anyhow::anyhow!("not a URL"))?;
     let (host, path) = match rest.find('/') {
         Some(slash) => (&rest[..slash], &rest[slash..]),
         None => (rest, "/"),
     };
-    let body = request.body.as_deref().unwrap_or_default();
     let mut head = format!(
-        "{} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {}\r\nConnection: close\r\n",
+        "{} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {body_len}\r\nConnection: close\r\n",
         request.method,
-        body.len()
     );
     for (name, value) in &request.headers {
         if !name.eq_ignore_ascii_case("content-length") && !name.eq_ignore_ascii_case("host") {
@@ -176,11 +233,85 @@ async fn plain_http(addr: SocketAddr, request: HttpRequest) -> anyhow::Result<Ht
         }
     }
     head.push_str("\r\n");
-    let mut stream = tokio::net::TcpStream::connect(addr).await?;
-    stream.write_all(head.as_bytes()).await?;
-    stream.write_all(body).await?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await?;
+    Ok(head)
+}
+
+/// A download from the simulator read as it comes (whatsapp-rust calls this on a
+/// blocking thread): the status line and headers read, the body handed over as a
+/// reader, with the same silence and total deadlines as WhatsApp's client.
+fn plain_http_streaming(
+    addr: SocketAddr,
+    request: &HttpRequest,
+) -> anyhow::Result<whatsapp_rust::wacore::net::StreamingHttpResponse> {
+    use std::io::{BufRead, Read, Write};
+    let body = request.body.as_deref().unwrap_or_default();
+    let head = plain_http_head(request, body.len())?;
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, MEDIA_CONNECT_TIMEOUT)?;
+    stream.set_read_timeout(Some(MEDIA_SILENCE_TIMEOUT))?;
+    stream.set_write_timeout(Some(MEDIA_SILENCE_TIMEOUT))?;
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(body)?;
+    let mut reader = std::io::BufReader::new(stream);
+    let mut status_line = String::new();
+    reader.read_line(&mut status_line)?;
+    let status_code = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse::<u16>().ok())
+        .ok_or_else(|| anyhow::anyhow!("no HTTP status"))?;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 || line == "\r\n" {
+            break;
+        }
+    }
+    let deadline = std::time::Instant::now() + MEDIA_REQUEST_TIMEOUT;
+    let body = Deadline {
+        inner: reader.take(MEDIA_MAX_BODY_BYTES),
+        deadline,
+    };
+    Ok(whatsapp_rust::wacore::net::StreamingHttpResponse {
+        status_code,
+        body: Box::new(body),
+    })
+}
+
+/// A reader that fails once its deadline has passed.
+struct Deadline<R> {
+    inner: R,
+    deadline: std::time::Instant,
+}
+
+impl<R: std::io::Read> std::io::Read for Deadline<R> {
+    fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
+        if std::time::Instant::now() > self.deadline {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the media download took too long",
+            ));
+        }
+        self.inner.read(buffer)
+    }
+}
+
+/// One HTTP/1.1 request over plain TCP to `addr` (the simulator), answered with
+/// `Connection: close`: the path of the `https://HOST/PATH` URL is kept.
+async fn plain_http(addr: SocketAddr, request: HttpRequest) -> anyhow::Result<HttpResponse> {
+    let body = request.body.as_deref().unwrap_or_default();
+    let head = plain_http_head(&request, body.len())?;
+    let mut stream =
+        tokio::time::timeout(MEDIA_CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr)).await??;
+    let exchange = async {
+        stream.write_all(head.as_bytes()).await?;
+        stream.write_all(body).await?;
+        let mut raw = Vec::new();
+        (&mut stream)
+            .take(MEDIA_MAX_BODY_BYTES)
+            .read_to_end(&mut raw)
+            .await?;
+        anyhow::Ok(raw)
+    };
+    let raw = tokio::time::timeout(MEDIA_REQUEST_TIMEOUT, exchange).await??;
     let end = raw
         .windows(4)
         .position(|window| window == b"\r\n\r\n")
@@ -259,6 +390,37 @@ mod tests {
             check_server(None, true, false),
             Err(ServerError::UncheckedBuildWithoutSimulator)
         );
+    }
+
+    #[test]
+    fn media_requests_go_to_whatsapps_media_hosts_only() {
+        for url in [
+            "https://mmg.whatsapp.net/v/t62.7118-24/x.enc",
+            "https://media-cdg4-1.cdn.whatsapp.net/v/x",
+            "https://pps.whatsapp.net/v/t61/x",
+        ] {
+            assert!(media_host_allowed(url, false), "{url}");
+            assert!(!media_host_allowed(url, true), "{url}");
+        }
+        for url in [
+            "http://mmg.whatsapp.net/v/x",
+            "https://127.0.0.1/v/x",
+            "https://169.254.169.254/latest/meta-data",
+            "https://[::1]/x",
+            "https://whatsapp.net.example.org/x",
+            "https://evilwhatsapp.net/x",
+            "https://localhost/x",
+            "file:///etc/passwd",
+            "not a url",
+        ] {
+            assert!(!media_host_allowed(url, false), "{url}");
+            assert!(!media_host_allowed(url, true), "{url}");
+        }
+        assert!(media_host_allowed("https://media.wa-sim.invalid/v/x", true));
+        assert!(!media_host_allowed(
+            "https://media.wa-sim.invalid/v/x",
+            false
+        ));
     }
 
     #[test]

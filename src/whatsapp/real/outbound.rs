@@ -370,9 +370,9 @@ impl WhatsAppClient for RealWhatsApp {
             .map_err(|error| WhatsAppError::Transient(error.to_string()))
     }
 
-    async fn download(&self, media: &Media) -> Result<Vec<u8>, WhatsAppError> {
+    async fn download(&self, media: &Media, max_bytes: u64) -> Result<Vec<u8>, WhatsAppError> {
         let client = self.usable_client()?;
-        crate::whatsapp::media::download(client, media).await
+        crate::whatsapp::media::download(client, media, max_bytes).await
     }
 }
 
