@@ -1,13 +1,52 @@
-//! What the admin commands `passerelle groups` and `passerelle join` print: the
-//! running service's answers (over the control socket) put next to the group files
-//! on disk, and a ready-to-save group file for a newly joined group.
+//! What the admin commands `passerelle groups`, `passerelle join` and `passerelle
+//! outbox` print: the running service's answers (over the control socket) put next
+//! to the group files on disk, a ready-to-save group file for a newly joined group,
+//! and the messages set aside (ids, counts and reasons: never what they say).
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use crate::config::GroupFile;
+use crate::store::{Direction, SetAside};
 use crate::whatsapp::{GroupSummary, JoinOutcome};
+
+/// The table of `passerelle outbox`: one line per set-aside message, its group
+/// named by the file that approves it (or its id), at `now_secs`.
+pub fn set_aside_table(items: &[SetAside], files: &[GroupFile], now_secs: i64) -> String {
+    if items.is_empty() {
+        return "no message set aside\n".to_owned();
+    }
+    let names: HashMap<&str, String> = files
+        .iter()
+        .map(|file| (file.whatsapp.as_str(), file.name.clone()))
+        .collect();
+    let mut out = String::from("seq\tto\tgroup\tattempts\tqueued\tsize\twhy\n");
+    for item in items {
+        let to = match item.direction {
+            Direction::ToMatrix => "matrix",
+            Direction::ToWhatsApp => "whatsapp",
+        };
+        let group = names
+            .get(item.group_jid.as_str())
+            .cloned()
+            .unwrap_or_else(|| item.group_jid.clone());
+        let hours = (now_secs - item.enqueued_at).max(0) / 3600;
+        let _ = writeln!(
+            out,
+            "{}\t{to}\t{group}\t{}\t{hours} h ago\t{} B\t{}{}",
+            item.seq,
+            item.attempts,
+            item.payload_bytes,
+            item.reason,
+            item.last_error
+                .as_deref()
+                .map(|error| format!(" (last error: {error})"))
+                .unwrap_or_default()
+        );
+    }
+    out
+}
 
 /// One line of `passerelle groups`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]

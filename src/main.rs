@@ -72,12 +72,32 @@ enum Command {
         /// The invite link, https://chat.whatsapp.com/CODE (or the code).
         invite: String,
     },
+    /// Messages set aside after too many attempts (or too long a wait): list them,
+    /// send one again (`retry SEQ`, picked up by the running service within a
+    /// minute) or forget it (`drop SEQ`). Local, for the admin of the host.
+    Outbox {
+        /// Path of config.toml (before the action).
+        #[arg(short, long)]
+        config: PathBuf,
+        #[command(subcommand)]
+        action: Option<OutboxAction>,
+    },
     /// Validate config.toml and every file in groups.d; one line per problem.
     Check {
         /// Path of config.toml.
         #[arg(short, long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum OutboxAction {
+    /// List the messages set aside (the default).
+    List,
+    /// Put message SEQ back in its queue, at its place.
+    Retry { seq: i64 },
+    /// Forget message SEQ for good.
+    Drop { seq: i64 },
 }
 
 fn main() -> ExitCode {
@@ -88,6 +108,7 @@ fn main() -> ExitCode {
         Command::Status { config, json } => status(&config, json),
         Command::Groups { config, json } => groups(&config, json),
         Command::Join { config, invite } => join(&config, &invite),
+        Command::Outbox { config, action } => outbox(&config, action.unwrap_or(OutboxAction::List)),
         Command::Login {
             config,
             raw,
@@ -177,6 +198,59 @@ fn ask_service(config: &config::Config, request: &control::Request) -> Option<co
         Err(error) => {
             eprintln!("passerelle: {error}");
             None
+        }
+    }
+}
+
+fn outbox(config_path: &Path, action: OutboxAction) -> ExitCode {
+    let Some(config) = load_config(config_path) else {
+        return ExitCode::FAILURE;
+    };
+    let path = config.paths.state_dir.join("passerelle.db");
+    if !path.exists() {
+        eprintln!("passerelle: no bridge database at {} yet", path.display());
+        return ExitCode::FAILURE;
+    }
+    let store = match passerelle::store::Store::open(&path) {
+        Ok(store) => store,
+        Err(error) => {
+            eprintln!("passerelle: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let done = match action {
+        OutboxAction::List => store.set_aside_items().map(|items| {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64);
+            print!(
+                "{}",
+                admin::set_aside_table(&items, &group_files(&config), now)
+            );
+            true
+        }),
+        OutboxAction::Retry { seq } => store.requeue_set_aside(seq).inspect(|&found| {
+            if found {
+                println!("message {seq} is queued again");
+            }
+        }),
+        OutboxAction::Drop { seq } => store.drop_set_aside(seq).inspect(|&found| {
+            if found {
+                println!("message {seq} is forgotten");
+            }
+        }),
+    };
+    match done {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => {
+            eprintln!(
+                "passerelle: no message set aside under that number (see `passerelle outbox`)"
+            );
+            ExitCode::FAILURE
+        }
+        Err(error) => {
+            eprintln!("passerelle: {error}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -43,7 +43,9 @@ fn help_lists_the_commands() {
     let output = passerelle().arg("--help").output().unwrap();
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success());
-    for command in ["run", "check", "status", "login", "groups", "join"] {
+    for command in [
+        "run", "check", "status", "login", "groups", "join", "outbox",
+    ] {
         assert!(text.contains(command), "{command} missing from:\n{text}");
     }
 }
@@ -365,4 +367,84 @@ fn run_refuses_an_unusable_state_directory_and_writes_nothing() {
     assert!(stderr.contains("state directory"), "{stderr}");
     let entries: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
     assert_eq!(entries.len(), 3, "only what the test wrote");
+}
+
+#[test]
+fn outbox_lists_retries_and_drops_messages_set_aside_without_showing_them() {
+    use passerelle::store::{Direction, NewOutboxItem, Store};
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "");
+    let jid = "120363041234567890@g.us";
+    std::fs::write(
+        dir.path().join("groups.d/famille.toml"),
+        format!("whatsapp = \"{jid}\"\ninvite = [\"@alice:example.org\"]\n"),
+    )
+    .unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let store = Store::open(&state.join("passerelle.db")).unwrap();
+    for source in ["W1", "W2"] {
+        store
+            .enqueue(&NewOutboxItem {
+                direction: Direction::ToMatrix,
+                source_id: source,
+                target_id: &format!("t-{source}"),
+                group_jid: jid,
+                room_id: "!r:example.org",
+                payload: "{\"body\":\"Bob: un secret\"}",
+            })
+            .unwrap();
+    }
+    let head = store
+        .next_due(Direction::ToMatrix, i64::MAX)
+        .unwrap()
+        .unwrap();
+    store.set_aside(head.seq, "failed 100 times").unwrap();
+
+    let outbox = |args: &[&str]| {
+        let output = passerelle()
+            .arg("outbox")
+            .arg("-c")
+            .arg(&config)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let (ok, listed, _) = outbox(&[]);
+    assert!(ok, "{listed}");
+    let line = listed
+        .lines()
+        .find(|line| line.starts_with(&format!("{}\t", head.seq)))
+        .unwrap_or_else(|| panic!("{listed}"));
+    assert!(line.contains("\tmatrix\tfamille\t"), "{line}");
+    assert!(line.contains("failed 100 times"), "{line}");
+    assert!(!listed.contains("secret"), "content shown: {listed}");
+
+    let seq = head.seq.to_string();
+    let (ok, said, error) = outbox(&["retry", &seq]);
+    assert!(ok && said.contains("queued again"), "{said}{error}");
+    let again = store
+        .next_due(Direction::ToMatrix, i64::MAX)
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (again.seq, again.attempts),
+        (head.seq, 0),
+        "back at its place"
+    );
+    let (ok, listed, _) = outbox(&["list"]);
+    assert!(ok && listed.contains("no message set aside"), "{listed}");
+
+    store
+        .set_aside(again.seq, "waited more than 7 days")
+        .unwrap();
+    let (ok, said, _) = outbox(&["drop", &seq]);
+    assert!(ok && said.contains("forgotten"), "{said}");
+    let (ok, _, error) = outbox(&["retry", &seq]);
+    assert!(!ok && error.contains("no message set aside"), "{error}");
 }

@@ -25,6 +25,10 @@ use crate::store::{Direction, MessageLink, OutboxItem, Store};
 use crate::whatsapp::WhatsAppClient;
 
 /// Longest wait between two retries of one outbox item.
+/// How soon an item waiting for its side (WhatsApp away, room not ready) is asked
+/// again.
+const SIDE_AWAY_DELAY_MS: i64 = 5_000;
+
 const MAX_RETRY_DELAY_MS: i64 = 60_000;
 
 /// The configuration in force: swapped as a whole on a valid reload.
@@ -282,6 +286,7 @@ impl Bridge {
     async fn outbox_worker(self: Arc<Self>, direction: Direction) {
         loop {
             match self.store.next_due(direction, now_ms()) {
+                Ok(Some(item)) if self.set_aside_if_given_up(&item, item.attempts) => {}
                 Ok(Some(item)) => match direction {
                     Direction::ToMatrix => self.deliver_to_matrix(item).await,
                     Direction::ToWhatsApp => self.deliver_to_whatsapp(item).await,
@@ -308,11 +313,64 @@ impl Bridge {
         let _ = tokio::time::timeout(wait, notify.notified()).await;
     }
 
+    /// A failed attempt of the item's own: tried again later, with a growing
+    /// delay, until it has failed too often (then it is set aside).
     fn retry(&self, item: &OutboxItem, error: &str) {
         let delay = (1000i64 << item.attempts.min(6)).min(MAX_RETRY_DELAY_MS);
         if let Err(store_error) = self.store.retry_later(item.seq, error, now_ms() + delay) {
             tracing::error!("store: {store_error}");
+            return;
         }
+        self.set_aside_if_given_up(item, item.attempts + 1);
+    }
+
+    /// The item cannot be tried yet for a reason that is not its own (WhatsApp
+    /// away, its room being set up): asked again in a few seconds, its attempts
+    /// not counted.
+    fn wait_for_side(&self, item: &OutboxItem, why: &str) {
+        tracing::debug!(seq = item.seq, "outbox item waits: {why}");
+        if let Err(error) = self.store.postpone(item.seq, now_ms() + SIDE_AWAY_DELAY_MS) {
+            tracing::error!("store: {error}");
+        }
+    }
+
+    /// Sets the item aside when it has failed `attempts` times or waited too long
+    /// (`relay::give_up`), telling the room that misses it and the admins. Returns
+    /// whether it was set aside.
+    fn set_aside_if_given_up(&self, item: &OutboxItem, attempts: u32) -> bool {
+        let age_secs = now_ms() / 1000 - item.enqueued_at;
+        let Some(reason) = relay::give_up::set_aside_reason(attempts, age_secs) else {
+            return false;
+        };
+        match self.store.set_aside(item.seq, &reason) {
+            Ok(true) => {}
+            Ok(false) => return false,
+            Err(error) => {
+                tracing::error!("store: {error}");
+                return false;
+            }
+        }
+        tracing::warn!(seq = item.seq, direction = ?item.direction, "outbox item set aside: {reason}");
+        self.note_error(&format!(
+            "a message was set aside ({reason}); `passerelle outbox` lists it"
+        ));
+        let notice = match item.direction {
+            Direction::ToMatrix => relay::give_up::set_aside_in_matrix(item.seq),
+            Direction::ToWhatsApp => relay::give_up::set_aside_for_whatsapp(item.seq),
+        };
+        let room = item.room_id.clone();
+        self.spawn_with_self(move |bridge| async move {
+            let room = match room.is_empty() {
+                false => Some(room),
+                true => None,
+            };
+            if let Some(room) = room {
+                if let Err(error) = bridge.matrix.send_notice(&room, &notice).await {
+                    tracing::warn!("could not tell the room a message was set aside: {error}");
+                }
+            }
+        });
+        true
     }
 
     fn finish(&self, item: &OutboxItem, link: Option<&MessageLink>) {

@@ -77,7 +77,7 @@ impl Bridge {
             Some(item.room_id.clone())
         };
         let Some(room_id) = room_id else {
-            self.retry(&item, "room not set up yet");
+            self.wait_for_side(&item, "room not set up yet");
             return;
         };
         let post: MatrixPost = match serde_json::from_str(&item.payload) {
@@ -138,7 +138,7 @@ impl Bridge {
             return Some((post, None));
         };
         let Some(client) = self.whatsapp() else {
-            self.retry(item, "WhatsApp not started");
+            self.wait_for_side(item, "WhatsApp not started");
             return None;
         };
         let relay = &self.active().relay;
@@ -165,6 +165,10 @@ impl Bridge {
                     "WhatsApp media download given up: {error}"
                 );
                 to_matrix::whatsapp_file_unavailable(&post.sender_name, &media)
+            }
+            Err(error @ (WhatsAppError::NotConnected | WhatsAppError::NotLinked)) => {
+                self.wait_for_side(item, &error.to_string());
+                return None;
             }
             Err(error) if error.is_retryable() => {
                 tracing::warn!(

@@ -84,7 +84,7 @@ impl Bridge {
     /// kinds without a caption, then the message itself.
     pub(super) async fn deliver_to_whatsapp(&self, item: OutboxItem) {
         let Some(client) = self.whatsapp() else {
-            self.retry(&item, "WhatsApp not started");
+            self.wait_for_side(&item, "WhatsApp not started");
             return;
         };
         let post: WhatsAppPost = match serde_json::from_str(&item.payload) {
@@ -212,19 +212,19 @@ impl Bridge {
     /// The send failed: retried later, or, refused for good, set aside and the
     /// sender told.
     async fn send_failed(&self, item: &OutboxItem, error: WhatsAppError) {
+        if matches!(
+            error,
+            WhatsAppError::NotConnected | WhatsAppError::NotLinked
+        ) {
+            self.wait_for_side(item, &error.to_string());
+            return;
+        }
         if error.is_retryable() {
-            if item.attempts == 0
-                || !matches!(
-                    error,
-                    WhatsAppError::NotConnected | WhatsAppError::NotLinked
-                )
-            {
-                tracing::warn!(
-                    seq = item.seq,
-                    attempts = item.attempts,
-                    "WhatsApp send failed, will retry: {error}"
-                );
-            }
+            tracing::warn!(
+                seq = item.seq,
+                attempts = item.attempts,
+                "WhatsApp send failed, will retry: {error}"
+            );
             self.retry(item, &error.to_string());
             return;
         }

@@ -2,6 +2,7 @@
 //! how it reads once it has crossed. Knows nothing of either SDK.
 
 pub mod format;
+pub mod give_up;
 pub mod ids;
 pub mod location;
 pub mod media;

@@ -20,6 +20,7 @@ mod outbox;
 mod polls;
 mod retention;
 mod schema;
+mod set_aside;
 
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -35,6 +36,7 @@ pub use outbox::{DeadLetter, NewOutboxItem, OutboxItem};
 pub use polls::PollVote;
 pub use retention::Forgotten;
 pub use schema::schema_version;
+pub use set_aside::SetAside;
 
 /// How long a query waits for a lock held by another connection (e.g. the `status`
 /// CLI reading while the service writes) before failing with "database is locked".

@@ -37,6 +37,11 @@ impl Store {
             "DELETE FROM whatsapp_names WHERE updated_at < ?1",
             [cutoff_secs],
         )?;
+        // Set-aside items keep what was said: forgotten like the rest.
+        tx.execute(
+            "DELETE FROM dead_letters WHERE payload IS NOT NULL AND discarded_at < ?1",
+            [cutoff_secs],
+        )?;
         // The ids of what was sent long ago: an echo comes within minutes, and a
         // message still queued keeps its id.
         tx.execute(

@@ -149,9 +149,15 @@ INSERT OR IGNORE INTO sent_whatsapp_ids (group_jid, wa_id, queued_at)
     SELECT group_jid, target_id, enqueued_at FROM outbox WHERE direction = 'whatsapp';
 ";
 
+/// Version 8: items set aside after too many attempts keep their payload among the
+/// dead letters (so they can be sent again); other dead letters keep none.
+const V8: &str = "
+ALTER TABLE dead_letters ADD COLUMN payload TEXT;
+";
+
 /// All migrations, in order. The schema version of a fully migrated database is
 /// `MIGRATIONS.len()`.
-pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7];
+pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7, V8];
 
 /// The current schema version.
 pub fn schema_version(conn: &Connection) -> Result<i64, StoreError> {
