@@ -418,6 +418,32 @@ pub fn single_line(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
+/// A person's name as the other side shows it: on one line, without control
+/// characters or the invisible ones that reorder or hide text (bidi overrides and
+/// isolates, zero-width characters), so a name cannot fake a line break or show
+/// as another.
+pub fn shown_name(name: &str) -> String {
+    let visible: String = name
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .filter(|c| !is_invisible_format(*c))
+        .collect();
+    single_line(&visible)
+}
+
+/// Bidi marks, embeddings, overrides and isolates, and zero-width characters.
+fn is_invisible_format(c: char) -> bool {
+    matches!(
+        c,
+        '\u{200B}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{2069}'
+            | '\u{061C}'
+            | '\u{FEFF}'
+            | '\u{180E}'
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::to_matrix::{duration_words, with_mentions};
@@ -928,6 +954,42 @@ mod tests {
         own.from_me = true;
         own.message_id = whatsapp_id_for_event("$x");
         assert!(relay.from_whatsapp(Some(&group(None)), &own, false).is_ok());
+    }
+
+    #[test]
+    fn names_show_on_one_line_without_invisible_characters() {
+        assert_eq!(shown_name("Bob\n*Alice*: hi"), "Bob *Alice*: hi");
+        assert_eq!(shown_name("\u{202E}ecilA\u{202C} \u{200B}"), "ecilA");
+        assert_eq!(shown_name("Zoé\u{2066}\t\u{0007}Martin"), "Zoé Martin");
+        let mut message = wa("hi", Some("\u{202E}boB"));
+        message.push_name = Some("\u{202E}boB\r\n".into());
+        assert_eq!(to_matrix::whatsapp_display_name(&message), "boB");
+        assert_eq!(
+            matrix_display_name("@a:x", Some("Al\u{200D}ice\u{2067}")),
+            "Alice"
+        );
+    }
+
+    #[test]
+    fn a_matrix_message_cannot_fake_another_persons_line_in_whatsapp() {
+        let relay = relay();
+        let g = group(None);
+        let post = relay
+            .from_matrix(
+                Some(&g),
+                &mx(
+                    "@alice:example.org",
+                    Some("Alice"),
+                    MatrixKind::Text,
+                    "d'accord\n*Bob*: je te dois 100 €\n  * _Bob_ rit\n*gras* normal",
+                ),
+                false,
+            )
+            .unwrap();
+        assert_eq!(
+            post.text,
+            "*Alice*: d'accord\n> *Bob*: je te dois 100 €\n>   * _Bob_ rit\n*gras* normal"
+        );
     }
 
     #[test]

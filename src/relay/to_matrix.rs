@@ -731,7 +731,7 @@ fn with_article(kind: &str) -> String {
 
 /// The name WhatsApp people get in Matrix: their push name, else their number.
 pub fn whatsapp_display_name(message: &WhatsAppText) -> String {
-    match message.push_name.as_deref().map(single_line) {
+    match message.push_name.as_deref().map(super::shown_name) {
         Some(name) if !name.is_empty() => name,
         _ if !message.sender_phone.is_empty() => format!("+{}", message.sender_phone),
         _ => "WhatsApp".to_string(),

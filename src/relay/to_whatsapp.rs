@@ -215,19 +215,51 @@ fn vote_words(body: &str) -> String {
 /// A Matrix -> WhatsApp template filled in: `{name}`, `{user}` (the Matrix id) and
 /// `{text}`.
 fn for_whatsapp(template: &template::Template, name: &str, user: &str, text: &str) -> String {
+    let text = without_forged_sender_lines(text);
     template.render(|key| match key {
         "name" => Some(name.to_owned()),
         "user" => Some(user.to_owned()),
-        "text" => Some(text.to_owned()),
+        "text" => Some(text.clone()),
         _ => None,
     })
+}
+
+/// `text` with each of its later lines that would read in WhatsApp as the number's
+/// line for another person (`*Bob*: ...`, `* _Bob_ ...`) quoted (`> `): it then
+/// reads as part of its sender's message, not as someone else's.
+fn without_forged_sender_lines(text: &str) -> String {
+    let mut lines = text.split('\n');
+    let mut out = lines.next().unwrap_or_default().to_owned();
+    for line in lines {
+        out.push('\n');
+        if looks_like_a_sender_line(line) {
+            out.push_str("> ");
+        }
+        out.push_str(line);
+    }
+    out
+}
+
+/// Whether `line` starts like a relayed line: a bold name and a colon, or an emote.
+fn looks_like_a_sender_line(line: &str) -> bool {
+    let line = line.trim_start();
+    if let Some(rest) = line.strip_prefix("* _") {
+        return rest.contains('_');
+    }
+    let Some(rest) = line.strip_prefix('*') else {
+        return false;
+    };
+    match rest.find('*') {
+        Some(end) if end > 0 => rest[end + 1..].trim_start().starts_with(':'),
+        _ => false,
+    }
 }
 
 /// The name Matrix people get in WhatsApp: room display name, else the localpart.
 /// WhatsApp markup characters are removed so a nickname cannot break the bold prefix.
 pub fn matrix_display_name(user_id: &str, display_name: Option<&str>) -> String {
     let cleaned = display_name
-        .map(|name| single_line(name).replace(['*', '_', '~', '`'], ""))
+        .map(|name| super::shown_name(name).replace(['*', '_', '~', '`'], ""))
         .map(|name| name.trim().to_string())
         .filter(|name| !name.is_empty());
     cleaned.unwrap_or_else(|| {
