@@ -61,18 +61,19 @@ pub struct Media {
 impl Media {
     /// "report.pdf, 12.5 MB" or "a video, 12.5 MB": how a notice names the file.
     pub fn describe(&self, size: u64) -> String {
-        let name = match &self.file_name {
-            Some(name) if !name.trim().is_empty() => name.trim().to_owned(),
+        let name = match self.file_name.as_deref().map(clean_file_name) {
+            Some(name) if !name.is_empty() => name,
             _ => self.kind.with_article().to_owned(),
         };
         format!("{name}, {}", human_size(size))
     }
 
-    /// A file name for the receiving side when the source gave none ("photo.jpg").
+    /// The file name for the receiving side, cleaned ([`clean_file_name`]), or one
+    /// made up when the source gave none ("photo.jpg").
     pub fn file_name_or_default(&self) -> String {
-        if let Some(name) = self.file_name.as_deref().map(str::trim) {
+        if let Some(name) = self.file_name.as_deref().map(clean_file_name) {
             if !name.is_empty() {
-                return name.to_owned();
+                return name;
             }
         }
         let stem = match self.kind {
@@ -87,6 +88,32 @@ impl Media {
             Some(extension) => format!("{stem}.{extension}"),
             None => stem.to_owned(),
         }
+    }
+}
+
+/// Longest file name kept, in characters (its extension kept).
+const MAX_FILE_NAME_CHARS: usize = 100;
+
+/// A file name as a sender gave it, made safe to show and to save: no path (only
+/// what follows the last `/` or `\\`), no control, bidi or zero-width characters
+/// (`report\u{202E}fdp.exe` would show as `reportexe.pdf`), no leading dots, and at
+/// most [`MAX_FILE_NAME_CHARS`] characters with its extension kept.
+pub fn clean_file_name(name: &str) -> String {
+    let base = name.rsplit(['/', '\\']).next().unwrap_or_default();
+    let shown = super::shown_name(base);
+    let shown = shown.trim_start_matches('.').trim();
+    if shown.chars().count() <= MAX_FILE_NAME_CHARS {
+        return shown.to_owned();
+    }
+    let extension = shown
+        .rsplit_once('.')
+        .map(|(_, extension)| extension)
+        .filter(|extension| !extension.is_empty() && extension.chars().count() <= 10);
+    let keep = MAX_FILE_NAME_CHARS - extension.map_or(0, |e| e.chars().count() + 1) - 1;
+    let stem: String = shown.chars().take(keep).collect();
+    match extension {
+        Some(extension) => format!("{stem}….{extension}"),
+        None => format!("{stem}…"),
     }
 }
 
@@ -126,6 +153,23 @@ fn extension_for(mime: &str) -> Option<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn file_names_are_cleaned_of_paths_controls_and_excess() {
+        assert_eq!(clean_file_name("../../etc/passwd"), "passwd");
+        assert_eq!(
+            clean_file_name("C:\\Users\\bob\\rapport.pdf"),
+            "rapport.pdf"
+        );
+        assert_eq!(clean_file_name("rapport\u{202E}fdp.exe"), "rapportfdp.exe");
+        assert_eq!(clean_file_name("a\nb\u{0000}.txt"), "a b .txt");
+        assert_eq!(clean_file_name(".bashrc"), "bashrc");
+        assert_eq!(clean_file_name("/"), "");
+        let long = format!("{}.pdf", "é".repeat(300));
+        let cleaned = clean_file_name(&long);
+        assert_eq!(cleaned.chars().count(), 100);
+        assert!(cleaned.ends_with("….pdf"), "{cleaned}");
+    }
 
     fn media(kind: MediaKind, mime: &str, file_name: Option<&str>) -> Media {
         Media {

@@ -804,8 +804,8 @@ pub fn whatsapp_file_unavailable(sender_name: &str, media: &Media) -> (String, S
 /// client's): cut off where it passed its declared size, never relayed.
 pub fn whatsapp_file_not_as_declared(sender_name: &str, media: &Media) -> (String, String) {
     let declared = media::human_size(media.size.unwrap_or(0));
-    let what = match &media.file_name {
-        Some(name) if !name.trim().is_empty() => single_line(name),
+    let what = match media.file_name.as_deref().map(media::clean_file_name) {
+        Some(name) if !name.is_empty() => name,
         _ => media.kind.with_article().to_owned(),
     };
     let body = format!(
