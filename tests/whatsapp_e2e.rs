@@ -2456,3 +2456,75 @@ async fn hostile_media_urls_sizes_and_keys_never_reach_the_host_or_block_the_gro
         .await;
     scene.bridge.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slow_whatsapp_download_delays_only_its_own_group() {
+    init_test_logs();
+    use base64::Engine as _;
+    let synapse = Synapse::shared();
+    let mut scene = linked_scene(synapse, "Lente", false, "").await;
+    let (status, other) = control(
+        "POST",
+        format!("{}groups", scene.sim.http_url()),
+        json!({"subject": "Rapide", "creator": BOB, "members": [BOB, BRIDGE_PHONE]}),
+    )
+    .await;
+    assert_eq!(status, 201, "{other}");
+    let other_jid = other["jid"].as_str().unwrap().to_string();
+    scene.bridge.write_group(
+        &unique("rapide"),
+        &other_jid,
+        &format!("invite = [\"{}\"]", scene.alice.user_id),
+    );
+    let room = scene.start().await;
+    let other_room = scene.bridge.wait_room(&other_jid).await;
+    scene.alice.wait_joined(&other_room).await;
+    let (sim, alice, jid) = (&scene.sim, &scene.alice, scene.jid.clone());
+
+    // WhatsApp's media host answers after 20 s from now on.
+    let (status, body) = control(
+        "PUT",
+        format!("{}media/faults", sim.http_url()),
+        json!({"delay_ms": 20_000}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let photo = sample_file(9, 20_000);
+    bob_sends(
+        sim,
+        &jid,
+        json!({"image": base64::engine::general_purpose::STANDARD.encode(&photo)}),
+    )
+    .await;
+    bob_says(sim, &jid, "après la photo").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let sent = Instant::now();
+    bob_says(sim, &other_jid, "dans l'autre groupe").await;
+    alice
+        .wait_for(&other_room, "the text of the other group", |s| {
+            s.body == "Bob: dans l'autre groupe"
+        })
+        .await;
+    assert!(
+        sent.elapsed() < Duration::from_secs(10),
+        "the other group waited for the download: {:?}",
+        sent.elapsed()
+    );
+    control(
+        "PUT",
+        format!("{}media/faults", sim.http_url()),
+        json!({"delay_ms": 0}),
+    )
+    .await;
+    // Its own group keeps its order: the photo, then the text behind it.
+    let text = alice
+        .wait_for(&room, "the text behind the photo", |s| {
+            s.body == "Bob: après la photo"
+        })
+        .await;
+    let seen = alice.seen_in(&room);
+    let photo_at = seen.iter().position(|s| s.msgtype == "m.image");
+    let text_at = seen.iter().position(|s| s.event_id == text.event_id);
+    assert!(photo_at.is_some() && photo_at < text_at, "{seen:?}");
+    scene.bridge.stop().await;
+}

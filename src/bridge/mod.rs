@@ -22,7 +22,7 @@ use crate::relay::pacing::Pacer;
 use crate::relay::{self, Relay, Skip};
 use crate::status;
 use crate::store::{Direction, MessageLink, OutboxItem, Store};
-use crate::whatsapp::WhatsAppClient;
+use crate::whatsapp::{WhatsAppClient, WhatsAppError};
 
 /// Longest wait between two retries of one outbox item.
 /// How soon an item waiting for its side (WhatsApp away, room not ready) is asked
@@ -83,9 +83,15 @@ pub(crate) struct Bridge {
     /// WhatsApp edits and deletions refused since the start because their sender
     /// may not make them (a modified client's forgeries), for the metrics.
     forgeries_refused: std::sync::atomic::AtomicU64,
+    /// WhatsApp files being fetched for to-Matrix items (by seq): `None` while the
+    /// download runs, then its outcome until the item takes it.
+    downloads: Mutex<HashMap<i64, Option<Fetched>>>,
     /// A weak handle on itself, for tasks spawned from `&self` callbacks.
     me: OnceLock<std::sync::Weak<Bridge>>,
 }
+
+/// The outcome of fetching a WhatsApp file.
+type Fetched = Result<Vec<u8>, WhatsAppError>;
 
 /// Milliseconds since the Unix epoch.
 pub(crate) fn now_ms() -> i64 {
@@ -121,6 +127,7 @@ impl Bridge {
             refused_senders: Mutex::new(HashSet::new()),
             pacer: Mutex::new(pacer),
             forgeries_refused: Default::default(),
+            downloads: Mutex::default(),
             me: OnceLock::new(),
         });
         let _ = bridge.me.set(Arc::downgrade(&bridge));
@@ -343,7 +350,13 @@ impl Bridge {
             return false;
         };
         match self.store.set_aside(item.seq, &reason) {
-            Ok(true) => {}
+            Ok(true) => {
+                // A file fetched for it is not needed any more.
+                self.downloads
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&item.seq);
+            }
             Ok(false) => return false,
             Err(error) => {
                 tracing::error!("store: {error}");

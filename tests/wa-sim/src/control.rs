@@ -114,7 +114,14 @@ pub async fn handle(sim: &Core, req: Request) -> Response {
         }
         ("POST", ["members"]) => create_member(sim, &req.body).await,
         ("POST", ["mms", ..]) => crate::media::upload(&sim.world, req.query.as_deref(), req.body),
-        ("GET", ["v", ..]) => crate::media::download(&sim.world, &req.path),
+        ("GET", ["v", ..]) => {
+            let delay = sim.world.lock().media_delay_ms;
+            if delay > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+            }
+            crate::media::download(&sim.world, &req.path)
+        }
+        ("PUT", ["media", "faults"]) => media_faults(sim, &req.body),
         ("GET", ["members", phone, "messages"]) => match sim.members.get(phone) {
             Some(m) => {
                 let chat = http::query_param(req.query.as_deref(), "chat");
@@ -382,6 +389,22 @@ fn group_info(sim: &Core, jid: &str) -> Response {
             "invite": format!("https://chat.whatsapp.com/{}", g.invite_code),
         }),
     )
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MediaFaultsBody {
+    delay_ms: u64,
+}
+
+/// `PUT /media/faults`: every media download from now on waits `delay_ms` first.
+fn media_faults(sim: &Core, body: &[u8]) -> Response {
+    let body: MediaFaultsBody = match parse(body, r#"{"delay_ms": 20000}"#) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    sim.world.lock().media_delay_ms = body.delay_ms;
+    Response::json(200, json!({}))
 }
 
 fn group_update(sim: &Core, jid: &str, body: &[u8]) -> Response {

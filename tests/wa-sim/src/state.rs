@@ -173,6 +173,8 @@ pub struct Inner {
     pub next_notification: u64,
     /// Uploaded (encrypted) media by direct path.
     pub media: HashMap<String, Vec<u8>>,
+    /// How long each media download waits before its answer (`PUT /media/faults`).
+    pub media_delay_ms: u64,
     /// `(sender phone, chat, message id)` of every message routed: like WhatsApp, a
     /// message sent again under the same id (a retry after a lost ack) is acked and
     /// not delivered twice.
