@@ -159,39 +159,66 @@ async fn what_was_said(
     inbound: &InboundMessage,
     base: &wa::Message,
 ) -> Option<WhatsAppText> {
+    match read_message(polls, inbound, base) {
+        Reading::Said(said) => Some(*said),
+        Reading::Vote(update) => Some(vote_in(client, polls, &inbound.info, update).await),
+        Reading::Plumbing => None,
+    }
+}
+
+/// A message read without asking WhatsApp anything: what it says, a poll vote (read
+/// with the poll's secret, which may take a lookup), or plumbing nobody said.
+enum Reading<'a> {
+    Said(Box<WhatsAppText>),
+    Vote(&'a wa::message::PollUpdateMessage),
+    Plumbing,
+}
+
+impl From<Option<WhatsAppText>> for Reading<'_> {
+    fn from(said: Option<WhatsAppText>) -> Self {
+        said.map_or(Reading::Plumbing, |said| Reading::Said(Box::new(said)))
+    }
+}
+
+/// See [`Reading`]: one small function per kind, checked in this order.
+fn read_message<'a>(
+    polls: Option<&SqliteBackend>,
+    inbound: &InboundMessage,
+    base: &'a wa::Message,
+) -> Reading<'a> {
     if let Some(protocol) = base.protocol_message.as_option() {
-        return protocol_change(protocol);
+        return Reading::from(protocol_change(protocol));
     }
     if let Some(reaction) = base.reaction_message.as_option() {
-        return reaction_in(reaction);
+        return Reading::from(reaction_in(reaction));
     }
     if let Some(update) = base.poll_update_message.as_option() {
-        return Some(vote_in(client, polls, &inbound.info, update).await);
+        return Reading::Vote(update);
     }
     if let Some(found) = shared_of(&inbound.message, base) {
-        return Some(shared_thing(polls, inbound, base, found));
+        return Reading::Said(Box::new(shared_thing(polls, inbound, base, found)));
     }
     if let Some((media, caption)) = crate::whatsapp::media::media_of(base) {
-        return Some(WhatsAppText {
+        return Reading::from(Some(WhatsAppText {
             text: caption,
             media: Some(media),
             ..WhatsAppText::default()
-        });
+        }));
     }
     if let Some((location, comment)) = location_of(base) {
-        return Some(WhatsAppText {
+        return Reading::from(Some(WhatsAppText {
             text: comment,
             location: Some(location),
             ..WhatsAppText::default()
-        });
+        }));
     }
     if let Some(text) = base.text_content() {
-        return Some(WhatsAppText {
+        return Reading::from(Some(WhatsAppText {
             text: text.to_owned(),
             ..WhatsAppText::default()
-        });
+        }));
     }
-    not_relayed_yet(base)
+    Reading::from(not_relayed_yet(base))
 }
 
 /// A deletion or an edit; other protocol messages are plumbing.
@@ -720,6 +747,273 @@ fn message_kind(message: &wa::Message) -> &'static str {
         "poll"
     } else {
         "other"
+    }
+}
+
+#[cfg(test)]
+mod arbitrary_messages {
+    //! Any `waE2E.Message` a modified client can send, through the inbound reading
+    //! and `relay`: nothing panics, and each one becomes something said (relayed or
+    //! a notice) or the plumbing `carries_only_plumbing` documents.
+    use std::sync::Arc;
+
+    use proptest::prelude::*;
+    use whatsapp_rust::types::events::InboundMessage;
+    use whatsapp_rust::types::message::MessageInfo;
+    use whatsapp_rust::wacore::proto_helpers::MessageExt;
+    use whatsapp_rust::waproto::buffa::{Message as _, MessageField};
+    use whatsapp_rust::waproto::whatsapp as wa;
+
+    use super::{read_message, Reading};
+    use crate::config::{GroupFile, RelayConfig, Templates};
+    use crate::relay::Relay;
+
+    /// Set one time in four, so that messages with a single kind (or none) come often.
+    fn text() -> impl Strategy<Value = Option<String>> {
+        proptest::option::weighted(0.25, proptest::string::string_regex(".{0,40}").unwrap())
+    }
+
+    fn bytes() -> impl Strategy<Value = Option<Vec<u8>>> {
+        proptest::option::weighted(0.25, proptest::collection::vec(any::<u8>(), 0..40))
+    }
+
+    /// A field this version of waproto may not know: a varint under any number.
+    fn unknown_field() -> impl Strategy<Value = Vec<u8>> {
+        proptest::option::weighted(0.3, (100u64..20_000, any::<u64>())).prop_map(|field| {
+            let mut out = Vec::new();
+            if let Some((number, value)) = field {
+                varint(&mut out, number << 3);
+                varint(&mut out, value);
+            }
+            out
+        })
+    }
+
+    fn varint(out: &mut Vec<u8>, mut n: u64) {
+        loop {
+            let low = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(low);
+                return;
+            }
+            out.push(low | 0x80);
+        }
+    }
+
+    fn key() -> impl Strategy<Value = MessageField<wa::MessageKey>> {
+        proptest::option::of((text(), proptest::option::of(any::<bool>()), text(), text()))
+            .prop_map(|key| match key {
+                Some((remote_jid, from_me, id, participant)) => {
+                    MessageField::some(wa::MessageKey {
+                        remote_jid,
+                        from_me,
+                        id,
+                        participant,
+                    })
+                }
+                None => MessageField::none(),
+            })
+    }
+
+    /// A message with any of the kinds people send set, several at once, with
+    /// arbitrary contents; then arbitrary protobuf bytes appended (unknown fields,
+    /// or a second value of a known one).
+    fn message() -> impl Strategy<Value = wa::Message> {
+        (
+            (
+                text(),
+                text(),
+                text(),
+                bytes(),
+                proptest::option::of(any::<u64>()),
+            ),
+            (
+                text(),
+                text(),
+                proptest::option::weighted(0.2, any::<i32>()),
+                key(),
+            ),
+            (
+                key(),
+                text(),
+                proptest::option::weighted(0.2, (any::<f64>(), any::<f64>())),
+                text(),
+            ),
+            (text(), proptest::collection::vec(text(), 0..3), text()),
+            unknown_field(),
+        )
+            .prop_map(|(media, protocol, other, shared, extra)| {
+                let (caption, mime, file_name, media_key, length) = media;
+                let (conversation, edited, protocol_type, protocol_key) = protocol;
+                let (reaction_key, emoji, point, location_name) = other;
+                let (vcard, options, event) = shared;
+                let mut m = wa::Message {
+                    conversation,
+                    ..Default::default()
+                };
+                if media_key.is_some() {
+                    let kind = length.unwrap_or(0) % 5;
+                    let direct_path = Some("/v/t62/x".to_owned());
+                    match kind {
+                        0 => {
+                            m.image_message = MessageField::some(wa::message::ImageMessage {
+                                caption: caption.clone(),
+                                mimetype: mime.clone(),
+                                media_key: media_key.clone(),
+                                file_length: length,
+                                direct_path,
+                                ..Default::default()
+                            })
+                        }
+                        1 => {
+                            m.video_message = MessageField::some(wa::message::VideoMessage {
+                                caption: caption.clone(),
+                                mimetype: mime.clone(),
+                                media_key: media_key.clone(),
+                                file_length: length,
+                                direct_path,
+                                ..Default::default()
+                            })
+                        }
+                        2 => {
+                            m.audio_message = MessageField::some(wa::message::AudioMessage {
+                                mimetype: mime.clone(),
+                                media_key: media_key.clone(),
+                                file_length: length,
+                                ptt: Some(length.unwrap_or(0) % 2 == 0),
+                                direct_path,
+                                ..Default::default()
+                            })
+                        }
+                        3 => {
+                            m.document_message = MessageField::some(wa::message::DocumentMessage {
+                                caption: caption.clone(),
+                                mimetype: mime.clone(),
+                                file_name: file_name.clone(),
+                                media_key: media_key.clone(),
+                                file_length: length,
+                                direct_path,
+                                ..Default::default()
+                            })
+                        }
+                        _ => {
+                            m.sticker_message = MessageField::some(wa::message::StickerMessage {
+                                mimetype: mime.clone(),
+                                media_key: media_key.clone(),
+                                file_length: length,
+                                direct_path,
+                                ..Default::default()
+                            })
+                        }
+                    }
+                }
+                if let Some(number) = protocol_type {
+                    let mut bytes = wa::message::ProtocolMessage {
+                        key: protocol_key,
+                        edited_message: match edited {
+                            Some(text) => MessageField::some(wa::Message {
+                                conversation: Some(text),
+                                ..Default::default()
+                            }),
+                            None => MessageField::none(),
+                        },
+                        ..Default::default()
+                    }
+                    .encode_to_vec();
+                    // Field 2, `type`: any number, known to waproto or not.
+                    bytes.push(0x10);
+                    varint(&mut bytes, u64::from(number as u32));
+                    if let Ok(protocol) = wa::message::ProtocolMessage::decode_from_slice(&bytes) {
+                        m.protocol_message = MessageField::some(protocol);
+                    }
+                }
+                if emoji.is_some() {
+                    m.reaction_message = MessageField::some(wa::message::ReactionMessage {
+                        key: reaction_key,
+                        text: emoji,
+                        ..Default::default()
+                    });
+                }
+                if let Some((lat, lon)) = point {
+                    m.location_message = MessageField::some(wa::message::LocationMessage {
+                        degrees_latitude: Some(lat),
+                        degrees_longitude: Some(lon),
+                        name: location_name,
+                        ..Default::default()
+                    });
+                }
+                if vcard.is_some() {
+                    m.contact_message = MessageField::some(wa::message::ContactMessage {
+                        display_name: caption,
+                        vcard,
+                        ..Default::default()
+                    });
+                }
+                if options.iter().any(Option::is_some) {
+                    m.poll_creation_message_v3 =
+                        MessageField::some(wa::message::PollCreationMessage {
+                            name: file_name,
+                            options: options
+                                .into_iter()
+                                .map(|option_name| wa::message::poll_creation_message::Option {
+                                    option_name,
+                                    ..Default::default()
+                                })
+                                .collect(),
+                            ..Default::default()
+                        });
+                }
+                if event.is_some() {
+                    m.event_message = MessageField::some(wa::message::EventMessage {
+                        name: event,
+                        ..Default::default()
+                    });
+                }
+                let mut bytes = m.encode_to_vec();
+                bytes.extend_from_slice(&extra);
+                wa::Message::decode_from_slice(&bytes).unwrap_or(m)
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        #[test]
+        fn every_message_is_said_or_documented_plumbing(message in message()) {
+            let info = MessageInfo::default();
+            let inbound = InboundMessage::builder()
+                .message(Arc::new(message.clone()))
+                .info(Arc::new(info))
+                .build();
+            let base = inbound.message.get_base_message();
+            match read_message(None, &inbound, base) {
+                Reading::Said(said) => {
+                    let relay = Relay::new("@bot:example.org", Templates::default(), RelayConfig::default());
+                    let group = GroupFile {
+                        name: "famille".into(),
+                        path: "groups.d/famille.toml".into(),
+                        whatsapp: "g@g.us".into(),
+                        room: None,
+                        invite: vec![],
+                        allow: None,
+                        messages_per_minute: None,
+                    };
+                    let mut said = *said;
+                    said.group_jid = "g@g.us".into();
+                    said.message_id = "ID".into();
+                    said.sender_phone = "33611111111".into();
+                    // Relayed, or skipped for a documented reason: never a panic.
+                    let _ = relay.from_whatsapp(Some(&group), &said, false);
+                }
+                Reading::Vote(_) => prop_assert!(base.poll_update_message.is_set()),
+                Reading::Plumbing => prop_assert!(
+                    super::carries_only_plumbing(base) || base.protocol_message.is_set()
+                        || base.reaction_message.is_set(),
+                    "dropped without being plumbing: {base:?}"
+                ),
+            }
+        }
     }
 }
 
