@@ -5,6 +5,7 @@ pub mod format;
 pub mod give_up;
 pub mod ids;
 pub mod location;
+mod long_text;
 pub mod media;
 pub mod mentions;
 pub mod pacing;
