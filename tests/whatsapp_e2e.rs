@@ -35,16 +35,21 @@ async fn control(method: &str, url: String, body: serde_json::Value) -> (u16, se
         .unwrap()
 }
 
-/// Creates the member Bob and a group `subject` of Bob and the association's
-/// number in the simulator; returns the group's jid.
-async fn bob_and_group(sim: &wa_sim::Simulator, subject: &str) -> String {
+/// Creates simulated member `phone` (a whatsapp-rust client) named `name`.
+async fn create_member(sim: &wa_sim::Simulator, phone: &str, name: &str) {
     let (status, body) = control(
         "POST",
         format!("{}members", sim.http_url()),
-        json!({"phone": BOB, "name": "Bob"}),
+        json!({"phone": phone, "name": name}),
     )
     .await;
     assert_eq!(status, 201, "{body}");
+}
+
+/// Creates the member Bob and a group `subject` of Bob and the association's
+/// number in the simulator; returns the group's jid.
+async fn bob_and_group(sim: &wa_sim::Simulator, subject: &str) -> String {
+    create_member(sim, BOB, "Bob").await;
     let (status, group) = control(
         "POST",
         format!("{}groups", sim.http_url()),
@@ -1061,13 +1066,7 @@ async fn photos_voice_notes_documents_and_locations_cross_through_whatsapp_rust(
     assert!(content["filename"].is_string(), "{content}");
 
     // Member changes are told in the room (names as far as the bridge knows them).
-    let (status, body) = control(
-        "POST",
-        format!("{}members", sim.http_url()),
-        json!({"phone": CAROL, "name": "Carol"}),
-    )
-    .await;
-    assert_eq!(status, 201, "{body}");
+    create_member(sim, CAROL, "Carol").await;
     for (change, told) in [
         ("add", format!("Bob added +{CAROL} to the group.")),
         ("remove", format!("Bob removed +{CAROL} from the group.")),
@@ -1494,13 +1493,7 @@ async fn poll_votes_are_read_with_the_polls_secret_and_tallied_on_its_line() {
     let mut scene = linked_scene(synapse, "Sondage", false, "").await;
     let room = scene.start().await;
     let (sim, alice, jid) = (&scene.sim, &scene.alice, &scene.jid);
-    let (status, body) = control(
-        "POST",
-        format!("{}members", sim.http_url()),
-        json!({"phone": CAROL, "name": "Carol"}),
-    )
-    .await;
-    assert_eq!(status, 201, "{body}");
+    create_member(sim, CAROL, "Carol").await;
     let (status, body) = control(
         "POST",
         format!("{}groups/{jid}/participants", sim.http_url()),
@@ -2225,13 +2218,7 @@ async fn whatsapp_deletions_apply_only_from_the_author_or_a_group_admin() {
     let mut scene = linked_scene(synapse, "Suppressions", false, "").await;
     let room = scene.start().await;
     let (sim, alice, jid) = (&scene.sim, &scene.alice, scene.jid.clone());
-    let (status, body) = control(
-        "POST",
-        format!("{}members", sim.http_url()),
-        json!({"phone": CAROL, "name": "Carol"}),
-    )
-    .await;
-    assert_eq!(status, 201, "{body}");
+    create_member(sim, CAROL, "Carol").await;
     let (status, body) = control(
         "POST",
         format!("{}groups/{jid}/participants", sim.http_url()),
@@ -2330,13 +2317,7 @@ async fn the_numbers_own_whatsapp_web_is_relayed_whatever_its_ids_look_like() {
     let room = scene.start().await;
     let (sim, alice, jid) = (&scene.sim, &scene.alice, scene.jid.clone());
     // The association also uses its number from WhatsApp Web: another linked device.
-    let (status, body) = control(
-        "POST",
-        format!("{}members", sim.http_url()),
-        json!({"phone": BRIDGE_PHONE, "name": "Association"}),
-    )
-    .await;
-    assert_eq!(status, 201, "{body}");
+    create_member(sim, BRIDGE_PHONE, "Association").await;
     alice.send_text(&room, "depuis Matrix").await;
     wait_member_text(sim, BOB, &jid, "*Alice*: depuis Matrix").await;
     // WhatsApp Web's ids are `3EB0` + hex: one can start like the bridge's own.

@@ -240,16 +240,33 @@ impl Store {
     /// Gives up on row `seq` without a link: moves its ids, attempts, last error and
     /// `reason` (not the payload) to the dead letters. Returns whether a row was removed.
     pub fn discard(&self, seq: i64, reason: &str) -> Result<bool, StoreError> {
+        self.move_to_dead_letters(seq, reason, false)
+    }
+
+    /// Moves row `seq` to the dead letters with `reason` (clipped), its payload too
+    /// when `keep_payload` (a set-aside item, to be sent again). Returns whether a
+    /// row was removed.
+    pub(super) fn move_to_dead_letters(
+        &self,
+        seq: i64,
+        reason: &str,
+        keep_payload: bool,
+    ) -> Result<bool, StoreError> {
         let mut conn = self.lock();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         tx.execute(
             "INSERT OR REPLACE INTO dead_letters
                  (seq, direction, source_id, target_id, group_jid, room_id, attempts,
-                  enqueued_at, last_error, reason, discarded_at)
+                  enqueued_at, last_error, reason, discarded_at, payload)
              SELECT seq, direction, source_id, target_id, group_jid, room_id, attempts,
-                    enqueued_at, last_error, ?2, ?3
+                    enqueued_at, last_error, ?2, ?3, CASE WHEN ?4 THEN payload END
              FROM outbox WHERE seq = ?1",
-            params![seq, clip(reason), now_unix_ms().div_euclid(1000)],
+            params![
+                seq,
+                clip(reason),
+                now_unix_ms().div_euclid(1000),
+                keep_payload
+            ],
         )?;
         let deleted = tx.execute("DELETE FROM outbox WHERE seq = ?1", [seq])?;
         tx.commit()?;

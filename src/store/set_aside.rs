@@ -27,20 +27,7 @@ impl Store {
     /// Moves row `seq` out of the queue, whole, with `reason`: the items behind it
     /// go on. Returns whether a row was moved.
     pub fn set_aside(&self, seq: i64, reason: &str) -> Result<bool, StoreError> {
-        let mut conn = self.lock();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        tx.execute(
-            "INSERT OR REPLACE INTO dead_letters
-                 (seq, direction, source_id, target_id, group_jid, room_id, attempts,
-                  enqueued_at, last_error, reason, discarded_at, payload)
-             SELECT seq, direction, source_id, target_id, group_jid, room_id, attempts,
-                    enqueued_at, last_error, ?2, ?3, payload
-             FROM outbox WHERE seq = ?1",
-            params![seq, reason, now_unix_ms().div_euclid(1000)],
-        )?;
-        let moved = tx.execute("DELETE FROM outbox WHERE seq = ?1", [seq])?;
-        tx.commit()?;
-        Ok(moved > 0)
+        self.move_to_dead_letters(seq, reason, true)
     }
 
     /// The items set aside (those that can be sent again), oldest first.
