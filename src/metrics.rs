@@ -86,7 +86,7 @@ pub fn render(figures: &Figures) -> String {
     metric(
         "passerelle_forged_changes_refused_total",
         "counter",
-        "WhatsApp edits and deletions refused because their sender may not make them.",
+        "WhatsApp edits, deletions and message ids refused because their sender may not make them.",
         &[("", figures.forgeries_refused)],
     );
     metric(

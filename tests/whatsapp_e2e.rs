@@ -2309,6 +2309,125 @@ async fn whatsapp_deletions_apply_only_from_the_author_or_a_group_admin() {
     scene.bridge.stop().await;
 }
 
+/// Waits until the bot's reactions to `event` are `expected` (`(sender, key)`, sorted).
+async fn wait_annotations(
+    synapse: &Synapse,
+    user: &MatrixUser,
+    room: &str,
+    event: &str,
+    expected: &[(&str, &str)],
+) {
+    let expected: Vec<(String, String)> = expected
+        .iter()
+        .map(|(sender, key)| (sender.to_string(), key.to_string()))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let found = user.annotations(synapse, room, event).await;
+        if found == expected {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "expected {expected:?}, found {found:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn whatsapp_reactions_change_only_the_reactors_own_and_ids_cannot_pose_as_the_bridges() {
+    init_test_logs();
+    let synapse = Synapse::shared();
+    let mut scene = linked_scene(
+        synapse,
+        "Réactions",
+        false,
+        "\n[relay]\nreactions_to_matrix = \"reaction\"",
+    )
+    .await;
+    let room = scene.start().await;
+    let (sim, alice, jid) = (&scene.sim, &scene.alice, scene.jid.clone());
+    let bot = scene.bridge.bot_user.clone();
+    create_member(sim, CAROL, "Carol").await;
+    let (status, body) = control(
+        "POST",
+        format!("{}groups/{jid}/participants", sim.http_url()),
+        json!({"add": [CAROL]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let bobs = bob_sends(sim, &jid, json!({"text": "on se voit samedi ?"})).await;
+    let bobs_event = alice
+        .wait_for(&room, "Bob's message", |s| {
+            s.body == "Bob: on se voit samedi ?"
+        })
+        .await
+        .event_id;
+
+    // Carol's modified client sends a text under the key the bridge finds its own
+    // 👍 on Bob's message by: were it taken, nobody's 👍 would show.
+    member_sends(
+        sim,
+        CAROL,
+        &jid,
+        json!({"text": "je prends la place", "id": format!("wa-annotation:{bobs}:👍")}),
+    )
+    .await;
+    bob_sends(sim, &jid, json!({"reaction": {"to": bobs, "emoji": "👍"}})).await;
+    wait_annotations(synapse, alice, &room, &bobs_event, &[(&bot, "👍")]).await;
+
+    // Carol takes back "Bob's" reaction: a reaction names only its message, so it is
+    // hers, and she had none.
+    member_sends(
+        sim,
+        CAROL,
+        &jid,
+        json!({"message": {"reactionMessage": {
+            "key": {"remoteJid": jid, "fromMe": false, "id": bobs,
+                    "participant": format!("{BOB}@s.whatsapp.net")},
+            "text": ""
+        }}}),
+    )
+    .await;
+    member_sends(
+        sim,
+        CAROL,
+        &jid,
+        json!({"reaction": {"to": bobs, "emoji": "❤️"}}),
+    )
+    .await;
+    wait_annotations(
+        synapse,
+        alice,
+        &room,
+        &bobs_event,
+        &[(&bot, "❤️"), (&bot, "👍")],
+    )
+    .await;
+    member_sends(
+        sim,
+        CAROL,
+        &jid,
+        json!({"reaction": {"to": bobs, "emoji": ""}}),
+    )
+    .await;
+    wait_annotations(synapse, alice, &room, &bobs_event, &[(&bot, "👍")]).await;
+
+    member_sends(sim, CAROL, &jid, json!({"text": "témoin"})).await;
+    alice
+        .wait_for(&room, "Carol's witness", |s| s.body == "Carol: témoin")
+        .await;
+    assert!(
+        !alice
+            .seen_in(&room)
+            .iter()
+            .any(|s| s.body.contains("je prends la place")),
+        "a message under a forged id was relayed"
+    );
+    scene.bridge.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_numbers_own_whatsapp_web_is_relayed_whatever_its_ids_look_like() {
     init_test_logs();

@@ -6,7 +6,7 @@
 use super::{now_ms, Bridge};
 use crate::relay::media::Media;
 use crate::relay::{
-    self, ids, to_matrix, MatrixChange, MatrixPost, Mention, PollVoter, Shared, WhatsAppText,
+    self, ids, to_matrix, MatrixChange, MatrixPost, Mention, PollVoter, Shared, Skip, WhatsAppText,
 };
 use crate::store::{DigestEntry, Direction, MessageLink, NewOutboxItem, OutboxItem, PollVote};
 use crate::whatsapp::{ConnectionState, GroupChange, InboundSink, SinkError, WhatsAppError};
@@ -26,6 +26,11 @@ impl InboundSink for Bridge {
             .map_err(|e| SinkError(e.to_string()))?;
         let post = match active.relay.from_whatsapp(group, &message, own) {
             Ok(post) => post,
+            Err(Skip::ForgedId) => {
+                tracing::info!("refused a WhatsApp message whose id no WhatsApp app makes");
+                self.count_forgery();
+                return Ok(());
+            }
             Err(skip) => {
                 Self::log_skip(skip, "to matrix");
                 return Ok(());
@@ -254,7 +259,8 @@ impl Bridge {
         }
     }
 
-    /// Counts a WhatsApp edit or deletion refused because its sender may not make it.
+    /// Counts a WhatsApp edit, deletion or id refused because its sender may not make
+    /// it.
     fn count_forgery(&self) {
         self.forgeries_refused
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -4,6 +4,22 @@
 
 use sha2::{Digest, Sha256};
 
+/// The longest WhatsApp message id the bridge takes (WhatsApp's own are 16 to 32
+/// characters).
+const MAX_WHATSAPP_ID_CHARS: usize = 128;
+
+/// Whether `id`, a WhatsApp message id read from the wire, is one a WhatsApp app
+/// makes: letters, digits, `-` or `_`, at most 128. The ids are the sender's choice
+/// (a modified client sends any string), and the bridge keys its own links with `:`
+/// (`reaction:…`, `wa-annotation:…`), so an id that passes can never stand for one
+/// of them.
+pub fn is_whatsapp_message_id(id: &str) -> bool {
+    (1..=MAX_WHATSAPP_ID_CHARS).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
 /// The key under which the reaction line of one sender to one message is found again.
 pub fn reaction_key(message_id: &str, sender_phone: &str) -> String {
     format!("reaction:{message_id}:{sender_phone}")
@@ -87,6 +103,41 @@ pub fn annotation_link(to: &str, emoji: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn message_ids_are_those_whatsapp_apps_make() {
+        for id in [
+            "3EB0C767D26A8A0A2A5B",
+            "BAE5F3A1B2C3D4E5",
+            "3A1B2C-x_y",
+            "A",
+        ] {
+            assert!(is_whatsapp_message_id(id), "{id}");
+        }
+        let too_long = "A".repeat(129);
+        for id in [
+            "",
+            too_long.as_str(),
+            "wa-annotation:3EB0AA:👍",
+            "reaction:M1:33611111111",
+            "mx-reaction:M1:3EB0BE01",
+            "M1 ",
+            "M1\n",
+            "É1",
+        ] {
+            assert!(!is_whatsapp_message_id(id), "{id:?}");
+        }
+        // Every key the bridge derives is one no WhatsApp id can be.
+        for key in [
+            reaction_key("M1", "33611111111"),
+            annotation_link("M1", "x"),
+            annotations_digest_key("M1"),
+            matrix_reaction_link("M1", "S"),
+            matrix_digest_link("M1", "S"),
+        ] {
+            assert!(!is_whatsapp_message_id(&key), "{key}");
+        }
+    }
 
     #[test]
     fn crossed_reactions_are_read_back_from_their_link_keys() {

@@ -380,6 +380,9 @@ pub enum Skip {
     /// A Matrix poll WhatsApp cannot hold (not 2 to 12 different options): the
     /// sender is told.
     PollDoesNotFit,
+    /// A WhatsApp message whose id, or the id it refers to, is no id a WhatsApp app
+    /// makes (a modified client's): refused and counted, as forged edits are.
+    ForgedId,
 }
 
 /// The longest text WhatsApp accepts in one message (characters).

@@ -2,7 +2,7 @@
 //! bot posts for it (text through the templates, files, shared things, notices).
 
 use super::format::{self, escape_html};
-use super::ids::reaction_key;
+use super::ids::{self, reaction_key};
 use super::location::Location;
 use super::media::{self, Media};
 use super::{
@@ -27,6 +27,9 @@ impl Relay {
         // make ids of the same shape for the number's own messages.
         if sent_by_bridge {
             return Err(Skip::OwnEcho);
+        }
+        if !ids_are_whatsapp_ids(message) {
+            return Err(Skip::ForgedId);
         }
         let name = whatsapp_display_name(message);
         let post = match WhatsAppKind::of(message) {
@@ -624,6 +627,23 @@ pub fn whatsapp_display_name(message: &WhatsAppText) -> String {
         _ if !message.sender_phone.is_empty() => format!("+{}", message.sender_phone),
         _ => "WhatsApp".to_string(),
     }
+}
+
+/// Whether the message's id and the id it refers to are ids a WhatsApp app makes
+/// (see [`ids::is_whatsapp_message_id`]).
+fn ids_are_whatsapp_ids(message: &WhatsAppText) -> bool {
+    let referred = match &message.relation {
+        None => None,
+        Some(
+            WhatsAppRelation::Reply { id, .. }
+            | WhatsAppRelation::Edit { id }
+            | WhatsAppRelation::Revoke { id }
+            | WhatsAppRelation::Reaction { id, .. },
+        ) => Some(id),
+    };
+    std::iter::once(&message.message_id)
+        .chain(referred)
+        .all(|id| ids::is_whatsapp_message_id(id))
 }
 
 /// Bot's-own-reaction mode (`reactions_to_matrix = "reaction"`): a reactor's emoji

@@ -424,7 +424,8 @@ impl Relay {
             | Skip::Notice
             | Skip::Empty
             | Skip::ReactionIgnored
-            | Skip::MemberNoticeOff => None,
+            | Skip::MemberNoticeOff
+            | Skip::ForgedId => None,
         }
     }
 }
