@@ -2429,6 +2429,47 @@ async fn whatsapp_reactions_change_only_the_reactors_own_and_ids_cannot_pose_as_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn people_showing_the_same_name_are_told_apart_on_both_sides() {
+    init_test_logs();
+    let synapse = Synapse::shared();
+    let mut scene = linked_scene(synapse, "Homonymes", false, "").await;
+    let room = scene.start().await;
+    let (sim, alice, jid) = (&scene.sim, &scene.alice, scene.jid.clone());
+    // Carol's push name is Alice's, its first letter a Cyrillic look-alike.
+    create_member(sim, CAROL, "\u{410}lice").await;
+    let (status, body) = control(
+        "POST",
+        format!("{}groups/{jid}/participants", sim.http_url()),
+        json!({"add": [CAROL]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+
+    bob_says(sim, &jid, "salut").await;
+    alice
+        .wait_for(&room, "Bob's line", |s| s.body == "Bob: salut")
+        .await;
+    alice.send_text(&room, "bonjour").await;
+    wait_member_text(sim, CAROL, &jid, "*Alice*: bonjour").await;
+
+    member_sends(sim, CAROL, &jid, json!({"text": "c'est moi, Alice"})).await;
+    alice
+        .wait_for(&room, "Carol told apart", |s| {
+            s.body == "\u{410}lice (+33…2222): c'est moi, Alice"
+        })
+        .await;
+    alice.send_text(&room, "non, c'est moi").await;
+    let told_apart = format!("*Alice ({})*: non, c'est moi", alice.user_id);
+    wait_member_text(sim, BOB, &jid, &told_apart).await;
+    // Nobody shares Bob's name: he stays as he is.
+    bob_says(sim, &jid, "et moi Bob").await;
+    alice
+        .wait_for(&room, "Bob's second line", |s| s.body == "Bob: et moi Bob")
+        .await;
+    scene.bridge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_numbers_own_whatsapp_web_is_relayed_whatever_its_ids_look_like() {
     init_test_logs();
     let synapse = Synapse::shared();

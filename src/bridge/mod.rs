@@ -404,6 +404,31 @@ impl Bridge {
         }
     }
 
+    /// The others of `group_jid` who spoke under the same name as `speaker` now
+    /// shows (`shown`), and the name key to note the speaker under once the message
+    /// is queued. A store failure shows the name as it is.
+    fn namesakes(&self, group_jid: &str, speaker: &str, shown: &str) -> (Vec<String>, String) {
+        let key = relay::namesakes::name_key(shown);
+        let others = self
+            .store
+            .namesakes(group_jid, speaker, &key)
+            .unwrap_or_else(|error| {
+                tracing::warn!("store: namesakes: {error}");
+                Vec::new()
+            });
+        (others, key)
+    }
+
+    /// Notes that `speaker` spoke in `group_jid` under `name_key`.
+    fn note_speaker(&self, group_jid: &str, speaker: &str, name_key: &str) {
+        if let Err(error) = self
+            .store
+            .note_speaker(group_jid, speaker, name_key, now_ms() / 1000)
+        {
+            tracing::warn!("store: speakers: {error}");
+        }
+    }
+
     fn log_skip(skip: Skip, direction: &str) {
         tracing::debug!(?skip, direction, "not relayed");
     }

@@ -15,10 +15,18 @@ impl InboundSink for Bridge {
     fn message(&self, mut message: WhatsAppText) -> Result<(), SinkError> {
         let active = self.active();
         let group = active.groups.get(&message.group_jid);
+        let mut name_key = None;
         if group.is_some() {
             self.resolve_sender_name(&mut message);
             self.count_vote(&mut message)
                 .map_err(|e| SinkError(e.to_string()))?;
+            if !message.sender_phone.is_empty() {
+                let shown = to_matrix::whatsapp_own_name(&message);
+                let (others, key) =
+                    self.namesakes(&message.group_jid, &message.sender_phone, &shown);
+                message.namesakes = others;
+                name_key = Some(key);
+            }
         }
         let own = self
             .store
@@ -54,6 +62,9 @@ impl InboundSink for Bridge {
                 payload: &payload,
             })
             .map_err(|e| SinkError(e.to_string()))?;
+        if let Some(key) = &name_key {
+            self.note_speaker(&message.group_jid, &message.sender_phone, key);
+        }
         if queued {
             self.wake_to_matrix.notify_one();
         } else {

@@ -20,8 +20,20 @@ use crate::whatsapp::{Outgoing, Quoted, WhatsAppError};
 
 #[async_trait]
 impl MatrixEvents for Bridge {
-    async fn message(&self, message: MatrixText) {
+    async fn message(&self, mut message: MatrixText) {
         let group = self.group_for_room(&message.room_id);
+        let name_key = group
+            .as_ref()
+            .filter(|_| message.shows_sender_name())
+            .map(|group| {
+                let shown = to_whatsapp::matrix_display_name(
+                    &message.sender,
+                    message.sender_display_name.as_deref(),
+                );
+                let (others, key) = self.namesakes(&group.whatsapp, &message.sender, &shown);
+                message.namesakes = others;
+                key
+            });
         let own = match self
             .store
             .is_bridge_event(&message.room_id, &message.event_id)
@@ -67,7 +79,12 @@ impl MatrixEvents for Bridge {
             room_id: &message.room_id,
             payload: &payload,
         }) {
-            Ok(true) => self.wake_to_whatsapp.notify_one(),
+            Ok(true) => {
+                if let Some(key) = &name_key {
+                    self.note_speaker(&group.whatsapp, &message.sender, key);
+                }
+                self.wake_to_whatsapp.notify_one();
+            }
             Ok(false) => tracing::debug!("Matrix event seen again: already relayed"),
             Err(error) => tracing::error!("store: could not queue a Matrix message: {error}"),
         }

@@ -273,6 +273,7 @@ async fn to_matrix_text(room: &Room, event: &TimelineEvent, bot: &UserId) -> Opt
         media,
         location,
         poll: None,
+        namesakes: Vec::new(),
     })
 }
 
@@ -429,5 +430,6 @@ fn without_text(room: &Room, event_id: &str, sender: &str) -> MatrixText {
         media: None,
         location: None,
         poll: None,
+        namesakes: Vec::new(),
     }
 }

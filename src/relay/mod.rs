@@ -8,6 +8,7 @@ pub mod location;
 mod long_text;
 pub mod media;
 pub mod mentions;
+pub mod namesakes;
 pub mod pacing;
 pub mod to_matrix;
 pub mod to_whatsapp;
@@ -148,6 +149,10 @@ pub struct WhatsAppText {
     /// The sender is an admin of the group now (read for deletions only: an admin
     /// may delete anyone's message).
     pub sender_is_admin: bool,
+    /// The others who spoke in this group under the same name (see
+    /// [`namesakes::name_key`]): their phone numbers or Matrix ids, filled in by the
+    /// service. The sender's name then tells them apart.
+    pub namesakes: Vec<String>,
 }
 
 /// What kind of Matrix message event arrived.
@@ -189,6 +194,17 @@ pub struct MatrixPoll {
     pub max_selections: u32,
 }
 
+impl MatrixText {
+    /// Whether the number shows the sender's name for this event: not for a
+    /// redaction or a reaction (which carry no display name either).
+    pub fn shows_sender_name(&self) -> bool {
+        !matches!(
+            self.relation,
+            MatrixRelation::Redaction { .. } | MatrixRelation::Reaction { .. }
+        )
+    }
+}
+
 impl MatrixPoll {
     /// The most options a WhatsApp poll has.
     pub const MAX_OPTIONS: usize = 12;
@@ -226,6 +242,9 @@ pub struct MatrixText {
     pub location: Option<Location>,
     /// A poll started (`body` is then empty).
     pub poll: Option<MatrixPoll>,
+    /// The others who spoke in this group under the same name, filled in by the
+    /// service (as in [`WhatsAppText::namesakes`]).
+    pub namesakes: Vec<String>,
 }
 
 /// What a Matrix post does besides posting a new message. Targets are WhatsApp
@@ -522,6 +541,7 @@ mod tests {
             media: None,
             location: None,
             poll: None,
+            namesakes: Vec::new(),
         }
     }
 

@@ -5,6 +5,7 @@ use super::format::{self, escape_html};
 use super::ids::{self, reaction_key};
 use super::location::Location;
 use super::media::{self, Media};
+use super::namesakes;
 use super::{
     single_line, GroupSetting, MatrixChange, MatrixPost, MemberChange, Mention, PollBallot,
     PollVoter, Relay, Shared, Skip, WhatsAppRelation, WhatsAppText,
@@ -620,8 +621,20 @@ fn with_article(kind: &str) -> String {
     format!("{article} {kind}")
 }
 
-/// The name WhatsApp people get in Matrix: their push name, else their number.
+/// The name WhatsApp people get in Matrix: their push name, else their number, told
+/// apart from others of the group who show the same name.
 pub fn whatsapp_display_name(message: &WhatsAppText) -> String {
+    let name = whatsapp_own_name(message);
+    if message.namesakes.is_empty() {
+        name
+    } else {
+        namesakes::whatsapp_told_apart(&name, &message.sender_phone, &message.namesakes)
+    }
+}
+
+/// The sender's name as they chose it (their push name, else their number), before
+/// it is told apart from namesakes.
+pub fn whatsapp_own_name(message: &WhatsAppText) -> String {
     match message.push_name.as_deref().map(super::shown_name) {
         Some(name) if !name.is_empty() => name,
         _ if !message.sender_phone.is_empty() => format!("+{}", message.sender_phone),

@@ -38,6 +38,11 @@ impl Relay {
         let group = group.ok_or(Skip::UnbridgedRoom)?;
         self.matrix_may_cross(group, message, sent_by_bridge)?;
         let name = matrix_display_name(&message.sender, message.sender_display_name.as_deref());
+        let name = if message.namesakes.is_empty() {
+            name
+        } else {
+            super::namesakes::matrix_told_apart(&name, &message.sender)
+        };
         let sender_line = |what: &str| {
             for_whatsapp(
                 &self.templates.to_whatsapp_emote,

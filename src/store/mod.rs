@@ -21,6 +21,7 @@ mod polls;
 mod retention;
 mod schema;
 mod set_aside;
+mod speakers;
 
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard, PoisonError};

@@ -1,5 +1,5 @@
 //! Forgetting what is older than `[relay] remember_days`: which event mirrors which
-//! message, the WhatsApp names last seen, poll votes, and the reaction digests of
+//! message, the WhatsApp names last seen and who spoke under which name, poll votes, and the reaction digests of
 //! messages no longer remembered. Counters (the yearly report) and dead letters
 //! (the record of what was given up on) are kept.
 
@@ -36,7 +36,7 @@ impl Store {
         let names = tx.execute(
             "DELETE FROM whatsapp_names WHERE updated_at < ?1",
             [cutoff_secs],
-        )?;
+        )? + tx.execute("DELETE FROM speakers WHERE seen_at < ?1", [cutoff_secs])?;
         // Set-aside items keep what was said: forgotten like the rest.
         tx.execute(
             "DELETE FROM dead_letters WHERE payload IS NOT NULL AND discarded_at < ?1",

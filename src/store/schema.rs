@@ -155,9 +155,23 @@ const V8: &str = "
 ALTER TABLE dead_letters ADD COLUMN payload TEXT;
 ";
 
+/// Version 9: who spoke in each group under which name key (see
+/// `relay::namesakes`), to tell apart two people showing the same name.
+const V9: &str = "
+CREATE TABLE speakers (
+    group_jid TEXT NOT NULL,
+    speaker   TEXT NOT NULL,
+    name_key  TEXT NOT NULL,
+    seen_at   INTEGER NOT NULL,
+    PRIMARY KEY (group_jid, speaker)
+) WITHOUT ROWID;
+CREATE INDEX speakers_by_name ON speakers (group_jid, name_key);
+CREATE INDEX speakers_seen ON speakers (seen_at);
+";
+
 /// All migrations, in order. The schema version of a fully migrated database is
 /// `MIGRATIONS.len()`.
-pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7, V8];
+pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7, V8, V9];
 
 /// The current schema version.
 pub fn schema_version(conn: &Connection) -> Result<i64, StoreError> {
