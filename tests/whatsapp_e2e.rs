@@ -930,6 +930,20 @@ async fn homeserver_outage_during_a_whatsapp_burst_loses_and_doubles_nothing() {
             && r["to_matrix"]["oldest_age_secs"].as_u64() >= Some(2)
     })
     .await;
+    // Waiting for the homeserver is no failure of the messages': none of them is
+    // any closer to being set aside (the first retries would be due by now).
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let db =
+        rusqlite::Connection::open(scene.bridge.dir.path().join("state/passerelle.db")).unwrap();
+    let most_attempts: i64 = db
+        .query_row(
+            "SELECT COALESCE(MAX(attempts), 0) FROM outbox WHERE direction = 'matrix'",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap();
+    assert_eq!(most_attempts, 0, "an outage counted as failed attempts");
+    drop(db);
     tokio::task::block_in_place(|| synapse.restart());
 
     let seen = wait_bot_history(

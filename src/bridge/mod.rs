@@ -83,6 +83,9 @@ pub(crate) struct Bridge {
     /// WhatsApp edits and deletions refused since the start because their sender
     /// may not make them (a modified client's forgeries), for the metrics.
     forgeries_refused: std::sync::atomic::AtomicU64,
+    /// A send to the homeserver failed because it was away, and none went through
+    /// since (for the log to say it once).
+    homeserver_away: std::sync::atomic::AtomicBool,
     /// WhatsApp files being fetched for to-Matrix items (by seq): `None` while the
     /// download runs, then its outcome until the item takes it.
     downloads: Mutex<HashMap<i64, Option<Fetched>>>,
@@ -127,6 +130,7 @@ impl Bridge {
             refused_senders: Mutex::new(HashSet::new()),
             pacer: Mutex::new(pacer),
             forgeries_refused: Default::default(),
+            homeserver_away: Default::default(),
             downloads: Mutex::default(),
             me: OnceLock::new(),
         });
@@ -338,6 +342,29 @@ impl Bridge {
         tracing::debug!(seq = item.seq, "outbox item waits: {why}");
         if let Err(error) = self.store.postpone(item.seq, now_ms() + SIDE_AWAY_DELAY_MS) {
             tracing::error!("store: {error}");
+        }
+    }
+
+    /// The homeserver is away (unreachable, down, or rate-limiting): the item
+    /// waits without its attempts counted, as for WhatsApp away; said once in the
+    /// log until a send goes through again.
+    fn homeserver_away(&self, item: &OutboxItem, error: &crate::matrix::MatrixError) {
+        if !self
+            .homeserver_away
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            tracing::warn!("homeserver unreachable, messages wait for it: {error}");
+        }
+        self.wait_for_side(item, &error.to_string());
+    }
+
+    /// A send to the homeserver went through.
+    fn homeserver_back(&self) {
+        if self
+            .homeserver_away
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+        {
+            tracing::info!("homeserver reachable again");
         }
     }
 

@@ -115,7 +115,11 @@ impl Bridge {
         let Some((post, file)) = self.fetch_whatsapp_file(&item, post).await else {
             return;
         };
-        match self.send_to_matrix(&item, &room_id, post, file).await {
+        let sent = self.send_to_matrix(&item, &room_id, post, file).await;
+        if sent.is_ok() {
+            self.homeserver_back();
+        }
+        match sent {
             Ok(Some((wa_id, event_id, sender))) => {
                 let link = MessageLink {
                     group_jid: item.group_jid.clone(),
@@ -129,6 +133,7 @@ impl Bridge {
                 self.finish(&item, Some(&link));
             }
             Ok(None) => self.finish(&item, None),
+            Err(error) if error.is_homeserver_away() => self.homeserver_away(&item, &error),
             Err(error) if error.is_retryable() => {
                 tracing::warn!(
                     seq = item.seq,

@@ -285,6 +285,10 @@ impl Bridge {
                 });
             }
             Ok(data) => relay.matrix_file_too_large(post, media, data.len() as u64),
+            Err(error) if error.is_homeserver_away() => {
+                self.homeserver_away(item, &error);
+                return None;
+            }
             Err(error) if error.is_retryable() => {
                 tracing::warn!(
                     seq = item.seq,

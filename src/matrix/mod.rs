@@ -84,6 +84,27 @@ impl From<matrix_sdk::ClientBuildError> for MatrixError {
 impl MatrixError {
     /// Whether the same request may succeed later (server down, rate limited), as
     /// opposed to a refusal (forbidden, too large, unknown room).
+    /// Whether the homeserver could not be reached, was down behind its proxy, or
+    /// asked to slow down: nothing about the request itself, so a message waiting
+    /// for it has not failed (its attempts are not counted).
+    pub fn is_homeserver_away(&self) -> bool {
+        let http = match self {
+            MatrixError::Sdk(matrix_sdk::Error::Http(http)) => http.as_ref(),
+            MatrixError::Http(http) => http,
+            _ => return false,
+        };
+        if matches!(http, matrix_sdk::HttpError::Reqwest(_)) {
+            return true; // refused, reset, timed out
+        }
+        match http.as_client_api_error() {
+            Some(error) if matches!(error.error_kind(), Some(ErrorKind::LimitExceeded { .. })) => {
+                true
+            }
+            Some(error) => matches!(error.status_code.as_u16(), 502..=504),
+            None => false,
+        }
+    }
+
     pub fn is_retryable(&self) -> bool {
         let http = match self {
             MatrixError::Sdk(matrix_sdk::Error::Http(http)) => http.as_ref(),

@@ -3,7 +3,8 @@
 //! outbox`), so that the messages behind it in its group move on.
 
 /// Failed attempts at one item before it is set aside. Only failures of the item
-/// count: waiting while WhatsApp is away or a room is being set up does not. With
+/// count: waiting while WhatsApp or the homeserver is away (unreachable, down behind
+/// its proxy, rate-limiting) or a room is being set up does not. With
 /// the outbox's delays (doubling up to a minute), about an hour and a half.
 pub const MAX_ATTEMPTS: u32 = 100;
 

@@ -1103,6 +1103,41 @@ mod tests {
     }
 
     #[test]
+    fn ids_no_whatsapp_app_makes_are_refused_but_the_bridges_notice_ids_pass() {
+        let relay = relay();
+        let g = group(None);
+        let mut squatter = wa("hi", Some("Carol"));
+        squatter.message_id = "wa-annotation:M1:👍".into();
+        assert_eq!(
+            relay.from_whatsapp(Some(&g), &squatter, false),
+            Err(Skip::ForgedId)
+        );
+        // Named like the bridge's notice ids: a message's id has no dot.
+        squatter.message_id = "gp2.1234.0".into();
+        assert_eq!(
+            relay.from_whatsapp(Some(&g), &squatter, false),
+            Err(Skip::ForgedId)
+        );
+        let mut reaction = wa("", Some("Carol"));
+        reaction.relation = Some(WhatsAppRelation::Reaction {
+            id: "reaction:M1:33611111111".into(),
+            emoji: "👍".into(),
+        });
+        assert_eq!(
+            relay.from_whatsapp(Some(&g), &reaction, false),
+            Err(Skip::ForgedId)
+        );
+        let mut notice = wa("", None);
+        notice.message_id = "gp2.1234.0".into();
+        notice.shared = Some(Shared::Members {
+            change: MemberChange::Added,
+            people: Vec::new(),
+            by: None,
+        });
+        assert!(relay.from_whatsapp(Some(&g), &notice, false).is_ok());
+    }
+
+    #[test]
     fn whatsapp_relations_become_matrix_changes() {
         let relay = relay();
         let g = group(None);

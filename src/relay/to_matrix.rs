@@ -643,8 +643,14 @@ pub fn whatsapp_own_name(message: &WhatsAppText) -> String {
 }
 
 /// Whether the message's id and the id it refers to are ids a WhatsApp app makes
-/// (see [`ids::is_whatsapp_message_id`]).
+/// (see [`ids::is_whatsapp_message_id`]). The notices the bridge makes of group
+/// notifications and calls carry ids of its own making (`gp2.…`, `call.…`): their
+/// dot keeps them apart from any id that passes here.
 fn ids_are_whatsapp_ids(message: &WhatsAppText) -> bool {
+    let own_id_made_by_bridge = matches!(
+        message.shared,
+        Some(Shared::Members { .. } | Shared::Setting(_) | Shared::Call { .. })
+    );
     let referred = match &message.relation {
         None => None,
         Some(
@@ -655,6 +661,7 @@ fn ids_are_whatsapp_ids(message: &WhatsAppText) -> bool {
         ) => Some(id),
     };
     std::iter::once(&message.message_id)
+        .filter(|_| !own_id_made_by_bridge)
         .chain(referred)
         .all(|id| ids::is_whatsapp_message_id(id))
 }
