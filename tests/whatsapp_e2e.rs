@@ -2612,6 +2612,85 @@ async fn hostile_media_urls_sizes_and_keys_never_reach_the_host_or_block_the_gro
     scene.bridge.stop().await;
 }
 
+/// The peak resident memory of process `pid` so far (`VmHWM`), in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kib * 1024
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_20_mb_file_declared_as_100_bytes_is_cut_off_without_filling_memory() {
+    init_test_logs();
+    use base64::Engine as _;
+    let b64 = |data: &[u8]| base64::engine::general_purpose::STANDARD.encode(data);
+    let synapse = Synapse::shared();
+    let scene = linked_scene(synapse, "Mémoire", false, "\n[relay]\nmax_file_mb = 1").await;
+    let (sim, alice, jid) = (&scene.sim, &scene.alice, scene.jid.clone());
+    // The real binary, so that its memory is its own (killed however the test ends).
+    let (child, room) = scene.run_until_bridged().await;
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let child = KillOnDrop(child);
+
+    // A file that fits first: the download path has run once when the peak is read.
+    let small = sample_file(9, 600_000);
+    bob_sends(
+        sim,
+        &jid,
+        json!({"document": b64(&small), "file_name": "petit.bin"}),
+    )
+    .await;
+    let document = alice
+        .wait_for(&room, "the small file", |s| s.msgtype == "m.file")
+        .await;
+    let (_, data) = matrix_file(synapse, alice, &room, &document.event_id).await;
+    assert_eq!(data, small);
+    let before = peak_rss(child.0.id());
+
+    const BIG: usize = 20_000_000;
+    let big = sample_file(10, BIG);
+    bob_sends(
+        sim,
+        &jid,
+        json!({
+            "message": {"documentMessage": {
+                "mimetype": "application/octet-stream", "fileName": "menteur.bin",
+                "fileLength": "100"
+            }},
+            "upload": {"type": "document", "data": b64(&big)}
+        }),
+    )
+    .await;
+    alice
+        .wait_for(&room, "the notice for the oversize file", |s| {
+            s.body
+                == "Bob sent menteur.bin, which is larger than its message said (100 B): \
+                    not relayed, see it in WhatsApp."
+        })
+        .await;
+    let grown = peak_rss(child.0.id()).saturating_sub(before);
+    eprintln!(
+        "peak memory grew by {} kB for a 20 MB file cut at 1 MB",
+        grown / 1024
+    );
+    // Cut at 1 MB: a few MB of buffers at most, where holding the file would take
+    // 20 MB and more.
+    assert!(
+        grown < (BIG / 4) as u64,
+        "the peak memory grew by {grown} bytes for a file cut at 1 MB"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_slow_whatsapp_download_delays_only_its_own_group() {
     init_test_logs();
