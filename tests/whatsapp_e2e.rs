@@ -46,6 +46,18 @@ async fn create_member(sim: &wa_sim::Simulator, phone: &str, name: &str) {
     assert_eq!(status, 201, "{body}");
 }
 
+/// Creates member `phone` (push name `name`) and adds them to group `jid`.
+async fn add_member(sim: &wa_sim::Simulator, jid: &str, phone: &str, name: &str) {
+    create_member(sim, phone, name).await;
+    let (status, body) = control(
+        "POST",
+        format!("{}groups/{jid}/participants", sim.http_url()),
+        json!({"add": [phone]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+}
+
 /// Creates the member Bob and a group `subject` of Bob and the association's
 /// number in the simulator; returns the group's jid.
 async fn bob_and_group(sim: &wa_sim::Simulator, subject: &str) -> String {
@@ -1507,14 +1519,7 @@ async fn poll_votes_are_read_with_the_polls_secret_and_tallied_on_its_line() {
     let mut scene = linked_scene(synapse, "Sondage", false, "").await;
     let room = scene.start().await;
     let (sim, alice, jid) = (&scene.sim, &scene.alice, &scene.jid);
-    create_member(sim, CAROL, "Carol").await;
-    let (status, body) = control(
-        "POST",
-        format!("{}groups/{jid}/participants", sim.http_url()),
-        json!({ "add": [CAROL] }),
-    )
-    .await;
-    assert_eq!(status, 200, "{body}");
+    add_member(sim, jid, CAROL, "Carol").await;
 
     // A poll in a group that is not bridged: nothing of it is kept.
     let (status, unbridged) = control(
@@ -2232,14 +2237,7 @@ async fn whatsapp_deletions_apply_only_from_the_author_or_a_group_admin() {
     let mut scene = linked_scene(synapse, "Suppressions", false, "").await;
     let room = scene.start().await;
     let (sim, alice, jid) = (&scene.sim, &scene.alice, scene.jid.clone());
-    create_member(sim, CAROL, "Carol").await;
-    let (status, body) = control(
-        "POST",
-        format!("{}groups/{jid}/participants", sim.http_url()),
-        json!({"add": [CAROL]}),
-    )
-    .await;
-    assert_eq!(status, 200, "{body}");
+    add_member(sim, &jid, CAROL, "Carol").await;
 
     // Bob created the group (its admin); Carol is a plain member.
     let bobs = bob_sends(sim, &jid, json!({"text": "le message de Bob"})).await;
@@ -2363,14 +2361,7 @@ async fn whatsapp_reactions_change_only_the_reactors_own_and_ids_cannot_pose_as_
     let room = scene.start().await;
     let (sim, alice, jid) = (&scene.sim, &scene.alice, scene.jid.clone());
     let bot = scene.bridge.bot_user.clone();
-    create_member(sim, CAROL, "Carol").await;
-    let (status, body) = control(
-        "POST",
-        format!("{}groups/{jid}/participants", sim.http_url()),
-        json!({"add": [CAROL]}),
-    )
-    .await;
-    assert_eq!(status, 200, "{body}");
+    add_member(sim, &jid, CAROL, "Carol").await;
     let bobs = bob_sends(sim, &jid, json!({"text": "on se voit samedi ?"})).await;
     let bobs_event = alice
         .wait_for(&room, "Bob's message", |s| {
@@ -2450,14 +2441,7 @@ async fn people_showing_the_same_name_are_told_apart_on_both_sides() {
     let room = scene.start().await;
     let (sim, alice, jid) = (&scene.sim, &scene.alice, scene.jid.clone());
     // Carol's push name is Alice's, its first letter a Cyrillic look-alike.
-    create_member(sim, CAROL, "\u{410}lice").await;
-    let (status, body) = control(
-        "POST",
-        format!("{}groups/{jid}/participants", sim.http_url()),
-        json!({"add": [CAROL]}),
-    )
-    .await;
-    assert_eq!(status, 200, "{body}");
+    add_member(sim, &jid, CAROL, "\u{410}lice").await;
 
     bob_says(sim, &jid, "salut").await;
     alice

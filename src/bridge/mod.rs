@@ -335,6 +335,17 @@ impl Bridge {
         self.set_aside_if_given_up(item, item.attempts + 1);
     }
 
+    /// A download of the item's file from `side` failed in a way that may pass:
+    /// said, and tried again like any failed attempt.
+    fn retry_download(&self, item: &OutboxItem, side: &str, error: &dyn std::fmt::Display) {
+        tracing::warn!(
+            seq = item.seq,
+            attempts = item.attempts,
+            "{side} media download failed, will retry: {error}"
+        );
+        self.retry(item, &error.to_string());
+    }
+
     /// The item cannot be tried yet for a reason that is not its own (WhatsApp
     /// away, its room being set up): asked again in a few seconds, its attempts
     /// not counted.

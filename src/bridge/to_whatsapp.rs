@@ -290,12 +290,7 @@ impl Bridge {
                 return None;
             }
             Err(error) if error.is_retryable() => {
-                tracing::warn!(
-                    seq = item.seq,
-                    attempts = item.attempts,
-                    "Matrix media download failed, will retry: {error}"
-                );
-                self.retry(item, &error.to_string());
+                self.retry_download(item, "Matrix", &error);
                 return None;
             }
             Err(error) => {
