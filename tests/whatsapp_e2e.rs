@@ -977,6 +977,48 @@ async fn homeserver_outage_during_a_whatsapp_burst_loses_and_doubles_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_matrix_message_that_could_not_be_queued_crosses_once_the_database_is_back() {
+    init_test_logs();
+    let synapse = Synapse::shared();
+    let mut scene = linked_scene(synapse, "Disque", false, "").await;
+    let room = scene.start().await;
+    let (sim, alice, jid) = (&scene.sim, &scene.alice, scene.jid.clone());
+    alice.send_text(&room, "avant la panne").await;
+    wait_member_text(sim, BOB, &jid, "*Alice*: avant la panne").await;
+
+    // Another process holds the bridge database's write lock: queueing fails (after
+    // the store's 5 s wait) while the message comes in.
+    let db =
+        rusqlite::Connection::open(scene.bridge.dir.path().join("state/passerelle.db")).unwrap();
+    db.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    alice.send_text(&room, "pendant la panne").await;
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    db.execute_batch("ROLLBACK").unwrap();
+    drop(db);
+
+    wait_member_text(sim, BOB, &jid, "*Alice*: pendant la panne").await;
+    alice.send_text(&room, "après la panne").await;
+    wait_member_text(sim, BOB, &jid, "*Alice*: après la panne").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let texts: Vec<String> = member_messages(sim, BOB, &jid)
+        .await
+        .iter()
+        .filter_map(|m| m["text"].as_str().map(str::to_owned))
+        .filter(|t| t.starts_with("*Alice*"))
+        .collect();
+    assert_eq!(
+        texts,
+        [
+            "*Alice*: avant la panne",
+            "*Alice*: pendant la panne",
+            "*Alice*: après la panne"
+        ],
+        "all, once, in order"
+    );
+    scene.bridge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn homeserver_rate_limit_delays_but_keeps_every_whatsapp_message() {
     const COUNT: usize = 16; // Synapse's default burst is 10, then 0.2/s
     init_test_logs();

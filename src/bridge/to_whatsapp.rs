@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::{now_ms, Bridge};
-use crate::matrix::MatrixEvents;
+use crate::matrix::{MatrixEvents, NotQueued};
 use crate::relay::ids::{self, CrossedReaction};
 use crate::relay::mentions::KnownPerson;
 use crate::relay::pacing::Wait;
@@ -20,7 +20,7 @@ use crate::whatsapp::{Outgoing, Quoted, WhatsAppError};
 
 #[async_trait]
 impl MatrixEvents for Bridge {
-    async fn message(&self, mut message: MatrixText) {
+    async fn message(&self, mut message: MatrixText) -> Result<(), NotQueued> {
         let group = self.group_for_room(&message.room_id);
         let name_key = group
             .as_ref()
@@ -39,10 +39,7 @@ impl MatrixEvents for Bridge {
             .is_bridge_event(&message.room_id, &message.event_id)
         {
             Ok(own) => own,
-            Err(error) => {
-                tracing::error!("store: {error}");
-                return;
-            }
+            Err(error) => return Err(NotQueued(error.to_string())),
         };
         let active = self.active();
         let post = match active.relay.from_matrix(group.as_ref(), &message, own) {
@@ -59,15 +56,16 @@ impl MatrixEvents for Bridge {
                 if let Some(notice) = active.relay.skip_notice(skip, &message).filter(|_| tell) {
                     let _ = self.matrix.send_notice(&message.room_id, &notice).await;
                 }
-                return;
+                return Ok(());
             }
         };
-        let Some(group) = group else { return };
+        let Some(group) = group else { return Ok(()) };
         let payload = match serde_json::to_string(&post) {
             Ok(payload) => payload,
             Err(error) => {
+                // A bug, not a passing fault: reading the event again would not help.
                 tracing::error!("serialising a message: {error}");
-                return;
+                return Ok(());
             }
         };
         let target_id = relay::whatsapp_id_for_event(&message.event_id);
@@ -86,8 +84,9 @@ impl MatrixEvents for Bridge {
                 self.wake_to_whatsapp.notify_one();
             }
             Ok(false) => tracing::debug!("Matrix event seen again: already relayed"),
-            Err(error) => tracing::error!("store: could not queue a Matrix message: {error}"),
+            Err(error) => return Err(NotQueued(error.to_string())),
         }
+        Ok(())
     }
 
     async fn accept_invite(&self, room_id: &str, inviter: &str) -> bool {

@@ -120,12 +120,18 @@ impl MatrixError {
     }
 }
 
+/// A Matrix event the bridge could not queue safely (its database failed).
+#[derive(Debug, thiserror::Error)]
+#[error("could not queue a Matrix event: {0}")]
+pub struct NotQueued(pub String);
+
 /// What the bridge must decide or receive from the Matrix side.
 #[async_trait]
 pub trait MatrixEvents: Send + Sync {
     /// A text-like message in a joined room (not yet filtered: the bridge decides).
-    /// Returns once it is durably queued or deliberately skipped.
-    async fn message(&self, message: MatrixText);
+    /// `Ok` once it is durably queued or deliberately skipped; `Err` when it could
+    /// not be queued (the room's marker then stays before it, and it comes again).
+    async fn message(&self, message: MatrixText) -> Result<(), NotQueued>;
     /// Whether to accept an invite of the bot into `room_id` sent by `inviter`.
     async fn accept_invite(&self, room_id: &str, inviter: &str) -> bool;
 }
@@ -155,6 +161,7 @@ pub struct MatrixSide {
     server_name: String,
     handlers: Arc<Mutex<Vec<EventHandlerHandle>>>,
     admin_rooms: Arc<tokio::sync::Mutex<()>>,
+    rooms_behind: Arc<timeline::RoomsBehind>,
 }
 
 impl MatrixSide {
@@ -240,6 +247,7 @@ impl MatrixSide {
             client,
             store,
             handlers: Arc::default(),
+            rooms_behind: Arc::default(),
             admin_rooms: Arc::default(),
             server_name: bot.server_name().to_string(),
             bot,
@@ -308,7 +316,8 @@ impl MatrixSide {
         let side = self.clone();
         tokio::spawn(async move {
             for room in side.client.joined_rooms() {
-                timeline::catch_up(&room, &side.store, &side.bot, &events).await;
+                timeline::catch_up(&room, &side.store, &side.bot, &events, &side.rooms_behind)
+                    .await;
             }
             loop {
                 let result = side
@@ -326,10 +335,12 @@ impl MatrixSide {
                                         &side.store,
                                         &side.bot,
                                         &events,
+                                        &side.rooms_behind,
                                     )
                                     .await;
                                 }
                             }
+                            side.read_rooms_behind_again(&events).await;
                             Ok(LoopCtrl::Continue)
                         }
                     })
@@ -343,6 +354,35 @@ impl MatrixSide {
                 }
             }
         })
+    }
+
+    /// Reads again, from their marker, the rooms with an event not queued yet (at
+    /// most every sync, so every 30 s when nothing else happens).
+    async fn read_rooms_behind_again(&self, events: &Arc<dyn MatrixEvents>) {
+        let behind: Vec<String> = self
+            .rooms_behind
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect();
+        for room_id in behind {
+            let room = RoomId::parse(&room_id)
+                .ok()
+                .and_then(|id| self.client.get_room(&id));
+            match room {
+                Some(room) => {
+                    timeline::catch_up(&room, &self.store, &self.bot, events, &self.rooms_behind)
+                        .await
+                }
+                None => {
+                    self.rooms_behind
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&room_id);
+                }
+            }
+        }
     }
 
     /// Removes the event handlers (they hold the bridge; this breaks the cycle).

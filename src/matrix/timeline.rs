@@ -4,7 +4,8 @@
 //! per-room marker (the last handled event) in the bridge database tells where to
 //! stop; handing an event over twice is harmless (the outbox de-duplicates by id).
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 
 use matrix_sdk::deserialized_responses::TimelineEvent;
 use matrix_sdk::room::{MessagesOptions, Room};
@@ -38,6 +39,10 @@ fn marker_key(room: &Room) -> String {
     format!("matrix.last_event.{}", room.room_id())
 }
 
+/// The rooms with an event the bridge could not queue: their marker stays before
+/// it, and they are read again from there (after each sync) until all is queued.
+pub(super) type RoomsBehind = Mutex<HashSet<String>>;
+
 /// Hands the events of one joined room's sync update to the bridge, in order.
 pub(super) async fn handle_update(
     room: &Room,
@@ -45,27 +50,52 @@ pub(super) async fn handle_update(
     store: &Store,
     bot: &UserId,
     events: &Arc<dyn MatrixEvents>,
+    behind: &RoomsBehind,
 ) {
+    if is_behind(room, behind) {
+        // Read again from the marker after this sync: that covers these events too.
+        return;
+    }
     if update.timeline.limited {
         tracing::debug!(room = %room.room_id(), "sync timeline was limited: back-filling");
         let older = events_since_marker(room, store, update.timeline.prev_batch.clone()).await;
-        hand_over(room, &older, store, bot, events).await;
+        if !hand_over(room, &older, store, bot, events, behind).await {
+            return;
+        }
     }
-    hand_over(room, &update.timeline.events, store, bot, events).await;
+    hand_over(room, &update.timeline.events, store, bot, events, behind).await;
 }
 
-/// After a restart: hands over what the room received after its marker.
+/// After a restart, or for a room behind: hands over what the room received after
+/// its marker.
 pub(super) async fn catch_up(
     room: &Room,
     store: &Store,
     bot: &UserId,
     events: &Arc<dyn MatrixEvents>,
+    behind: &RoomsBehind,
 ) {
     let missed = events_since_marker(room, store, None).await;
     if !missed.is_empty() {
         tracing::info!(room = %room.room_id(), count = missed.len(), "catching up on Matrix events");
     }
-    hand_over(room, &missed, store, bot, events).await;
+    if hand_over(room, &missed, store, bot, events, behind).await {
+        let caught_up = behind
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(room.room_id().as_str());
+        if caught_up {
+            tracing::info!(room = %room.room_id(), "every Matrix event of the room is queued again");
+        }
+    }
+}
+
+/// Whether the room has an event the bridge could not queue yet.
+fn is_behind(room: &Room, behind: &RoomsBehind) -> bool {
+    behind
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .contains(room.room_id().as_str())
 }
 
 /// Pages backwards from `from` (None: the newest event) to the room's marker and
@@ -116,17 +146,30 @@ async fn events_since_marker(
     collected
 }
 
+/// Hands `timeline`'s events to the bridge in order and moves the room's marker
+/// past those it took. An event it could not queue stops the hand-over: the marker
+/// stays before it, the room is marked behind, and `false` is returned.
 async fn hand_over(
     room: &Room,
     timeline: &[TimelineEvent],
     store: &Store,
     bot: &UserId,
     events: &Arc<dyn MatrixEvents>,
-) {
+    behind: &RoomsBehind,
+) -> bool {
     let mut last = None;
+    let mut all_queued = true;
     for event in timeline {
         if let Some(message) = to_matrix_text(room, event, bot).await {
-            events.message(message).await;
+            if let Err(error) = events.message(message).await {
+                tracing::error!(room = %room.room_id(), "{error}; the room will be read again from there");
+                behind
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(room.room_id().to_string());
+                all_queued = false;
+                break;
+            }
         }
         if let Some(id) = event.event_id() {
             last = Some(id);
@@ -137,6 +180,7 @@ async fn hand_over(
             tracing::error!("store: {error}");
         }
     }
+    all_queued
 }
 
 /// Turns a timeline event into the relay's type; `None` for events the bridge does
