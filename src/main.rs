@@ -423,8 +423,10 @@ fn run(config_path: &Path) -> ExitCode {
     let result: anyhow::Result<()> = runtime.block_on(async {
         let signals = Signals::install()?;
         let service = Service::start(config_path, WhatsAppNetwork::Real).await?;
-        service.run_until_signalled(signals).await;
-        Ok(())
+        service
+            .run_until_signalled(signals)
+            .await
+            .map_err(|why| anyhow::anyhow!("stopped: {why}"))
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -34,6 +34,8 @@ pub struct Figures {
     /// make them (a modified client's).
     pub forgeries_refused: u64,
     pub whatsapp_connected: bool,
+    /// The bot's Matrix session is in force (not ended by the homeserver).
+    pub matrix_logged_in: bool,
     pub groups_approved: u64,
     pub groups_bridged: u64,
 }
@@ -94,6 +96,12 @@ pub fn render(figures: &Figures) -> String {
         "gauge",
         "1 when the linked WhatsApp device is connected.",
         &[("", u64::from(figures.whatsapp_connected))],
+    );
+    metric(
+        "passerelle_matrix_logged_in",
+        "gauge",
+        "1 while the bot's Matrix session is in force; 0 once the homeserver ended it, until a new login.",
+        &[("", u64::from(figures.matrix_logged_in))],
     );
     metric(
         "passerelle_groups_approved",
@@ -186,6 +194,7 @@ mod tests {
             set_aside: 1,
             forgeries_refused: 4,
             whatsapp_connected: false,
+            matrix_logged_in: false,
             groups_approved: 2,
             groups_bridged: 1,
         };
@@ -198,6 +207,7 @@ mod tests {
             "passerelle_set_aside_messages 1",
             "passerelle_forged_changes_refused_total 4",
             "passerelle_whatsapp_connected 0",
+            "passerelle_matrix_logged_in 0",
             "passerelle_groups_bridged 1",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");

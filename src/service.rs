@@ -120,7 +120,7 @@ impl Service {
         let groups = bridge.set_up_all_rooms().await;
 
         let events: Arc<dyn MatrixEvents> = bridge.clone();
-        let mut tasks = vec![bridge.matrix.start_sync(events)];
+        let mut tasks = bridge.matrix.start_sync(events);
         tasks.extend(bridge.spawn_workers());
         let handler: Arc<dyn ControlHandler> = bridge.clone();
         tasks.push(tokio::spawn(control::serve(control_listener, handler)));
@@ -188,22 +188,26 @@ impl Service {
         }
     }
 
-    /// Runs until SIGTERM or SIGINT; SIGHUP reloads. `signals` are installed before
-    /// the service starts, so a reload requested during start-up is applied after it
-    /// rather than killing the process (SIGHUP's default action).
-    pub async fn run_until_signalled(self, mut signals: Signals) {
-        loop {
+    /// Runs until SIGTERM or SIGINT (`Ok`), or until it cannot go on (`Err` with
+    /// why: the Matrix session ended and cannot be renewed); SIGHUP reloads.
+    /// `signals` are installed before the service starts, so a reload requested
+    /// during start-up is applied after it rather than killing the process
+    /// (SIGHUP's default action). What waits stays queued either way.
+    pub async fn run_until_signalled(self, mut signals: Signals) -> Result<(), String> {
+        let outcome = loop {
             tokio::select! {
                 _ = signals.hangup.recv() => {
                     tracing::info!("SIGHUP: reloading configuration");
                     let _ = self.reload().await;
                 }
-                _ = signals.terminate.recv() => break,
-                _ = signals.interrupt.recv() => break,
+                _ = signals.terminate.recv() => break Ok(()),
+                _ = signals.interrupt.recv() => break Ok(()),
+                why = self.bridge.failed() => break Err(why),
             }
-        }
+        };
         tracing::info!("stopping");
         self.shutdown().await;
+        outcome
     }
 }
 

@@ -23,6 +23,11 @@ pub mod keys {
     pub const WHATSAPP_SINCE: &str = "whatsapp.since";
     /// The WhatsApp state the admins were last told about (so each is told once).
     pub const WHATSAPP_TOLD: &str = "whatsapp.told_admins";
+    /// The bot's Matrix session when it is not simply logged in, in words (absent:
+    /// logged in).
+    pub const MATRIX_STATE: &str = "matrix.state";
+    /// Unix seconds since the Matrix state holds.
+    pub const MATRIX_SINCE: &str = "matrix.since";
     /// `<unix seconds>|<message>` of the last error worth an admin's attention.
     pub const LAST_ERROR: &str = "service.last_error";
 }
@@ -65,6 +70,9 @@ pub struct StatusReport {
     pub matrix_user: String,
     /// The bot's device when a session is stored (login done).
     pub matrix_device: Option<String>,
+    /// The bot's session: "logged in", "not logged in yet", or what went wrong.
+    pub matrix: String,
+    pub matrix_since_secs: Option<u64>,
     /// The linked WhatsApp number (digits), from the key store.
     pub whatsapp_number: Option<String>,
     pub whatsapp: String,
@@ -115,6 +123,12 @@ pub fn gather(config_path: &Path) -> Result<StatusReport, StatusError> {
             let meta = session.get("meta").unwrap_or(&session);
             meta.get("device_id")?.as_str().map(str::to_string)
         });
+    let matrix = match (meta(keys::MATRIX_STATE)?, &matrix_device) {
+        (Some(state), _) => state,
+        (None, Some(_)) => "logged in".into(),
+        (None, None) => "not logged in yet".into(),
+    };
+    let matrix_since_secs = age(meta(keys::MATRIX_SINCE)?.and_then(|v| v.parse().ok()));
     let whatsapp_number =
         crate::whatsapp::store::SqliteBackend::linked_number_at(&state_dir.join("whatsapp.db"))?;
     let whatsapp = match (meta(keys::WHATSAPP_STATE)?, &whatsapp_number) {
@@ -160,6 +174,8 @@ pub fn gather(config_path: &Path) -> Result<StatusReport, StatusError> {
         running,
         matrix_user: config.matrix.user.clone(),
         matrix_device,
+        matrix,
+        matrix_since_secs,
         whatsapp_number,
         whatsapp,
         whatsapp_since_secs,
@@ -202,9 +218,13 @@ impl fmt::Display for StatusReport {
             _ => "never started".to_string(),
         };
         writeln!(f, "service:    {service}")?;
-        match &self.matrix_device {
-            Some(device) => writeln!(f, "matrix:     {} (device {device})", self.matrix_user)?,
-            None => writeln!(f, "matrix:     {} (not logged in yet)", self.matrix_user)?,
+        write!(f, "matrix:     {}", self.matrix_user)?;
+        if let Some(device) = &self.matrix_device {
+            write!(f, " (device {device})")?;
+        }
+        match self.matrix_since_secs {
+            Some(age) => writeln!(f, ", {} (for {})", self.matrix, human(age))?,
+            None => writeln!(f, ", {}", self.matrix)?,
         }
         if let Some(number) = &self.whatsapp_number {
             write!(f, "whatsapp:   +{number}, ")?;

@@ -1018,6 +1018,146 @@ async fn a_matrix_message_that_could_not_be_queued_crosses_once_the_database_is_
     scene.bridge.stop().await;
 }
 
+/// A `passerelle run` child killed when the test ends, passed or not.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The bot's stored Matrix session (`matrix-session.json`).
+fn bot_session(bridge: &TestBridge) -> serde_json::Value {
+    let path = bridge.dir.path().join("state/matrix-session.json");
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+/// Ends every session of the bot on the homeserver, as an admin resetting them (or
+/// a password change) does; returns the device that was in use.
+async fn log_the_bot_out(synapse: &Synapse, bridge: &TestBridge) -> String {
+    let session = bot_session(bridge);
+    let token = session["access_token"].as_str().unwrap().to_string();
+    let url = synapse.api("/_matrix/client/v3/logout/all");
+    let (status, body) = tokio::task::spawn_blocking(move || {
+        http_json("POST", &url, Some(&token), Some(&json!({})))
+    })
+    .await
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    session["device_id"].as_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_bot_logged_out_under_the_bridge_logs_in_again_and_loses_nothing() {
+    init_test_logs();
+    let synapse = Synapse::shared();
+    let mut scene = linked_scene(synapse, "Jeton", true, "").await;
+    let room = scene.start().await;
+    let (sim, alice, jid) = (&scene.sim, &scene.alice, scene.jid.clone());
+    let bot = scene.bridge.bot_user.clone();
+    bob_says(sim, &jid, "avant").await;
+    assert_eq!(
+        wait_bot_history(alice, &room, &bot, 1, Duration::from_secs(30)).await,
+        ["Bob: avant"]
+    );
+
+    let old_device = log_the_bot_out(synapse, &scene.bridge).await;
+    for text in ["un", "deux", "trois"] {
+        bob_says(sim, &jid, text).await;
+    }
+    let expected = ["Bob: avant", "Bob: un", "Bob: deux", "Bob: trois"];
+    let seen = wait_bot_history(alice, &room, &bot, 4, Duration::from_secs(90)).await;
+    assert_eq!(seen, expected, "all, once, in order");
+    let new_device = bot_session(&scene.bridge)["device_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_ne!(new_device, old_device, "a new device logged in");
+    // The admin is told, and the sync of the new session relays Matrix again.
+    alice
+        .wait_anywhere("the new login told", |s| {
+            s.body.contains("logged in again") && s.body.contains(&new_device)
+        })
+        .await;
+    alice.send_text(&room, "de retour").await;
+    wait_member_text(sim, BOB, &jid, "*Alice*: de retour").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        alice.history_from(&room, &bot).await,
+        expected,
+        "nothing doubled afterwards"
+    );
+    assert_eq!(scene.bridge.service().pending(), (0, 0));
+    scene.bridge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_a_password_a_lost_session_keeps_every_message_and_stops_the_service() {
+    init_test_logs();
+    let synapse = Synapse::shared();
+    let scene = linked_scene(synapse, "Sans mot de passe", false, "").await;
+    let (sim, alice, jid) = (&scene.sim, &scene.alice, scene.jid.clone());
+    let bot = scene.bridge.bot_user.clone();
+    let (child, room) = scene.run_until_bridged().await;
+    let mut child = KillOnDrop(child);
+    bob_says(sim, &jid, "avant").await;
+    wait_bot_history(alice, &room, &bot, 1, Duration::from_secs(30)).await;
+
+    // The password is taken out of the configuration (reloaded), then the session ends.
+    let config_path = scene.bridge.config_path.clone();
+    let with_password = std::fs::read_to_string(&config_path).unwrap();
+    let without: String = with_password
+        .lines()
+        .filter(|line| !line.starts_with("password_file"))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    std::fs::write(&config_path, &without).unwrap();
+    let pid = child.0.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    log_the_bot_out(synapse, &scene.bridge).await;
+    bob_says(sim, &jid, "pendant 1").await;
+    bob_says(sim, &jid, "pendant 2").await;
+
+    wait_status(&config_path, "the lost session shown", |r| {
+        r["matrix"]
+            .as_str()
+            .is_some_and(|m| m.contains("no password configured"))
+            && r["to_matrix"]["waiting"].as_u64() == Some(2)
+    })
+    .await;
+    // It stops with an error within the bound, and keeps what waits.
+    let deadline =
+        Instant::now() + passerelle::matrix::SESSION_GIVE_UP_AFTER + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the service never stopped");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert!(!status.success(), "stopped with an error: {status}");
+    let report = admin_command(&config_path, &["status", "--json"]).await;
+    let report: serde_json::Value = serde_json::from_str(&report).unwrap();
+    assert_eq!(report["to_matrix"]["waiting"], 2, "{report}");
+    assert!(
+        report["matrix"].as_str().unwrap().contains("stopped"),
+        "{report}"
+    );
+
+    // The admin puts the password back: the next start logs in and delivers.
+    std::fs::write(&config_path, &with_password).unwrap();
+    let _child = KillOnDrop(scene.spawn_run());
+    let seen = wait_bot_history(alice, &room, &bot, 3, Duration::from_secs(90)).await;
+    assert_eq!(seen, ["Bob: avant", "Bob: pendant 1", "Bob: pendant 2"]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn homeserver_rate_limit_delays_but_keeps_every_whatsapp_message() {
     const COUNT: usize = 16; // Synapse's default burst is 10, then 0.2/s
@@ -2659,13 +2799,6 @@ async fn a_20_mb_file_declared_as_100_bytes_is_cut_off_without_filling_memory() 
     let (sim, alice, jid) = (&scene.sim, &scene.alice, scene.jid.clone());
     // The real binary, so that its memory is its own (killed however the test ends).
     let (child, room) = scene.run_until_bridged().await;
-    struct KillOnDrop(std::process::Child);
-    impl Drop for KillOnDrop {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
     let child = KillOnDrop(child);
 
     // A file that fits first: the download path has run once when the peak is read.

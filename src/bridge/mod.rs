@@ -89,6 +89,9 @@ pub(crate) struct Bridge {
     /// WhatsApp files being fetched for to-Matrix items (by seq): `None` while the
     /// download runs, then its outcome until the item takes it.
     downloads: Mutex<HashMap<i64, Option<Fetched>>>,
+    /// Why the service must stop with an error (set once), and its wake-up.
+    failure: Mutex<Option<String>>,
+    failure_told: Notify,
     /// A weak handle on itself, for tasks spawned from `&self` callbacks.
     me: OnceLock<std::sync::Weak<Bridge>>,
 }
@@ -132,6 +135,8 @@ impl Bridge {
             forgeries_refused: Default::default(),
             homeserver_away: Default::default(),
             downloads: Mutex::default(),
+            failure: Mutex::default(),
+            failure_told: Notify::new(),
             me: OnceLock::new(),
         });
         let _ = bridge.me.set(Arc::downgrade(&bridge));
@@ -173,6 +178,30 @@ impl Bridge {
 
     fn whatsapp(&self) -> Option<&Arc<dyn WhatsAppClient>> {
         self.whatsapp.get()
+    }
+
+    /// The service cannot go on (what waits stays queued): `failed` returns `why`.
+    fn fail(&self, why: String) {
+        let mut failure = self.failure.lock().unwrap_or_else(|e| e.into_inner());
+        if failure.is_none() {
+            *failure = Some(why);
+            self.failure_told.notify_one();
+        }
+    }
+
+    /// Returns once the service cannot go on, with why.
+    pub(crate) async fn failed(&self) -> String {
+        loop {
+            if let Some(why) = self
+                .failure
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()
+            {
+                return why;
+            }
+            self.failure_told.notified().await;
+        }
     }
 
     /// Remembers an error for `passerelle status` (no message content, no numbers).
@@ -223,6 +252,8 @@ impl Bridge {
             }
         }
         *self.active.write().unwrap_or_else(|e| e.into_inner()) = new.clone();
+        // A password added (or changed) lets the bot log in again without a restart.
+        self.matrix.set_login_config(&new.config.matrix);
         self.pacer
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -356,13 +387,15 @@ impl Bridge {
         }
     }
 
-    /// The homeserver is away (unreachable, down, or rate-limiting): the item
-    /// waits without its attempts counted, as for WhatsApp away; said once in the
-    /// log until a send goes through again.
+    /// The homeserver is away (unreachable, down, or rate-limiting) or ended the
+    /// bot's session: the item waits without its attempts counted, as for WhatsApp
+    /// away; said once in the log until a send goes through again (a lost session
+    /// is said by the Matrix side, which logs in again).
     fn homeserver_away(&self, item: &OutboxItem, error: &crate::matrix::MatrixError) {
-        if !self
-            .homeserver_away
-            .swap(true, std::sync::atomic::Ordering::Relaxed)
+        if !error.is_session_lost()
+            && !self
+                .homeserver_away
+                .swap(true, std::sync::atomic::Ordering::Relaxed)
         {
             tracing::warn!("homeserver unreachable, messages wait for it: {error}");
         }

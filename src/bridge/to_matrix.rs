@@ -133,7 +133,9 @@ impl Bridge {
                 self.finish(&item, Some(&link));
             }
             Ok(None) => self.finish(&item, None),
-            Err(error) if error.is_homeserver_away() => self.homeserver_away(&item, &error),
+            Err(error) if error.is_homeserver_away() || error.is_session_lost() => {
+                self.homeserver_away(&item, &error)
+            }
             Err(error) if error.is_retryable() => {
                 tracing::warn!(
                     seq = item.seq,

@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::{now_ms, Bridge};
-use crate::matrix::{MatrixEvents, NotQueued};
+use crate::matrix::{MatrixEvents, NotQueued, SessionChange};
 use crate::relay::ids::{self, CrossedReaction};
 use crate::relay::mentions::KnownPerson;
 use crate::relay::pacing::Wait;
@@ -91,6 +91,10 @@ impl MatrixEvents for Bridge {
 
     async fn accept_invite(&self, room_id: &str, inviter: &str) -> bool {
         self.should_accept_invite(room_id, inviter).await
+    }
+
+    fn session_changed(&self, change: SessionChange) {
+        self.matrix_session_changed(change);
     }
 }
 
@@ -284,7 +288,7 @@ impl Bridge {
                 });
             }
             Ok(data) => relay.matrix_file_too_large(post, media, data.len() as u64),
-            Err(error) if error.is_homeserver_away() => {
+            Err(error) if error.is_homeserver_away() || error.is_session_lost() => {
                 self.homeserver_away(item, &error);
                 return None;
             }

@@ -9,6 +9,7 @@ use async_trait::async_trait;
 
 use super::{now_ms, Bridge};
 use crate::control::{self, ControlHandler};
+use crate::matrix::{self, SessionChange};
 use crate::metrics;
 use crate::relay::ids;
 use crate::status;
@@ -140,6 +141,87 @@ impl Bridge {
     }
 }
 
+impl Bridge {
+    /// The bot's Matrix session changed: told in the logs, `status`, the metrics,
+    /// and to the admins once the bot can speak again; given up, the service stops
+    /// with an error so that its manager shows the failure.
+    pub(super) fn matrix_session_changed(&self, change: SessionChange) {
+        let now = now_ms() / 1000;
+        let state = match &change {
+            SessionChange::Lost {
+                can_log_in_again: true,
+            } => "session ended by the homeserver; logging in again".to_string(),
+            SessionChange::Lost {
+                can_log_in_again: false,
+            } => format!(
+                "session ended by the homeserver; no password configured to log in again \
+                 (set matrix.password_file); stopping in {} s",
+                matrix::SESSION_GIVE_UP_AFTER.as_secs()
+            ),
+            SessionChange::LoginRefused { why } => {
+                format!("session ended by the homeserver; cannot log in again: {why}")
+            }
+            SessionChange::GivenUp { why } => {
+                format!("session ended by the homeserver; stopped, cannot log in again: {why}")
+            }
+            SessionChange::Renewed { .. } => String::new(),
+        };
+        if let SessionChange::Renewed { device_id } = &change {
+            let lost_since = self
+                .store
+                .get_meta(status::keys::MATRIX_SINCE)
+                .ok()
+                .flatten()
+                .and_then(|since| since.parse::<i64>().ok());
+            for key in [status::keys::MATRIX_STATE, status::keys::MATRIX_SINCE] {
+                if let Err(error) = self.store.delete_meta(key) {
+                    tracing::warn!("store: {error}");
+                }
+            }
+            let waited = lost_since
+                .map(|since| format!(" after {} s without one", (now - since).max(0)))
+                .unwrap_or_default();
+            let text = format!(
+                "The homeserver ended the bot's Matrix session; it logged in again as a new \
+                 device ({device_id}){waited}. Messages that waited are being delivered."
+            );
+            self.wake_to_matrix.notify_one();
+            self.wake_to_whatsapp.notify_one();
+            let admins = self.active().config.matrix.admins.clone();
+            self.spawn_with_self(|bridge| async move {
+                for admin in &admins {
+                    if let Err(error) = bridge.matrix.notify_admin(admin, &text).await {
+                        tracing::warn!("could not tell an admin about the Matrix session: {error}");
+                    }
+                }
+            });
+            return;
+        }
+        tracing::error!("Matrix: {state}");
+        self.note_error(&format!("Matrix {state}"));
+        let first_since = matches!(change, SessionChange::Lost { .. });
+        let result = self
+            .store
+            .set_meta(status::keys::MATRIX_STATE, &state)
+            .and_then(|()| {
+                if first_since {
+                    self.store
+                        .set_meta(status::keys::MATRIX_SINCE, &now.to_string())
+                } else {
+                    Ok(())
+                }
+            });
+        if let Err(error) = result {
+            tracing::warn!("store: {error}");
+        }
+        if let SessionChange::GivenUp { why } = change {
+            self.fail(format!(
+                "the Matrix session was ended and cannot be renewed: {why}"
+            ));
+        }
+    }
+}
+
 impl metrics::FigureSource for Bridge {
     fn figures(&self) -> metrics::Figures {
         // One read of the day counters serves both directions.
@@ -163,6 +245,7 @@ impl metrics::FigureSource for Bridge {
                 relayed_total,
             }
         };
+        let matrix_logged_in = matches!(self.store.get_meta(status::keys::MATRIX_STATE), Ok(None));
         let whatsapp_connected = matches!(
             self.store.get_meta(status::keys::WHATSAPP_STATE),
             Ok(Some(state)) if state == "connected"
@@ -176,6 +259,7 @@ impl metrics::FigureSource for Bridge {
                 .map(|letters| letters.len() as u64)
                 .unwrap_or(0),
             whatsapp_connected,
+            matrix_logged_in,
             forgeries_refused: self
                 .forgeries_refused
                 .load(std::sync::atomic::Ordering::Relaxed),

@@ -195,6 +195,11 @@ impl MatrixConfig {
         self.user.split_once(':').map_or("", |(_, server)| server)
     }
 
+    /// Whether a password (or a password file) is configured to log in with.
+    pub fn has_password(&self) -> bool {
+        self.password.is_some() || self.password_file.is_some()
+    }
+
     /// The password, or the contents of `password_file` without its trailing newline.
     pub fn read_password(&self) -> std::io::Result<Option<String>> {
         if let Some(password) = &self.password {

@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use matrix_sdk::authentication::matrix::MatrixSession;
 use matrix_sdk::config::SyncSettings;
 use matrix_sdk::event_handler::EventHandlerHandle;
 use matrix_sdk::room::Room;
@@ -29,16 +28,16 @@ use matrix_sdk::ruma::{
     EventId, OwnedRoomId, OwnedTransactionId, OwnedUserId, RoomAliasId, RoomId, RoomOrAliasId,
     UserId,
 };
-use matrix_sdk::store::RoomLoadSettings;
 use matrix_sdk::{Client, RoomState};
 use serde_json::json;
 
 mod media;
+mod session;
+pub use session::GIVE_UP_AFTER as SESSION_GIVE_UP_AFTER;
 mod timeline;
 
 use crate::config::{MatrixConfig, RoomRef};
 use crate::relay::{MatrixPost, MatrixText};
-use crate::secret_file;
 use crate::store::Store;
 use matrix_sdk::LoopCtrl;
 
@@ -49,7 +48,7 @@ const SYNC_TIMELINE_LIMIT: u32 = 100;
 /// Why a Matrix operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum MatrixError {
-    #[error("no Matrix session stored and no password configured (set matrix.password_file)")]
+    #[error("no password configured to log in to Matrix with (set matrix.password_file)")]
     NoPassword,
     #[error("reading {path}: {source}")]
     Io {
@@ -82,8 +81,6 @@ impl From<matrix_sdk::ClientBuildError> for MatrixError {
 }
 
 impl MatrixError {
-    /// Whether the same request may succeed later (server down, rate limited), as
-    /// opposed to a refusal (forbidden, too large, unknown room).
     /// Whether the homeserver could not be reached, was down behind its proxy, or
     /// asked to slow down: nothing about the request itself, so a message waiting
     /// for it has not failed (its attempts are not counted).
@@ -105,6 +102,22 @@ impl MatrixError {
         }
     }
 
+    /// Whether the homeserver ended the bot's session: nothing about the request
+    /// either; it waits for the bot to log in again.
+    pub fn is_session_lost(&self) -> bool {
+        let http = match self {
+            MatrixError::Sdk(matrix_sdk::Error::Http(http)) => http.as_ref(),
+            MatrixError::Http(http) => http,
+            _ => return false,
+        };
+        matches!(
+            http.client_api_error_kind(),
+            Some(ErrorKind::UnknownToken { .. })
+        )
+    }
+
+    /// Whether the same request may succeed later (server down, rate limited), as
+    /// opposed to a refusal (forbidden, too large, unknown room).
     pub fn is_retryable(&self) -> bool {
         let http = match self {
             MatrixError::Sdk(matrix_sdk::Error::Http(http)) => http.as_ref(),
@@ -134,6 +147,24 @@ pub trait MatrixEvents: Send + Sync {
     async fn message(&self, message: MatrixText) -> Result<(), NotQueued>;
     /// Whether to accept an invite of the bot into `room_id` sent by `inviter`.
     async fn accept_invite(&self, room_id: &str, inviter: &str) -> bool;
+    /// The bot's session changed: ended by the homeserver, renewed, or given up.
+    fn session_changed(&self, change: SessionChange);
+}
+
+/// What becomes of the bot's Matrix session when the homeserver ends it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionChange {
+    /// The homeserver ended the session (`M_UNKNOWN_TOKEN`). `can_log_in_again`:
+    /// a password is configured to log in again with.
+    Lost { can_log_in_again: bool },
+    /// Logging in again failed in a way only an admin can mend (no password, the
+    /// password refused); the bridge keeps trying until it gives up.
+    LoginRefused { why: String },
+    /// Logged in again as a new device; everything waiting can go.
+    Renewed { device_id: String },
+    /// No session for [`session::GIVE_UP_AFTER`] and no way to get one: the service
+    /// should stop with an error (what waits stays queued).
+    GivenUp { why: String },
 }
 
 /// What is needed to set up (or find again) the room of a group.
@@ -155,7 +186,8 @@ pub struct RoomSetup {
 /// The bot's Matrix client.
 #[derive(Clone)]
 pub struct MatrixSide {
-    client: Client,
+    current: Arc<std::sync::RwLock<Client>>,
+    session: Arc<session::Keeper>,
     store: Arc<Store>,
     bot: OwnedUserId,
     server_name: String,
@@ -174,77 +206,14 @@ impl MatrixSide {
     ) -> Result<Self, MatrixError> {
         let bot = UserId::parse(config.user.as_str())
             .map_err(|_| MatrixError::InvalidId(config.user.clone()))?;
-        let store_key_path = state_dir.join("matrix-store-key");
-        let store_key =
-            secret_file::read_or_create(&store_key_path).map_err(|source| MatrixError::Io {
-                path: store_key_path.clone(),
-                source,
-            })?;
-        let store_dir = state_dir.join("matrix");
-        secret_file::create_private_dir(&store_dir).map_err(|source| MatrixError::Io {
-            path: store_dir.clone(),
-            source,
-        })?;
-        let client = Client::builder()
-            .homeserver_url(config.homeserver.as_str())
-            .sqlite_store(&store_dir, Some(&store_key))
-            .build()
-            .await?;
-
-        let session_path = state_dir.join("matrix-session.json");
-        match std::fs::read(&session_path) {
-            Ok(bytes) => {
-                let session: MatrixSession =
-                    serde_json::from_slice(&bytes).map_err(|source| MatrixError::Session {
-                        path: session_path.clone(),
-                        source,
-                    })?;
-                client
-                    .matrix_auth()
-                    .restore_session(session, RoomLoadSettings::default())
-                    .await?;
-                tracing::info!("Matrix session restored");
-            }
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-                let password = config
-                    .read_password()
-                    .map_err(|source| MatrixError::Io {
-                        path: config.password_file.clone().unwrap_or_default(),
-                        source,
-                    })?
-                    .ok_or(MatrixError::NoPassword)?;
-                client
-                    .matrix_auth()
-                    .login_username(&bot, &password)
-                    .initial_device_display_name(&config.device_name)
-                    .send()
-                    .await?;
-                let session = client
-                    .matrix_auth()
-                    .session()
-                    .ok_or(MatrixError::NoPassword)?;
-                let bytes =
-                    serde_json::to_vec(&session).map_err(|source| MatrixError::Session {
-                        path: session_path.clone(),
-                        source,
-                    })?;
-                secret_file::write_private(&session_path, &bytes).map_err(|source| {
-                    MatrixError::Io {
-                        path: session_path.clone(),
-                        source,
-                    }
-                })?;
-                tracing::info!("Matrix login done, session stored");
-            }
-            Err(source) => {
-                return Err(MatrixError::Io {
-                    path: session_path,
-                    source,
-                })
-            }
-        }
+        let opened = session::open(config, state_dir).await?;
         Ok(MatrixSide {
-            client,
+            current: Arc::new(std::sync::RwLock::new(opened.client)),
+            session: Arc::new(session::Keeper::new(
+                config.clone(),
+                state_dir,
+                opened.changes,
+            )),
             store,
             handlers: Arc::default(),
             rooms_behind: Arc::default(),
@@ -258,8 +227,12 @@ impl MatrixSide {
         self.bot.as_str()
     }
 
-    pub fn client(&self) -> &Client {
-        &self.client
+    /// The client of the session in force (replaced when the bot logs in again).
+    pub fn client(&self) -> Client {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     fn sync_settings() -> SyncSettings {
@@ -277,58 +250,33 @@ impl MatrixSide {
     /// One sync without handlers, to learn the current state without relaying history
     /// (used on the very first start, when no sync token is stored yet).
     pub async fn initial_sync(&self) -> Result<(), MatrixError> {
-        self.client.sync_once(Self::sync_settings()).await?;
+        self.client().sync_once(Self::sync_settings()).await?;
         Ok(())
     }
 
     /// Catches up on what bridged rooms received while the bridge was stopped, then
     /// syncs forever (retrying after errors), handing room messages to `events` in
-    /// order and answering invites.
-    pub fn start_sync(&self, events: Arc<dyn MatrixEvents>) -> tokio::task::JoinHandle<()> {
-        let bot = self.bot.clone();
-        let invite_events = events.clone();
-        let invite_handler =
-            self.client
-                .add_event_handler(move |event: StrippedRoomMemberEvent, room: Room| {
-                    let events = invite_events.clone();
-                    let bot = bot.clone();
-                    async move {
-                        if event.state_key != bot
-                            || event.content.membership != MembershipState::Invite
-                        {
-                            return;
-                        }
-                        let room_id = room.room_id().to_string();
-                        if events.accept_invite(&room_id, event.sender.as_str()).await {
-                            tokio::spawn(join_with_retries(room));
-                        } else {
-                            tracing::info!(room = %room_id, "rejecting invite from a non-admin");
-                            if let Err(error) = room.leave().await {
-                                tracing::warn!(room = %room_id, "could not reject invite: {error}");
-                            }
-                        }
-                    }
-                });
-        self.handlers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(invite_handler);
+    /// order and answering invites; and logs in again when the homeserver ends the
+    /// session (see `session.rs`). Returns both tasks.
+    pub fn start_sync(&self, events: Arc<dyn MatrixEvents>) -> Vec<tokio::task::JoinHandle<()>> {
+        self.add_handlers(&self.client(), &events);
+        let keeper = tokio::spawn(self.clone().keep_session(events.clone()));
         let side = self.clone();
-        tokio::spawn(async move {
-            for room in side.client.joined_rooms() {
+        let sync = tokio::spawn(async move {
+            for room in side.client().joined_rooms() {
                 timeline::catch_up(&room, &side.store, &side.bot, &events, &side.rooms_behind)
                     .await;
             }
             loop {
                 let result = side
-                    .client
+                    .client()
                     .sync_with_result_callback(Self::sync_settings(), |response| {
                         let side = side.clone();
                         let events = events.clone();
                         async move {
                             let response = response?;
                             for (room_id, update) in &response.rooms.joined {
-                                if let Some(room) = side.client.get_room(room_id) {
+                                if let Some(room) = side.client().get_room(room_id) {
                                     timeline::handle_update(
                                         &room,
                                         update,
@@ -347,13 +295,49 @@ impl MatrixSide {
                     .await;
                 match result {
                     Ok(()) => return,
+                    Err(error) if side.session.is_lost() => {
+                        // Said by the keeper; syncing again waits for its new login.
+                        tracing::debug!("Matrix sync failed while the session is lost: {error}");
+                        side.session.renewed_or(Duration::from_secs(5)).await;
+                    }
                     Err(error) => {
                         tracing::warn!("Matrix sync failed, retrying in 5 s: {error}");
                         tokio::time::sleep(Duration::from_secs(5)).await;
                     }
                 }
             }
-        })
+        });
+        vec![sync, keeper]
+    }
+
+    /// Registers the event handlers (invites of the bot) on `client`.
+    fn add_handlers(&self, client: &Client, events: &Arc<dyn MatrixEvents>) {
+        let bot = self.bot.clone();
+        let invite_events = events.clone();
+        let invite_handler =
+            client.add_event_handler(move |event: StrippedRoomMemberEvent, room: Room| {
+                let events = invite_events.clone();
+                let bot = bot.clone();
+                async move {
+                    if event.state_key != bot || event.content.membership != MembershipState::Invite
+                    {
+                        return;
+                    }
+                    let room_id = room.room_id().to_string();
+                    if events.accept_invite(&room_id, event.sender.as_str()).await {
+                        tokio::spawn(join_with_retries(room));
+                    } else {
+                        tracing::info!(room = %room_id, "rejecting invite from a non-admin");
+                        if let Err(error) = room.leave().await {
+                            tracing::warn!(room = %room_id, "could not reject invite: {error}");
+                        }
+                    }
+                }
+            });
+        self.handlers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(invite_handler);
     }
 
     /// Reads again, from their marker, the rooms with an event not queued yet (at
@@ -369,7 +353,7 @@ impl MatrixSide {
         for room_id in behind {
             let room = RoomId::parse(&room_id)
                 .ok()
-                .and_then(|id| self.client.get_room(&id));
+                .and_then(|id| self.client().get_room(&id));
             match room {
                 Some(room) => {
                     timeline::catch_up(&room, &self.store, &self.bot, events, &self.rooms_behind)
@@ -390,14 +374,14 @@ impl MatrixSide {
         let handles: Vec<EventHandlerHandle> =
             std::mem::take(&mut *self.handlers.lock().unwrap_or_else(|e| e.into_inner()));
         for handle in handles {
-            self.client.remove_event_handler(handle);
+            self.client().remove_event_handler(handle);
         }
     }
 
     /// The room an alias points to, if it resolves.
     pub async fn resolve_alias(&self, alias: &str) -> Option<String> {
         let alias = RoomAliasId::parse(alias).ok()?;
-        let response = self.client.resolve_room_alias(&alias).await.ok()?;
+        let response = self.client().resolve_room_alias(&alias).await.ok()?;
         Some(response.room_id.to_string())
     }
 
@@ -416,14 +400,14 @@ impl MatrixSide {
             };
             let target = RoomOrAliasId::parse(target)
                 .map_err(|_| MatrixError::InvalidId(target.to_string()))?;
-            let room = self.client.join_room_by_id_or_alias(&target, &[]).await?;
+            let room = self.client().join_room_by_id_or_alias(&target, &[]).await?;
             self.send_bridge_info(&room, setup).await;
             return Ok(room.room_id().to_owned());
         }
         let alias_text = format!("#{}:{}", setup.alias_localpart, self.server_name);
         let alias = RoomAliasId::parse(alias_text.as_str())
             .map_err(|_| MatrixError::InvalidId(alias_text.clone()))?;
-        match self.client.resolve_room_alias(&alias).await {
+        match self.client().resolve_room_alias(&alias).await {
             Ok(response) => {
                 // Created by an earlier run whose mapping was not stored.
                 self.ensure_joined(&response.room_id).await?;
@@ -457,18 +441,18 @@ impl MatrixSide {
                     .cast_unchecked(),
             );
         }
-        let room = self.client.create_room(request).await?;
+        let room = self.client().create_room(request).await?;
         tracing::info!(room = %room.room_id(), "created bridged room");
         Ok(room.room_id().to_owned())
     }
 
     async fn ensure_joined(&self, room_id: &RoomId) -> Result<(), MatrixError> {
-        if let Some(room) = self.client.get_room(room_id) {
+        if let Some(room) = self.client().get_room(room_id) {
             if room.state() == RoomState::Joined {
                 return Ok(());
             }
         }
-        self.client.join_room_by_id(room_id).await?;
+        self.client().join_room_by_id(room_id).await?;
         Ok(())
     }
 
@@ -576,7 +560,7 @@ impl MatrixSide {
     pub async fn invite(&self, room_id: &str, users: &[String]) {
         let Some(room) = parse_room_id(room_id)
             .ok()
-            .and_then(|id| self.client.get_room(&id))
+            .and_then(|id| self.client().get_room(&id))
         else {
             return;
         };
@@ -638,7 +622,7 @@ impl MatrixSide {
         &self,
         media: &crate::relay::media::Media,
     ) -> Result<Vec<u8>, MatrixError> {
-        media::download(&self.client, media).await
+        media::download(&self.client(), media).await
     }
 
     /// The bot's reaction `key` to event `to`, idempotently under `txn_id`.
@@ -745,7 +729,7 @@ impl MatrixSide {
         request.visibility = Visibility::Private;
         request.preset = Some(create_room::v3::RoomPreset::TrustedPrivateChat);
         request.invite = vec![admin_id];
-        let room = self.client.create_room(request).await?;
+        let room = self.client().create_room(request).await?;
         tracing::info!(room = %room.room_id(), "created a direct room with an admin");
         self.store
             .set_meta(&key, room.room_id().as_str())
@@ -757,7 +741,7 @@ impl MatrixSide {
 
     fn joined_room(&self, room_id: &str) -> Result<Room, MatrixError> {
         let id = parse_room_id(room_id)?;
-        match self.client.get_room(&id) {
+        match self.client().get_room(&id) {
             Some(room) if room.state() == RoomState::Joined => Ok(room),
             _ => Err(MatrixError::NotInRoom(room_id.to_string())),
         }

@@ -63,7 +63,27 @@ pub(super) async fn handle_update(
             return;
         }
     }
-    hand_over(room, &update.timeline.events, store, bot, events, behind).await;
+    let fresh = after_marker(room, store, &update.timeline.events);
+    hand_over(room, fresh, store, bot, events, behind).await;
+}
+
+/// The events of `timeline` after the room's marker, all of them when the marker is
+/// not among them. A new login's first sync repeats what the room last held.
+fn after_marker<'a>(
+    room: &Room,
+    store: &Store,
+    timeline: &'a [TimelineEvent],
+) -> &'a [TimelineEvent] {
+    let Ok(Some(marker)) = store.get_meta(&marker_key(room)) else {
+        return timeline;
+    };
+    match timeline
+        .iter()
+        .position(|event| event.event_id().is_some_and(|id| id.as_str() == marker))
+    {
+        Some(at) => &timeline[at + 1..],
+        None => timeline,
+    }
 }
 
 /// After a restart, or for a room behind: hands over what the room received after
