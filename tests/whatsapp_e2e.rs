@@ -1159,6 +1159,94 @@ async fn without_a_password_a_lost_session_keeps_every_message_and_stops_the_ser
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_moderator_removing_someone_elses_reaction_does_not_take_it_back_in_whatsapp() {
+    use matrix_sdk::ruma::events::reaction::ReactionEventContent;
+    use matrix_sdk::ruma::events::relation::Annotation;
+    use matrix_sdk::ruma::EventId;
+    init_test_logs();
+    let synapse = Synapse::shared();
+    // Alice is an admin of the bridge: a moderator (power 100) of the room it makes.
+    let mut scene = linked_scene(synapse, "Réactions", true, "").await;
+    let room = scene.start().await;
+    let (sim, alice, jid) = (&scene.sim, &scene.alice, scene.jid.clone());
+    let carol = MatrixUser::new(synapse, &unique("carol"), Some("Carol")).await;
+    let room_id = matrix_sdk::ruma::RoomId::parse(&room).unwrap();
+    alice
+        .wait_joined(&room)
+        .await
+        .invite_user_by_id(&carol.client.user_id().unwrap().to_owned())
+        .await
+        .unwrap();
+    carol.client.join_room_by_id(&room_id).await.unwrap();
+    let carol_room = carol.wait_joined(&room).await;
+
+    bob_says(sim, &jid, "photo de groupe").await;
+    let mirrored = carol
+        .wait_for(&room, "Bob's text", |s| s.body == "Bob: photo de groupe")
+        .await;
+    let thumbs = carol_room
+        .send(ReactionEventContent::new(Annotation::new(
+            EventId::parse(&mirrored.event_id).unwrap(),
+            "👍".into(),
+        )))
+        .await
+        .unwrap()
+        .response
+        .event_id;
+    let reactions = |messages: &[serde_json::Value]| -> Vec<String> {
+        messages
+            .iter()
+            .filter(|m| m["kind"] == "reaction" && m["from_me"] == false)
+            .map(|m| m["emoji"].as_str().unwrap_or("?").to_string())
+            .collect()
+    };
+    wait_member_message(sim, BOB, &jid, "Carol's reaction", |m| {
+        m["kind"] == "reaction" && m["emoji"] == "👍"
+    })
+    .await;
+
+    // Alice removes Carol's reaction in Matrix: the number's reaction stays.
+    alice
+        .wait_joined(&room)
+        .await
+        .redact(&thumbs, None, None)
+        .await
+        .unwrap();
+    alice.send_text(&room, "fin").await;
+    wait_member_text(sim, BOB, &jid, "*Alice*: fin").await;
+    assert_eq!(
+        reactions(&member_messages(sim, BOB, &jid).await),
+        ["👍"],
+        "someone else's redaction took the reaction back"
+    );
+
+    // Carol takes back her own: it goes.
+    let again = carol_room
+        .send(ReactionEventContent::new(Annotation::new(
+            EventId::parse(&mirrored.event_id).unwrap(),
+            "🎉".into(),
+        )))
+        .await
+        .unwrap()
+        .response
+        .event_id;
+    wait_member_message(sim, BOB, &jid, "Carol's second reaction", |m| {
+        m["kind"] == "reaction" && m["emoji"] == "🎉"
+    })
+    .await;
+    carol_room.redact(&again, None, None).await.unwrap();
+    wait_member_message(sim, BOB, &jid, "the reaction taken back", |m| {
+        m["kind"] == "reaction" && m["emoji"] == ""
+    })
+    .await;
+    assert_eq!(
+        reactions(&member_messages(sim, BOB, &jid).await),
+        ["👍", "🎉", ""]
+    );
+    scene.bridge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn homeserver_rate_limit_delays_but_keeps_every_whatsapp_message() {
     const COUNT: usize = 16; // Synapse's default burst is 10, then 0.2/s
     init_test_logs();

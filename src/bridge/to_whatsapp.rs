@@ -401,6 +401,14 @@ impl Bridge {
             .filter(|link| link.origin == Direction::ToWhatsApp)
             .and_then(|link| ids::crossed_reaction(&link.wa_id));
         if let Some(crossed) = crossed {
+            let reactor = link.as_ref().map_or("", |link| link.sender.as_str());
+            if !Relay::may_take_back_reaction(post, reactor) {
+                tracing::info!(
+                    seq = item.seq,
+                    "a redaction of someone else's reaction is not relayed"
+                );
+                return Err(Refused::silently());
+            }
             let (CrossedReaction::Digest { target } | CrossedReaction::Reaction { target }) =
                 crossed;
             let target = match self.store.link_for_wa(&item.group_jid, target) {

@@ -397,6 +397,13 @@ impl Relay {
         Ok(original.wa_id)
     }
 
+    /// Whether a redaction takes back a reaction that crossed (by `reactor`): only
+    /// the reactor's own. A moderator removing someone's reaction in Matrix does not
+    /// speak for them, and the number's reaction stays.
+    pub fn may_take_back_reaction(post: &WhatsAppPost, reactor: &str) -> bool {
+        post.sender == reactor
+    }
+
     /// Whether deleting `original` takes a room moderator: it is a message of the
     /// number's written by someone other than the redaction's sender. The bridge asks
     /// the room's power levels only then.
