@@ -1247,6 +1247,54 @@ async fn a_moderator_removing_someone_elses_reaction_does_not_take_it_back_in_wh
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_message_waiting_for_a_group_whose_file_is_removed_is_not_delivered() {
+    init_test_logs();
+    let synapse = Synapse::shared();
+    // Two messages a minute: the second waits its turn for 30 s.
+    let extra = "messages_per_minute = 2\nburst = 1";
+    let mut scene = linked_scene(synapse, "Retirée", false, extra).await;
+    let room = scene.start().await;
+    let (sim, alice, jid) = (&scene.sim, &scene.alice, scene.jid.clone());
+    let config = scene.bridge.config_path.clone();
+    alice.send_text(&room, "un").await;
+    wait_member_text(sim, BOB, &jid, "*Alice*: un").await;
+    alice.send_text(&room, "deux").await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while scene.bridge.service().pending().1 == 0 {
+        assert!(Instant::now() < deadline, "the second message never queued");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The admin removes the group's file while it waits.
+    for file in std::fs::read_dir(&scene.bridge.groups_dir).unwrap() {
+        std::fs::remove_file(file.unwrap().path()).unwrap();
+    }
+    scene.bridge.service().reload().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let listed = admin_command(&config, &["outbox"]).await;
+        if listed.contains("no longer approved") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never set aside: {listed}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(scene.bridge.service().pending(), (0, 0));
+    let texts: Vec<String> = member_messages(sim, BOB, &jid)
+        .await
+        .iter()
+        .filter_map(|m| m["text"].as_str().map(str::to_owned))
+        .filter(|t| t.starts_with("*Alice*"))
+        .collect();
+    assert_eq!(
+        texts,
+        ["*Alice*: un"],
+        "nothing reached the group after its removal"
+    );
+    scene.bridge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn homeserver_rate_limit_delays_but_keeps_every_whatsapp_message() {
     const COUNT: usize = 16; // Synapse's default burst is 10, then 0.2/s
     init_test_logs();

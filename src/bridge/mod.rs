@@ -329,6 +329,9 @@ impl Bridge {
         loop {
             match self.store.next_due(direction, now_ms()) {
                 Ok(Some(item)) if self.set_aside_if_given_up(&item, item.attempts) => {}
+                Ok(Some(item)) if !self.active().groups.contains_key(&item.group_jid) => {
+                    self.set_aside_unapproved(&item)
+                }
                 Ok(Some(item)) => match direction {
                     Direction::ToMatrix => self.deliver_to_matrix(item).await,
                     Direction::ToWhatsApp => self.deliver_to_whatsapp(item).await,
@@ -455,6 +458,26 @@ impl Bridge {
             }
         });
         true
+    }
+
+    /// The item's group is no longer approved (its file was removed while the item
+    /// waited): it is not delivered, but kept aside like a message that kept failing
+    /// (`passerelle outbox retry` sends it once the group is approved again). The
+    /// room was told the group is no longer bridged; only the log and status say it.
+    fn set_aside_unapproved(&self, item: &OutboxItem) {
+        let reason = relay::give_up::GROUP_NO_LONGER_APPROVED;
+        match self.store.set_aside(item.seq, reason) {
+            Ok(_) => {
+                tracing::info!(seq = item.seq, direction = ?item.direction, "outbox item set aside: {reason}");
+                self.note_error(&format!(
+                    "a message was set aside ({reason}); `passerelle outbox` lists it"
+                ));
+            }
+            Err(error) => {
+                tracing::error!("store: {error}");
+                self.wait_for_side(item, "store failed");
+            }
+        }
     }
 
     fn finish(&self, item: &OutboxItem, link: Option<&MessageLink>) {

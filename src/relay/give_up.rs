@@ -11,6 +11,10 @@ pub const MAX_ATTEMPTS: u32 = 100;
 /// Longest an item may wait for its turn, whatever the cause (seconds): a week.
 pub const MAX_AGE_SECS: i64 = 7 * 24 * 3600;
 
+/// Why an item is set aside whose group's file was removed while it waited: the
+/// bridge relays only approved groups, whatever was queued before.
+pub const GROUP_NO_LONGER_APPROVED: &str = "its group is no longer approved (its file was removed)";
+
 /// Why an item `age_secs` old is set aside after `attempts` failed attempts, or
 /// `None` while it may still be tried.
 pub fn set_aside_reason(attempts: u32, age_secs: i64) -> Option<String> {
