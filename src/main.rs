@@ -127,6 +127,19 @@ fn check(config_path: &Path) -> ExitCode {
                 groups.len(),
                 if groups.len() == 1 { "" } else { "s" }
             );
+            // What the service found when it made the rooms (nothing before it ran).
+            if let Ok(report) = passerelle::status::gather(config_path) {
+                for group in &report.groups {
+                    if let Some((alias, room)) = &group.alias_taken {
+                        println!(
+                            "warning: group {}: the alias {alias} is held by {room}, a room the \
+                             bridge did not make; the group's room ({}) has no alias",
+                            group.name,
+                            group.room.as_deref().unwrap_or("not made yet")
+                        );
+                    }
+                }
+            }
             ExitCode::SUCCESS
         }
         Err(problems) => {

@@ -28,6 +28,11 @@ pub mod keys {
     pub const MATRIX_STATE: &str = "matrix.state";
     /// Unix seconds since the Matrix state holds.
     pub const MATRIX_SINCE: &str = "matrix.since";
+    /// The meta key holding `<alias>|<room>` when the alias of group `jid`'s room
+    /// was held by a room the bridge did not make.
+    pub fn alias_taken(jid: &str) -> String {
+        format!("room.alias_taken.{jid}")
+    }
     /// `<unix seconds>|<message>` of the last error worth an admin's attention.
     pub const LAST_ERROR: &str = "service.last_error";
 }
@@ -51,6 +56,9 @@ pub struct GroupStatus {
     pub name: String,
     pub whatsapp: String,
     pub room: Option<String>,
+    /// The alias its room could not have, held by a room the bridge did not make,
+    /// and that room: `(alias, room)`.
+    pub alias_taken: Option<(String, String)>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -143,10 +151,15 @@ pub fn gather(config_path: &Path) -> Result<StatusReport, StatusError> {
             Some(store) => store.room_for_group(&group.whatsapp)?,
             None => None,
         };
+        let alias_taken = meta(&keys::alias_taken(&group.whatsapp))?.and_then(|value| {
+            let (alias, room) = value.split_once('|')?;
+            Some((alias.to_string(), room.to_string()))
+        });
         group_status.push(GroupStatus {
             name: group.name.clone(),
             whatsapp: group.whatsapp.clone(),
             room,
+            alias_taken,
         });
     }
     let queue = |direction| -> Result<QueueStatus, StoreError> {
@@ -248,6 +261,13 @@ impl fmt::Display for StatusReport {
                 group.whatsapp,
                 group.room.as_deref().unwrap_or("(no room yet)")
             )?;
+            if let Some((alias, room)) = &group.alias_taken {
+                writeln!(
+                    f,
+                    "  {:<20} alias {alias} is held by {room}, a room the bridge did not make",
+                    ""
+                )?;
+            }
         }
         writeln!(f, "to matrix:  {}", self.to_matrix)?;
         writeln!(f, "to whatsapp: {}", self.to_whatsapp)?;

@@ -1295,6 +1295,85 @@ async fn a_message_waiting_for_a_group_whose_file_is_removed_is_not_delivered() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_alias_someone_else_took_first_is_never_adopted() {
+    use matrix_sdk::ruma::api::client::room::create_room;
+    init_test_logs();
+    let synapse = Synapse::shared();
+    let mut scene = linked_scene(synapse, "Squat", true, "").await;
+    let stem = std::fs::read_dir(&scene.bridge.groups_dir)
+        .unwrap()
+        .map(|file| file.unwrap().path())
+        .find_map(|path| Some(path.file_stem()?.to_str()?.to_string()))
+        .unwrap();
+    let alias = format!("#{stem}:localhost");
+    // Mallory, a local user, makes a public room under the group's alias first.
+    let mallory = MatrixUser::new(synapse, &unique("mallory"), Some("Mallory")).await;
+    let mut request = create_room::v3::Request::new();
+    request.room_alias_name = Some(stem.clone());
+    request.preset = Some(create_room::v3::RoomPreset::PublicChat);
+    let squatted = mallory.client.create_room(request).await.unwrap();
+    let squatted_id = squatted.room_id().to_string();
+
+    let room = scene.start().await;
+    assert_ne!(room, squatted_id, "the bridge adopted someone else's room");
+    let (sim, alice, jid) = (&scene.sim, &scene.alice, scene.jid.clone());
+    bob_says(sim, &jid, "entre nous").await;
+    alice
+        .wait_for(&room, "Bob's text", |s| s.body == "Bob: entre nous")
+        .await;
+    squatted
+        .send(
+            matrix_sdk::ruma::events::room::message::RoomMessageEventContent::text_plain(
+                "je parle pour le numéro",
+            ),
+        )
+        .await
+        .unwrap();
+    alice.send_text(&room, "fin").await;
+    wait_member_text(sim, BOB, &jid, "*Alice*: fin").await;
+    let texts: Vec<String> = member_messages(sim, BOB, &jid)
+        .await
+        .iter()
+        .filter_map(|m| m["text"].as_str().map(str::to_owned))
+        .collect();
+    assert!(
+        !texts.iter().any(|t| t.contains("numéro")),
+        "Mallory's room reached WhatsApp: {texts:?}"
+    );
+    let bot = &scene.bridge.bot_user;
+    assert!(
+        mallory.history_from(&squatted_id, bot).await.is_empty(),
+        "the bot spoke in Mallory's room"
+    );
+    let bot_id = matrix_sdk::ruma::UserId::parse(bot.as_str()).unwrap();
+    assert!(
+        squatted.get_member(&bot_id).await.unwrap().is_none(),
+        "the bot joined Mallory's room"
+    );
+
+    // The admins, status and check say which alias is held, and by which room.
+    alice
+        .wait_anywhere("the taken alias told", |s| {
+            s.body.contains(&alias) && s.body.contains(&squatted_id)
+        })
+        .await;
+    let config = &scene.bridge.config_path;
+    let report: serde_json::Value =
+        serde_json::from_str(&admin_command(config, &["status", "--json"]).await).unwrap();
+    assert_eq!(
+        report["groups"][0]["alias_taken"],
+        json!([alias, squatted_id]),
+        "{report}"
+    );
+    let checked = admin_command(config, &["check"]).await;
+    assert!(
+        checked.contains(&format!("the alias {alias} is held by {squatted_id}")),
+        "{checked}"
+    );
+    scene.bridge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn homeserver_rate_limit_delays_but_keeps_every_whatsapp_message() {
     const COUNT: usize = 16; // Synapse's default burst is 10, then 0.2/s
     init_test_logs();

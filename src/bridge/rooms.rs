@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use super::Bridge;
 use crate::config::{self, GroupFile};
-use crate::matrix::RoomSetup;
+use crate::matrix::{AliasTaken, RoomSetup, SetUpRoom};
+use crate::status;
 use crate::whatsapp::GroupChange;
 
 /// How often groups whose room could not be set up are tried again.
@@ -42,7 +43,13 @@ impl Bridge {
             known_room,
         };
         match self.matrix.ensure_room(&setup).await {
-            Ok(room_id) => {
+            Ok(SetUpRoom {
+                room_id,
+                alias_taken,
+            }) => {
+                if let Some(taken) = alias_taken {
+                    self.alias_taken(group, &taken, room_id.as_str());
+                }
                 if let Err(error) = self.store.set_group_room(&group.whatsapp, room_id.as_str()) {
                     tracing::error!(group = %group.name, "store: {error}");
                     return;
@@ -65,6 +72,39 @@ impl Bridge {
                 ));
             }
         }
+    }
+
+    /// The alias a group's new room should have had is held by a room the bridge
+    /// did not make (someone made it first, or an unrelated room has that name):
+    /// that room is left alone, and the admins are told which alias and room, as
+    /// are `status` and `check` (through the store).
+    fn alias_taken(&self, group: &GroupFile, taken: &AliasTaken, own_room: &str) {
+        let value = format!("{}|{}", taken.alias, taken.room_id);
+        let key = status::keys::alias_taken(&group.whatsapp);
+        if let Err(error) = self.store.set_meta(&key, &value) {
+            tracing::warn!("store: {error}");
+        }
+        self.note_error(&format!(
+            "the alias {} of group {} is held by a room the bridge did not make",
+            taken.alias, group.name
+        ));
+        let text = format!(
+            "The alias {alias} is held by a room the bridge did not make ({held_by}), so the \
+             group of {file} was given a room of its own without it: {own_room}. Nothing is \
+             relayed into {held_by}. To give the bridge's room that alias, remove it from \
+             the other room and set it on {own_room}.",
+            alias = taken.alias,
+            held_by = taken.room_id,
+            file = group.name,
+        );
+        let admins = self.active().config.matrix.admins.clone();
+        self.spawn_with_self(|bridge| async move {
+            for admin in &admins {
+                if let Err(error) = bridge.matrix.notify_admin(admin, &text).await {
+                    tracing::warn!("could not tell an admin about a taken alias: {error}");
+                }
+            }
+        });
     }
 
     /// Names each created room after its WhatsApp group's subject. Rooms named in a

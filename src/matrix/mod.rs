@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use matrix_sdk::config::SyncSettings;
+use matrix_sdk::deserialized_responses::RawAnySyncOrStrippedState;
 use matrix_sdk::event_handler::EventHandlerHandle;
 use matrix_sdk::room::Room;
 use matrix_sdk::ruma::api::client::filter::{FilterDefinition, RoomEventFilter, RoomFilter};
@@ -181,6 +182,21 @@ pub struct RoomSetup {
     pub existing: Option<RoomRef>,
     /// The room stored for this group by an earlier run.
     pub known_room: Option<String>,
+}
+
+/// The room a group is bridged to, and the alias it could not have.
+#[derive(Debug, Clone)]
+pub struct SetUpRoom {
+    pub room_id: OwnedRoomId,
+    pub alias_taken: Option<AliasTaken>,
+}
+
+/// The alias a created room would have had, held by a room the bridge did not make.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AliasTaken {
+    pub alias: String,
+    /// The room the alias points to.
+    pub room_id: String,
 }
 
 /// The bot's Matrix client.
@@ -385,13 +401,20 @@ impl MatrixSide {
         Some(response.room_id.to_string())
     }
 
-    /// Finds or creates the room of a group and returns its id. Never creates a second
-    /// room: a stored room, then the configured room, then the alias are tried first.
-    pub async fn ensure_room(&self, setup: &RoomSetup) -> Result<OwnedRoomId, MatrixError> {
+    /// Finds or creates the room of a group. Never creates a second room: a stored
+    /// room, then the configured room, then the alias are tried first. A room the
+    /// alias points to is adopted only when the bridge made it (the bot created it
+    /// or set its bridge info for this group, and is in it); another is left alone,
+    /// and the bridge makes its own room without the alias, saying which is taken.
+    pub async fn ensure_room(&self, setup: &RoomSetup) -> Result<SetUpRoom, MatrixError> {
+        let found = |room_id: OwnedRoomId| SetUpRoom {
+            room_id,
+            alias_taken: None,
+        };
         if let Some(known) = &setup.known_room {
             let room_id = parse_room_id(known)?;
             self.ensure_joined(&room_id).await?;
-            return Ok(room_id);
+            return Ok(found(room_id));
         }
         if let Some(existing) = &setup.existing {
             let target = match existing {
@@ -402,23 +425,74 @@ impl MatrixSide {
                 .map_err(|_| MatrixError::InvalidId(target.to_string()))?;
             let room = self.client().join_room_by_id_or_alias(&target, &[]).await?;
             self.send_bridge_info(&room, setup).await;
-            return Ok(room.room_id().to_owned());
+            return Ok(found(room.room_id().to_owned()));
         }
         let alias_text = format!("#{}:{}", setup.alias_localpart, self.server_name);
         let alias = RoomAliasId::parse(alias_text.as_str())
             .map_err(|_| MatrixError::InvalidId(alias_text.clone()))?;
+        let mut alias_taken = None;
         match self.client().resolve_room_alias(&alias).await {
-            Ok(response) => {
+            Ok(response) if self.made_by_the_bridge(&response.room_id, setup).await => {
                 // Created by an earlier run whose mapping was not stored.
-                self.ensure_joined(&response.room_id).await?;
-                return Ok(response.room_id);
+                return Ok(found(response.room_id));
+            }
+            Ok(response) => {
+                tracing::warn!(
+                    alias = %alias_text,
+                    room = %response.room_id,
+                    "the alias is taken by a room the bridge did not make; making a room without it"
+                );
+                alias_taken = Some(AliasTaken {
+                    alias: alias_text.clone(),
+                    room_id: response.room_id.to_string(),
+                });
             }
             Err(error) if matches!(error.client_api_error_kind(), Some(ErrorKind::NotFound)) => {}
             Err(error) => return Err(error.into()),
         }
+        let room_id = self.create_group_room(setup, alias_taken.is_none()).await?;
+        Ok(SetUpRoom {
+            room_id,
+            alias_taken,
+        })
+    }
+
+    /// Whether the bot is in `room_id` and made it for this group: it created the
+    /// room, or the room's bridge info for this group is the bot's.
+    async fn made_by_the_bridge(&self, room_id: &RoomId, setup: &RoomSetup) -> bool {
+        let Some(room) = self.client().get_room(room_id) else {
+            return false;
+        };
+        if room.state() != RoomState::Joined {
+            return false;
+        }
+        if room
+            .creators()
+            .is_some_and(|creators| creators.contains(&self.bot))
+        {
+            return true;
+        }
+        let info = room
+            .get_state_event("m.bridge".into(), &Self::bridge_info_state_key(setup))
+            .await;
+        let sender = match info {
+            Ok(Some(RawAnySyncOrStrippedState::Sync(raw))) => {
+                raw.get_field::<OwnedUserId>("sender").ok().flatten()
+            }
+            _ => None,
+        };
+        sender.as_deref() == Some(self.bot.as_ref())
+    }
+
+    /// Creates the room of a group, with its alias when `with_alias`.
+    async fn create_group_room(
+        &self,
+        setup: &RoomSetup,
+        with_alias: bool,
+    ) -> Result<OwnedRoomId, MatrixError> {
         let mut request = create_room::v3::Request::new();
         request.name = Some(setup.name.clone());
-        request.room_alias_name = Some(setup.alias_localpart.clone());
+        request.room_alias_name = with_alias.then(|| setup.alias_localpart.clone());
         request.visibility = Visibility::Private;
         request.preset = Some(create_room::v3::RoomPreset::PrivateChat);
         request.invite = setup
