@@ -373,6 +373,87 @@ async fn created_room_is_named_after_the_group_and_carries_bridge_info() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn created_rooms_are_invite_only_and_only_moderators_invite() {
+    let synapse = Synapse::shared();
+    let carol = MatrixUser::new(synapse, &unique("carol"), Some("Carol")).await;
+    let dave = MatrixUser::new(synapse, &unique("dave"), Some("Dave")).await;
+    let extra = format!("moderators = [\"{}\"]", carol.user_id);
+    let (mut bridge, alice, _jid, room) = bridged_group("mods", &extra).await;
+    carol.wait_joined(&room).await;
+    let call = |who: &MatrixUser, method: &str, path: String, body: Option<serde_json::Value>| {
+        common::synapse::http_json(
+            method,
+            &synapse.api(&path),
+            Some(&who.client.access_token().unwrap()),
+            body.as_ref(),
+        )
+    };
+    let invite_dave = serde_json::json!({ "user_id": dave.user_id });
+    // A plain member may not invite; nobody joins uninvited.
+    let (status, body) = call(
+        &alice,
+        "POST",
+        format!("/_matrix/client/v3/rooms/{room}/invite"),
+        Some(invite_dave.clone()),
+    );
+    assert_eq!(status, 403, "a member invited someone: {body}");
+    let (status, body) = call(
+        &dave,
+        "POST",
+        format!("/_matrix/client/v3/join/{room}"),
+        Some(serde_json::json!({})),
+    );
+    assert_eq!(status, 403, "joined uninvited: {body}");
+    // A moderator of the group file may.
+    let (status, body) = call(
+        &carol,
+        "POST",
+        format!("/_matrix/client/v3/rooms/{room}/invite"),
+        Some(invite_dave),
+    );
+    assert_eq!(status, 200, "the moderator could not invite: {body}");
+    let (_, levels) = call(
+        &alice,
+        "GET",
+        format!("/_matrix/client/v3/rooms/{room}/state/m.room.power_levels/"),
+        None,
+    );
+    assert_eq!(levels["invite"], 50, "{levels}");
+    assert_eq!(levels["users"][carol.user_id.as_str()], 50, "{levels}");
+    assert_eq!(levels["events"]["m.room.power_levels"], 100, "{levels}");
+
+    // Dave becomes a moderator in the group file: after the reload he has the power.
+    dave.wait_joined(&room).await;
+    let file = std::fs::read_dir(&bridge.groups_dir)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let text = std::fs::read_to_string(&file).unwrap().replace(
+        &format!("moderators = [\"{}\"]", carol.user_id),
+        &format!("moderators = [\"{}\", \"{}\"]", carol.user_id, dave.user_id),
+    );
+    std::fs::write(&file, text).unwrap();
+    bridge.service().reload().await.unwrap();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (_, levels) = call(
+            &alice,
+            "GET",
+            format!("/_matrix/client/v3/rooms/{room}/state/m.room.power_levels/"),
+            None,
+        );
+        if levels["users"][dave.user_id.as_str()] == 50 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{levels}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    bridge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bursts_sent_while_stopped_arrive_once_and_in_order() {
     const BURST: usize = 150; // more than one sync timeline holds
     let (mut bridge, alice, jid, room) = bridged_group("burst", "").await;

@@ -295,6 +295,28 @@ impl Bridge {
                             self.matrix.invite(&room, &newly_invited).await;
                         }
                     }
+                    if old_group.moderators != group.moderators && group.room.is_none() {
+                        if let Ok(Some(room)) = self.store.room_for_group(jid) {
+                            let admins = &new.config.matrix.admins;
+                            if let Err(error) = self
+                                .matrix
+                                .keep_room_policy(&room, admins, &group.moderators)
+                                .await
+                            {
+                                tracing::warn!(group = %group.name, "could not give the moderators their power: {error}");
+                            }
+                            let newly: Vec<String> = group
+                                .moderators
+                                .iter()
+                                .filter(|m| {
+                                    !old_group.moderators.contains(m)
+                                        && !old_group.invite.contains(m)
+                                })
+                                .cloned()
+                                .collect();
+                            self.matrix.invite(&room, &newly).await;
+                        }
+                    }
                     if old_group.room != group.room {
                         tracing::warn!(group = %group.name, "a changed `room` applies to new groups only; the existing room is kept");
                     }

@@ -37,8 +37,20 @@ impl Bridge {
             group_jid: group.whatsapp.clone(),
             alias_localpart: format!("{}{}", active.config.matrix.alias_prefix, group.name),
             name,
-            invite: group.invite.clone(),
+            // Moderators are invited too: they moderate from inside the room.
+            invite: group
+                .invite
+                .iter()
+                .chain(
+                    group
+                        .moderators
+                        .iter()
+                        .filter(|m| !group.invite.contains(m)),
+                )
+                .cloned()
+                .collect(),
             admins: active.config.matrix.admins.clone(),
+            moderators: group.moderators.clone(),
             existing: group.room.clone(),
             known_room,
         };
@@ -60,6 +72,13 @@ impl Bridge {
                     .insert(group.whatsapp.clone());
                 tracing::info!(group = %group.name, room = %room_id, "group bridged");
                 if group.room.is_none() {
+                    if let Err(error) = self
+                        .matrix
+                        .keep_room_policy(room_id.as_str(), &setup.admins, &group.moderators)
+                        .await
+                    {
+                        tracing::warn!(group = %group.name, "could not set the room's power levels: {error}");
+                    }
                     self.sync_avatar(group, room_id.as_str()).await;
                 }
                 self.wake_to_matrix.notify_one();

@@ -23,6 +23,9 @@ pub struct GroupFile {
     pub room: Option<RoomRef>,
     /// Matrix users invited to the room.
     pub invite: Vec<String>,
+    /// Matrix users who moderate a room the bridge creates (power 50: they may
+    /// invite, kick and redact), besides the bot and `[matrix] admins` (100).
+    pub moderators: Vec<String>,
     /// Who may speak from Matrix; `None`: any member of the room.
     pub allow: Option<Vec<UserPattern>>,
     /// Pacing of what the shared number sends to this group (messages per minute);
@@ -69,6 +72,7 @@ struct RawGroup {
     whatsapp: Option<Spanned<String>>,
     room: Option<Spanned<String>>,
     invite: Option<Vec<Spanned<String>>>,
+    moderators: Option<Vec<Spanned<String>>>,
     allow: Option<Vec<Spanned<String>>>,
     messages_per_minute: Option<Spanned<i64>>,
 }
@@ -150,6 +154,17 @@ fn parse_group(path: &Path, text: &str) -> Parsed {
         }
     }
 
+    let mut moderators = Vec::new();
+    for user in raw.moderators.iter().flatten() {
+        match check_user_id(user.get_ref()) {
+            Ok(()) => moderators.push(user.get_ref().clone()),
+            Err(err) => {
+                src.at(user, format!("`moderators`: {err}"));
+                ok = false;
+            }
+        }
+    }
+
     let allow = raw.allow.as_ref().map(|patterns| {
         let mut parsed = Vec::new();
         for pattern in patterns {
@@ -180,6 +195,7 @@ fn parse_group(path: &Path, text: &str) -> Parsed {
             whatsapp,
             room,
             invite,
+            moderators,
             allow,
             messages_per_minute,
         }),
@@ -408,7 +424,7 @@ mod tests {
         assert_eq!(line, Some(2));
         assert_eq!(
             message,
-            "unknown key `rooms` (did you mean `room`?); valid keys here: `whatsapp`, `room`, `invite`, `allow`, `messages_per_minute`"
+            "unknown key `rooms` (did you mean `room`?); valid keys here: `whatsapp`, `room`, `invite`, `moderators`, `allow`, `messages_per_minute`"
         );
         let (line, message) = problem(
             "f.toml",

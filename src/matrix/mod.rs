@@ -11,6 +11,7 @@ use matrix_sdk::config::SyncSettings;
 use matrix_sdk::deserialized_responses::RawAnySyncOrStrippedState;
 use matrix_sdk::event_handler::EventHandlerHandle;
 use matrix_sdk::room::Room;
+use matrix_sdk::ruma::api::client::discovery::get_capabilities;
 use matrix_sdk::ruma::api::client::filter::{FilterDefinition, RoomEventFilter, RoomFilter};
 use matrix_sdk::ruma::api::client::room::create_room;
 use matrix_sdk::ruma::api::client::room::Visibility;
@@ -23,8 +24,10 @@ use matrix_sdk::ruma::events::room::message::{
     LocationMessageEventContent, MessageType, Relation, ReplacementMetadata,
     RoomMessageEventContent,
 };
+use matrix_sdk::ruma::events::room::power_levels::RoomPowerLevelsEventContent;
 use matrix_sdk::ruma::events::AnyInitialStateEvent;
 use matrix_sdk::ruma::serde::Raw;
+use matrix_sdk::ruma::Int;
 use matrix_sdk::ruma::{
     EventId, OwnedRoomId, OwnedTransactionId, OwnedUserId, RoomAliasId, RoomId, RoomOrAliasId,
     UserId,
@@ -41,6 +44,61 @@ use crate::config::{MatrixConfig, RoomRef};
 use crate::relay::{MatrixPost, MatrixText};
 use crate::store::Store;
 use matrix_sdk::LoopCtrl;
+
+/// Power levels of a room the bridge creates: only moderators (50: `moderators`)
+/// and admins (100: `admins`, the bot) invite, kick, ban, redact others' events or
+/// change the room; only admins change who has power, the join rule, history
+/// visibility, encryption and the bridge info. Everyone else speaks (0). The bot is
+/// listed unless the room version privileges creators (it must not be, then).
+fn created_room_power_levels(
+    bot: &UserId,
+    admins: &[String],
+    moderators: &[String],
+    creators_are_privileged: bool,
+) -> serde_json::Value {
+    let mut users = serde_json::Map::new();
+    for moderator in moderators {
+        users.insert(moderator.clone(), json!(MODERATOR_POWER));
+    }
+    for admin in admins {
+        users.insert(admin.clone(), json!(ADMIN_POWER));
+    }
+    if creators_are_privileged {
+        users.remove(bot.as_str());
+    } else {
+        users.insert(bot.to_string(), json!(ADMIN_POWER));
+    }
+    let admin_only: serde_json::Map<String, serde_json::Value> = [
+        "m.room.power_levels",
+        "m.room.join_rules",
+        "m.room.history_visibility",
+        "m.room.encryption",
+        "m.room.tombstone",
+        "m.room.server_acl",
+        "m.room.canonical_alias",
+        "m.bridge",
+        "uk.half-shot.bridge",
+    ]
+    .into_iter()
+    .map(|event_type| (event_type.to_string(), json!(ADMIN_POWER)))
+    .collect();
+    json!({
+        "users": users,
+        "users_default": 0,
+        "events_default": 0,
+        "state_default": MODERATOR_POWER,
+        "invite": MODERATOR_POWER,
+        "kick": MODERATOR_POWER,
+        "ban": MODERATOR_POWER,
+        "redact": MODERATOR_POWER,
+        "events": admin_only,
+    })
+}
+
+/// Power of the bot and `[matrix] admins` in the rooms the bridge creates.
+const ADMIN_POWER: i64 = 100;
+/// Power of a group file's `moderators` in the rooms the bridge creates.
+const MODERATOR_POWER: i64 = 50;
 
 /// Timeline events per room per sync; above Synapse's default of 10 so a burst between
 /// two syncs is not cut short (see notes on `limited` timelines).
@@ -73,6 +131,8 @@ pub enum MatrixError {
     Build(Box<matrix_sdk::ClientBuildError>),
     #[error("bridge database: {0}")]
     Store(String),
+    #[error("room power levels: {0}")]
+    PowerLevels(String),
 }
 
 impl From<matrix_sdk::ClientBuildError> for MatrixError {
@@ -178,6 +238,8 @@ pub struct RoomSetup {
     pub name: String,
     pub invite: Vec<String>,
     pub admins: Vec<String>,
+    /// Users given moderator power (50) in a created room.
+    pub moderators: Vec<String>,
     /// A room named in the group file, to attach to instead of creating one.
     pub existing: Option<RoomRef>,
     /// The room stored for this group by an earlier run.
@@ -501,23 +563,94 @@ impl MatrixSide {
             .filter_map(|user| UserId::parse(user.as_str()).ok())
             .collect();
         request.initial_state = self.bridge_info_events(setup)?;
-        let admins: serde_json::Map<String, serde_json::Value> = setup
-            .admins
-            .iter()
-            .filter(|admin| admin.as_str() != self.bot.as_str())
-            .map(|admin| (admin.clone(), json!(100)))
-            .collect();
-        if !admins.is_empty() {
-            // Room v12: the creator must not be listed (it has unlimited power anyway).
-            request.power_level_content_override = Some(
-                Raw::new(&json!({ "users": admins }))
-                    .map_err(matrix_sdk::Error::from)?
-                    .cast_unchecked(),
-            );
-        }
+        let levels = created_room_power_levels(
+            &self.bot,
+            &setup.admins,
+            &setup.moderators,
+            self.creators_are_privileged().await?,
+        );
+        request.power_level_content_override = Some(
+            Raw::new(&levels)
+                .map_err(matrix_sdk::Error::from)?
+                .cast_unchecked(),
+        );
         let room = self.client().create_room(request).await?;
         tracing::info!(room = %room.room_id(), "created bridged room");
         Ok(room.room_id().to_owned())
+    }
+
+    /// Brings a room the bot created up to the policy of `created_room_power_levels`:
+    /// inviting, kicking, banning and redacting others take moderator power, and the
+    /// admins and moderators have theirs (rooms made by older versions let anyone
+    /// invite; `moderators` may have grown). Never lowers anyone; rooms the bot did
+    /// not create are their owners'.
+    pub async fn keep_room_policy(
+        &self,
+        room_id: &str,
+        admins: &[String],
+        moderators: &[String],
+    ) -> Result<(), MatrixError> {
+        let room = self.joined_room(room_id)?;
+        let creators = room.creators().unwrap_or_default();
+        if !creators.contains(&self.bot) {
+            return Ok(());
+        }
+        let mut levels = room.power_levels().await.map_err(matrix_sdk::Error::from)?;
+        let moderator = Int::from(MODERATOR_POWER as i32);
+        let mut changed = false;
+        for level in [
+            &mut levels.invite,
+            &mut levels.kick,
+            &mut levels.ban,
+            &mut levels.redact,
+        ] {
+            if *level < moderator {
+                *level = moderator;
+                changed = true;
+            }
+        }
+        let wanted = moderators
+            .iter()
+            .map(|user| (user, MODERATOR_POWER))
+            .chain(admins.iter().map(|user| (user, ADMIN_POWER)));
+        for (user, power) in wanted {
+            let Ok(user) = UserId::parse(user.as_str()) else {
+                continue;
+            };
+            let power = Int::from(power as i32);
+            let current = levels
+                .users
+                .get(&user)
+                .copied()
+                .unwrap_or(levels.users_default);
+            if !creators.contains(&user) && current < power {
+                levels.users.insert(user, power);
+                changed = true;
+            }
+        }
+        if changed {
+            let content = RoomPowerLevelsEventContent::try_from(levels)
+                .map_err(|error| MatrixError::PowerLevels(error.to_string()))?;
+            room.send_state_event(content).await?;
+            tracing::info!(room = %room_id, "room power levels brought up to the bridge's policy");
+        }
+        Ok(())
+    }
+
+    /// Whether rooms of the homeserver's default version give their creator power
+    /// by itself (version 12 on), so that the bot must not be listed in the power
+    /// levels; older versions require it to be.
+    async fn creators_are_privileged(&self) -> Result<bool, MatrixError> {
+        let response = self
+            .client()
+            .send(get_capabilities::v3::Request::new())
+            .await?;
+        Ok(response
+            .capabilities
+            .room_versions
+            .default
+            .rules()
+            .is_some_and(|rules| rules.authorization.explicitly_privilege_room_creators))
     }
 
     async fn ensure_joined(&self, room_id: &RoomId) -> Result<(), MatrixError> {

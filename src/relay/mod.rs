@@ -502,6 +502,7 @@ mod tests {
             whatsapp: "120363041234567890@g.us".into(),
             room: None,
             invite: vec![],
+            moderators: vec![],
             allow: allow.map(|list| {
                 list.into_iter()
                     .map(|p| UserPattern::parse(p).unwrap())

@@ -996,6 +996,7 @@ mod arbitrary_messages {
                         whatsapp: "g@g.us".into(),
                         room: None,
                         invite: vec![],
+                        moderators: vec![],
                         allow: None,
                         messages_per_minute: None,
                     };
