@@ -1034,6 +1034,55 @@ fn bot_session(bridge: &TestBridge) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
 }
 
+/// The bot's cross-signing as other clients see it: its master key, and whether
+/// the bot's current device is signed by its self-signing key (waits up to 30 s
+/// for both to be there).
+async fn bot_cross_signing(
+    synapse: &Synapse,
+    bridge: &TestBridge,
+    asker: &MatrixUser,
+) -> (String, bool) {
+    let bot = bridge.bot_user.clone();
+    let device = bot_session(bridge)["device_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let url = synapse.api("/_matrix/client/v3/keys/query");
+    let token = asker.client.access_token().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (url, token, bot2) = (url.clone(), token.clone(), bot.clone());
+        let (status, keys) = tokio::task::spawn_blocking(move || {
+            http_json(
+                "POST",
+                &url,
+                Some(&token),
+                Some(&json!({"device_keys": {bot2: []}})),
+            )
+        })
+        .await
+        .unwrap();
+        assert_eq!(status, 200, "{keys}");
+        let first_key = |kind: &str| {
+            keys[kind][&bot]["keys"]
+                .as_object()
+                .and_then(|keys| keys.keys().next().cloned())
+        };
+        if let (Some(master), Some(self_signing)) =
+            (first_key("master_keys"), first_key("self_signing_keys"))
+        {
+            let signed = keys["device_keys"][&bot][&device]["signatures"][&bot]
+                .get(&self_signing)
+                .is_some();
+            if signed || Instant::now() > deadline {
+                return (master, signed);
+            }
+        }
+        assert!(Instant::now() < deadline, "no cross-signing keys: {keys}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
 /// Ends every session of the bot on the homeserver, as an admin resetting them (or
 /// a password change) does; returns the device that was in use.
 async fn log_the_bot_out(synapse: &Synapse, bridge: &TestBridge) -> String {
@@ -1063,6 +1112,11 @@ async fn a_bot_logged_out_under_the_bridge_logs_in_again_and_loses_nothing() {
         ["Bob: avant"]
     );
 
+    // Its first login set up cross-signing: its device is signed, and Element shows
+    // no unverified-device warning on its messages.
+    let (master, signed) = bot_cross_signing(synapse, &scene.bridge, alice).await;
+    assert!(signed, "the bot's device is not cross-signed");
+
     let old_device = log_the_bot_out(synapse, &scene.bridge).await;
     for text in ["un", "deux", "trois"] {
         bob_says(sim, &jid, text).await;
@@ -1075,6 +1129,25 @@ async fn a_bot_logged_out_under_the_bridge_logs_in_again_and_loses_nothing() {
         .unwrap()
         .to_string();
     assert_ne!(new_device, old_device, "a new device logged in");
+    // The identity is carried over: same master key, the new device signed by it.
+    let (master_after, signed) = bot_cross_signing(synapse, &scene.bridge, alice).await;
+    assert_eq!(
+        master_after, master,
+        "the bot's cross-signing identity changed"
+    );
+    assert!(signed, "the new device is not cross-signed");
+    let stores: Vec<String> = std::fs::read_dir(scene.bridge.dir.path().join("state"))
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| {
+            name.starts_with("matrix") && !name.contains('.') && name != "matrix-store-key"
+        })
+        .collect();
+    assert_eq!(
+        stores.len(),
+        1,
+        "the old device's store is left: {stores:?}"
+    );
     // The admin is told, and the sync of the new session relays Matrix again.
     alice
         .wait_anywhere("the new login told", |s| {
@@ -1090,6 +1163,43 @@ async fn a_bot_logged_out_under_the_bridge_logs_in_again_and_loses_nothing() {
         "nothing doubled afterwards"
     );
     assert_eq!(scene.bridge.service().pending(), (0, 0));
+    scene.bridge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_room_the_bridge_creates_is_encrypted_by_default_and_relays_both_ways() {
+    init_test_logs();
+    let synapse = Synapse::shared();
+    let mut scene = linked_scene(synapse, "Chiffrée", false, "").await;
+    // The defaults, not the suite's plain rooms.
+    let config = std::fs::read_to_string(&scene.bridge.config_path).unwrap();
+    let config: String = config
+        .lines()
+        .filter(|line| !line.starts_with("encrypt_new_rooms"))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    std::fs::write(&scene.bridge.config_path, config).unwrap();
+    let room = scene.start().await;
+    let (sim, alice, jid) = (&scene.sim, &scene.alice, scene.jid.clone());
+    let encryption = alice
+        .wait_state_matching(synapse, &room, "m.room.encryption", "encryption", |c| {
+            c["algorithm"].is_string()
+        })
+        .await;
+    assert_eq!(
+        encryption["algorithm"], "m.megolm.v1.aes-sha2",
+        "{encryption}"
+    );
+    bob_says(sim, &jid, "en secret").await;
+    let seen = alice
+        .wait_for(&room, "Bob's text, decrypted", |s| {
+            s.body == "Bob: en secret"
+        })
+        .await;
+    let raw = alice.raw_event(synapse, &room, &seen.event_id).await;
+    assert_eq!(raw["type"], "m.room.encrypted", "the homeserver saw: {raw}");
+    alice.send_text(&room, "bien reçu").await;
+    wait_member_text(sim, BOB, &jid, "*Alice*: bien reçu").await;
     scene.bridge.stop().await;
 }
 

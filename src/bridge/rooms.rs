@@ -51,6 +51,7 @@ impl Bridge {
                 .collect(),
             admins: active.config.matrix.admins.clone(),
             moderators: group.moderators.clone(),
+            encrypted: active.config.matrix.encrypt_new_rooms,
             existing: group.room.clone(),
             known_room,
         };

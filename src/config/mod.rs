@@ -173,6 +173,8 @@ pub struct MatrixConfig {
     pub device_name: String,
     /// Room alias local part = `alias_prefix` + group file stem.
     pub alias_prefix: String,
+    /// Whether rooms the bridge creates are end-to-end encrypted (default: yes).
+    pub encrypt_new_rooms: bool,
 }
 
 impl fmt::Debug for MatrixConfig {
@@ -185,6 +187,7 @@ impl fmt::Debug for MatrixConfig {
             .field("admins", &self.admins)
             .field("device_name", &self.device_name)
             .field("alias_prefix", &self.alias_prefix)
+            .field("encrypt_new_rooms", &self.encrypt_new_rooms)
             .finish()
     }
 }
@@ -332,6 +335,7 @@ struct RawMatrix {
     admins: Option<Vec<S<String>>>,
     device_name: Option<S<String>>,
     alias_prefix: Option<S<String>>,
+    encrypt_new_rooms: Option<S<bool>>,
 }
 
 #[derive(Deserialize)]
@@ -609,6 +613,7 @@ fn check_matrix(src: &mut Source, raw: Option<S<RawMatrix>>, base: &Path) -> Opt
         admins,
         device_name,
         alias_prefix,
+        encrypt_new_rooms: raw.encrypt_new_rooms.is_none_or(|v| *v.get_ref()),
     })
 }
 

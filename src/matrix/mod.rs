@@ -19,13 +19,14 @@ use matrix_sdk::ruma::api::client::sync::sync_events::v3::Filter;
 use matrix_sdk::ruma::api::error::ErrorKind;
 use matrix_sdk::ruma::events::reaction::ReactionEventContent;
 use matrix_sdk::ruma::events::relation::{Annotation, Reply};
+use matrix_sdk::ruma::events::room::encryption::RoomEncryptionEventContent;
 use matrix_sdk::ruma::events::room::member::{MembershipState, StrippedRoomMemberEvent};
 use matrix_sdk::ruma::events::room::message::{
     LocationMessageEventContent, MessageType, Relation, ReplacementMetadata,
     RoomMessageEventContent,
 };
 use matrix_sdk::ruma::events::room::power_levels::RoomPowerLevelsEventContent;
-use matrix_sdk::ruma::events::AnyInitialStateEvent;
+use matrix_sdk::ruma::events::{AnyInitialStateEvent, InitialStateEvent};
 use matrix_sdk::ruma::serde::Raw;
 use matrix_sdk::ruma::Int;
 use matrix_sdk::ruma::{
@@ -240,6 +241,8 @@ pub struct RoomSetup {
     pub admins: Vec<String>,
     /// Users given moderator power (50) in a created room.
     pub moderators: Vec<String>,
+    /// Whether a created room is end-to-end encrypted.
+    pub encrypted: bool,
     /// A room named in the group file, to attach to instead of creating one.
     pub existing: Option<RoomRef>,
     /// The room stored for this group by an earlier run.
@@ -563,6 +566,14 @@ impl MatrixSide {
             .filter_map(|user| UserId::parse(user.as_str()).ok())
             .collect();
         request.initial_state = self.bridge_info_events(setup)?;
+        if setup.encrypted {
+            request.initial_state.push(
+                InitialStateEvent::with_empty_state_key(
+                    RoomEncryptionEventContent::with_recommended_defaults(),
+                )
+                .to_raw_any(),
+            );
+        }
         let levels = created_room_power_levels(
             &self.bot,
             &setup.admins,

@@ -9,6 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use matrix_sdk::authentication::matrix::MatrixSession;
+use matrix_sdk::encryption::export_secrets_bundle_from_store;
+use matrix_sdk::ruma::api::client::uiaa;
 use matrix_sdk::ruma::UserId;
 use matrix_sdk::store::RoomLoadSettings;
 use matrix_sdk::{Client, SessionChange};
@@ -21,6 +23,9 @@ use crate::secret_file;
 
 /// The store directory of a session stored before stores were named per login.
 const FIRST_STORE: &str = "matrix";
+
+/// The key every store is encrypted with, in the state directory.
+const STORE_KEY_FILE: &str = "matrix-store-key";
 
 /// How long the bridge keeps going without a Matrix session it cannot renew (no
 /// password, or the password refused) before it stops with an error, so that the
@@ -73,7 +78,7 @@ pub(super) async fn open(config: &MatrixConfig, state_dir: &Path) -> Result<Open
             Ok(Opened { client, changes })
         }
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-            log_in(config, state_dir, FIRST_STORE).await
+            log_in(config, state_dir, FIRST_STORE, None).await
         }
         Err(source) => Err(MatrixError::Io { path, source }),
     }
@@ -93,7 +98,7 @@ pub(super) async fn log_in_again(
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
     let new_store = format!("{FIRST_STORE}-{}", since_epoch.as_millis());
-    let opened = log_in(config, state_dir, &new_store).await?;
+    let opened = log_in(config, state_dir, &new_store, old_store.as_deref()).await?;
     if let Some(old) = old_store.filter(|old| *old != new_store) {
         let old = state_dir.join(old);
         if let Err(error) = std::fs::remove_dir_all(&old) {
@@ -103,12 +108,84 @@ pub(super) async fn log_in_again(
     Ok(opened)
 }
 
-/// Logs in with the configured password into a client on store `store_name`, and
-/// stores the session.
+/// Gives the new device a cross-signing identity, so that other people's clients
+/// see the bot's messages as coming from a verified device: the identity of the old
+/// device when there was one (nobody who verified the bot sees it change), else a
+/// new one, uploaded with the password as the homeserver's authentication. Failing
+/// that only costs clients' warnings, so it is logged, not fatal.
+async fn give_identity(
+    client: &Client,
+    state_dir: &Path,
+    bot: &UserId,
+    password: &str,
+    old_store: Option<&str>,
+) {
+    if let Some(old_store) = old_store {
+        if carry_identity(client, state_dir, old_store).await {
+            return;
+        }
+    }
+    let encryption = client.encryption();
+    let result = match encryption.bootstrap_cross_signing(None).await {
+        Err(error) => match error.as_uiaa_response() {
+            Some(response) => {
+                let identifier =
+                    uiaa::UserIdentifier::Matrix(uiaa::MatrixUserIdentifier::new(bot.to_string()));
+                let mut auth = uiaa::Password::new(identifier, password.to_owned());
+                auth.session = response.session.clone();
+                encryption
+                    .bootstrap_cross_signing(Some(uiaa::AuthData::Password(auth)))
+                    .await
+            }
+            None => Err(error),
+        },
+        done => done,
+    };
+    match result {
+        Ok(()) => tracing::info!("cross-signing set up for the bot's device"),
+        Err(error) => tracing::warn!("could not set up cross-signing for the bot: {error}"),
+    }
+}
+
+/// Carries the bot's cross-signing identity (and key backup secret) from the old
+/// device's store `old_store` over to the new device, right after its login;
+/// whether it did.
+async fn carry_identity(client: &Client, state_dir: &Path, old_store: &str) -> bool {
+    let Ok(key) = secret_file::read_or_create(&state_dir.join(STORE_KEY_FILE)) else {
+        return false;
+    };
+    // The store's directory: matrix-sdk finds its crypto database in it.
+    let store_dir = state_dir.join(old_store);
+    let bundle = match export_secrets_bundle_from_store(&store_dir, Some(&key)).await {
+        Ok(Some((_, bundle))) => bundle,
+        Ok(None) => return false,
+        Err(error) => {
+            tracing::info!(
+                "the old device's cross-signing identity cannot be carried over: {error}"
+            );
+            return false;
+        }
+    };
+    match client.encryption().import_secrets_bundle(&bundle).await {
+        Ok(()) => {
+            tracing::info!("the bot's cross-signing identity is carried over to its new device");
+            true
+        }
+        Err(error) => {
+            tracing::warn!("could not carry the cross-signing identity over: {error}");
+            false
+        }
+    }
+}
+
+/// Logs in with the configured password into a client on store `store_name`, gives
+/// the device its cross-signing identity (from `old_store`, the old device's, if
+/// it can) and stores the session.
 async fn log_in(
     config: &MatrixConfig,
     state_dir: &Path,
     store_name: &str,
+    old_store: Option<&str>,
 ) -> Result<Opened, MatrixError> {
     let path = session_path(state_dir);
     let bot = UserId::parse(config.user.as_str())
@@ -133,6 +210,7 @@ async fn log_in(
         .initial_device_display_name(&config.device_name)
         .send()
         .await?;
+    give_identity(&client, state_dir, &bot, &password, old_store).await;
     let session = client
         .matrix_auth()
         .session()
@@ -160,7 +238,7 @@ async fn build_client(
     state_dir: &Path,
     store_name: &str,
 ) -> Result<Client, MatrixError> {
-    let store_key_path = state_dir.join("matrix-store-key");
+    let store_key_path = state_dir.join(STORE_KEY_FILE);
     let store_key =
         secret_file::read_or_create(&store_key_path).map_err(|source| MatrixError::Io {
             path: store_key_path.clone(),
