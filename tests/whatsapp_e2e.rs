@@ -1284,7 +1284,7 @@ async fn a_moderator_removing_someone_elses_reaction_does_not_take_it_back_in_wh
     alice
         .wait_joined(&room)
         .await
-        .invite_user_by_id(&carol.client.user_id().unwrap().to_owned())
+        .invite_user_by_id(carol.client.user_id().unwrap())
         .await
         .unwrap();
     carol.client.join_room_by_id(&room_id).await.unwrap();
@@ -1480,6 +1480,40 @@ async fn an_alias_someone_else_took_first_is_never_adopted() {
         checked.contains(&format!("the alias {alias} is held by {squatted_id}")),
         "{checked}"
     );
+    scene.bridge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flood_of_events_that_cannot_cross_gets_a_few_notices_and_delays_nothing() {
+    init_test_logs();
+    let synapse = Synapse::shared();
+    let mut scene = linked_scene(synapse, "Inondation", false, "").await;
+    let room = scene.start().await;
+    let (sim, alice, jid) = (&scene.sim, &scene.alice, scene.jid.clone());
+    let bot = scene.bridge.bot_user.clone();
+    let joined = alice.wait_joined(&room).await;
+    for n in 0..15 {
+        joined
+            .send_raw(
+                "m.room.message",
+                json!({"msgtype": "org.example.sketch", "body": format!("dessin {n}")}),
+            )
+            .await
+            .unwrap();
+    }
+    alice.send_text(&room, "texte normal").await;
+    wait_member_text(sim, BOB, &jid, "*Alice*: texte normal").await;
+    bob_says(sim, &jid, "réponse").await;
+    alice
+        .wait_for(&room, "Bob's answer", |s| s.body == "Bob: réponse")
+        .await;
+    let notices = alice
+        .history_from(&room, &bot)
+        .await
+        .into_iter()
+        .filter(|body| body.contains("not relayed to WhatsApp yet"))
+        .count();
+    assert_eq!(notices, 3, "notices to one sender are bounded");
     scene.bridge.stop().await;
 }
 

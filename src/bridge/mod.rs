@@ -79,6 +79,8 @@ pub(crate) struct Bridge {
     rooms_ready: Mutex<HashSet<String>>,
     /// (room, user) pairs already told they may not speak, to tell each only once.
     refused_senders: Mutex<HashSet<(String, String)>>,
+    /// How many notices Matrix senders may still get (`relay::notices`).
+    notice_budget: Mutex<relay::notices::NoticeBudget>,
     pacer: Mutex<Pacer>,
     /// WhatsApp edits and deletions refused since the start because their sender
     /// may not make them (a modified client's forgeries), for the metrics.
@@ -131,6 +133,7 @@ impl Bridge {
             wake_to_whatsapp: Notify::new(),
             rooms_ready: Mutex::new(HashSet::new()),
             refused_senders: Mutex::new(HashSet::new()),
+            notice_budget: Mutex::default(),
             pacer: Mutex::new(pacer),
             forgeries_refused: Default::default(),
             homeserver_away: Default::default(),

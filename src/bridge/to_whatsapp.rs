@@ -14,7 +14,7 @@ use crate::relay::ids::{self, CrossedReaction};
 use crate::relay::mentions::KnownPerson;
 use crate::relay::pacing::Wait;
 use crate::relay::to_whatsapp::{self, DigestReply, DigestState, Linked, Refused};
-use crate::relay::{self, MatrixText, Relay, Skip, WhatsAppChange, WhatsAppPost};
+use crate::relay::{self, MatrixPost, MatrixText, Relay, Skip, WhatsAppChange, WhatsAppPost};
 use crate::store::{Digest, DigestEntry, Direction, MessageLink, NewOutboxItem, OutboxItem};
 use crate::whatsapp::{Outgoing, Quoted, WhatsAppError};
 
@@ -53,8 +53,11 @@ impl MatrixEvents for Bridge {
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
                         .insert((message.room_id.clone(), message.sender.clone()));
-                if let Some(notice) = active.relay.skip_notice(skip, &message).filter(|_| tell) {
-                    let _ = self.matrix.send_notice(&message.room_id, &notice).await;
+                if let (Some(notice), Some(group)) = (
+                    active.relay.skip_notice(skip, &message).filter(|_| tell),
+                    &group,
+                ) {
+                    self.tell_sender(&group.whatsapp, &message, notice)?;
                 }
                 return Ok(());
             }
@@ -99,6 +102,49 @@ impl MatrixEvents for Bridge {
 }
 
 impl Bridge {
+    /// Tells a Matrix sender, in the room, why their message did not cross: within
+    /// the notice budget (`relay::notices`), queued like any message for Matrix
+    /// (once per event, whatever the retries), so a flood of such events costs the
+    /// other rooms nothing.
+    fn tell_sender(
+        &self,
+        group_jid: &str,
+        message: &MatrixText,
+        notice: String,
+    ) -> Result<(), NotQueued> {
+        let allowed = self
+            .notice_budget
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .allow(&message.room_id, &message.sender, now_ms());
+        if !allowed {
+            tracing::debug!(room = %message.room_id, "notice to a sender left out: over its budget");
+            return Ok(());
+        }
+        let post = MatrixPost {
+            body: notice,
+            notice: true,
+            ..MatrixPost::default()
+        };
+        let payload = serde_json::to_string(&post).map_err(|e| NotQueued(e.to_string()))?;
+        let source_id = ids::notice_source_id(&message.event_id);
+        let queued = self
+            .store
+            .enqueue(&NewOutboxItem {
+                direction: Direction::ToMatrix,
+                target_id: &relay::matrix_txn_for_whatsapp(group_jid, &source_id),
+                source_id: &source_id,
+                group_jid,
+                room_id: &message.room_id,
+                payload: &payload,
+            })
+            .map_err(|e| NotQueued(e.to_string()))?;
+        if queued {
+            self.wake_to_matrix.notify_one();
+        }
+        Ok(())
+    }
+
     /// Sends one Matrix post through the number: what it is looked up and decided,
     /// its file fetched, its turn taken under the pacing, the sender's line first for
     /// kinds without a caption, then the message itself.

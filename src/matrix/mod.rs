@@ -807,6 +807,7 @@ impl MatrixSide {
             Some(location) => RoomMessageEventContent::new(MessageType::Location(
                 LocationMessageEventContent::new(post.body.clone(), location.geo_uri()),
             )),
+            None if post.notice => RoomMessageEventContent::notice_plain(post.body.clone()),
             None => RoomMessageEventContent::text_html(post.body.clone(), post.html.clone()),
         };
         if let Some(event_id) = reply_to {

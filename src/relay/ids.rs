@@ -46,6 +46,12 @@ pub fn matrix_txn_for_whatsapp(group_jid: &str, message_id: &str) -> String {
     format!("wa.{hex}")
 }
 
+/// The outbox source of the notice telling a Matrix sender why event `event_id`
+/// did not cross: one per event. No WhatsApp message id has this shape.
+pub fn notice_source_id(event_id: &str) -> String {
+    format!("notice:{event_id}")
+}
+
 /// Prefix of the link of a Matrix reaction relayed as the number's reaction:
 /// `mx-reaction:<target WhatsApp id>:<reaction id>`.
 const MATRIX_REACTION_LINK: &str = "mx-reaction:";

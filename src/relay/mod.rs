@@ -9,6 +9,7 @@ mod long_text;
 pub mod media;
 pub mod mentions;
 pub mod namesakes;
+pub mod notices;
 pub mod pacing;
 pub mod to_matrix;
 pub mod to_whatsapp;
@@ -324,6 +325,9 @@ pub struct MatrixPost {
     /// A location to post (as `m.location`, `body` being its text).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub location: Option<Location>,
+    /// The bot's own word (`m.notice`, `body` only), e.g. why a message did not cross.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub notice: bool,
 }
 
 /// What a WhatsApp post does besides sending a new message. Targets are Matrix event

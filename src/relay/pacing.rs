@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 /// A token bucket refilled continuously at `per_minute`, holding at most `capacity`.
 #[derive(Debug, Clone)]
-struct Bucket {
+pub(super) struct Bucket {
     capacity: f64,
     per_minute: u32,
     tokens: f64,
@@ -14,7 +14,7 @@ struct Bucket {
 }
 
 impl Bucket {
-    fn new(per_minute: u32, capacity: u32, now_ms: i64) -> Self {
+    pub(super) fn new(per_minute: u32, capacity: u32, now_ms: i64) -> Self {
         Bucket {
             capacity: f64::from(capacity.max(1)),
             per_minute: per_minute.max(1),
@@ -30,8 +30,14 @@ impl Bucket {
         self.updated_ms = now_ms;
     }
 
+    /// Whether the bucket is full again (nothing taken lately).
+    pub(super) fn is_full(&mut self, now_ms: i64) -> bool {
+        self.refill(now_ms);
+        self.tokens >= self.capacity
+    }
+
     /// Milliseconds until one token is available (0: now).
-    fn wait_ms(&mut self, now_ms: i64) -> i64 {
+    pub(super) fn wait_ms(&mut self, now_ms: i64) -> i64 {
         self.refill(now_ms);
         if self.tokens >= 1.0 {
             0
@@ -41,7 +47,7 @@ impl Bucket {
         }
     }
 
-    fn take(&mut self) {
+    pub(super) fn take(&mut self) {
         self.tokens -= 1.0;
     }
 }

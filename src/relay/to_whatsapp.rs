@@ -99,8 +99,9 @@ impl Relay {
         })
     }
 
-    /// Whether a Matrix event may cross at all: not the bot's own, not a notice, a
-    /// message type the bridge relays, from a sender the group file allows.
+    /// Whether a Matrix event may cross at all: not the bot's own, from a sender the
+    /// group file allows (asked first: someone who may not speak hears only that),
+    /// not a notice, a message type the bridge relays.
     fn matrix_may_cross(
         &self,
         group: &GroupFile,
@@ -110,16 +111,15 @@ impl Relay {
         if message.sender == self.bot_user || sent_by_bridge {
             return Err(Skip::OwnEcho);
         }
-        match message.kind {
-            MatrixKind::Notice => return Err(Skip::Notice),
-            MatrixKind::Other => return Err(Skip::Unsupported),
-            MatrixKind::Text | MatrixKind::Emote => {}
-        }
-        match &group.allow {
-            Some(allow) if !allow.iter().any(|pattern| pattern.matches(&message.sender)) => {
-                Err(Skip::NotAllowed)
+        if let Some(allow) = &group.allow {
+            if !allow.iter().any(|pattern| pattern.matches(&message.sender)) {
+                return Err(Skip::NotAllowed);
             }
-            _ => Ok(()),
+        }
+        match message.kind {
+            MatrixKind::Notice => Err(Skip::Notice),
+            MatrixKind::Other => Err(Skip::Unsupported),
+            MatrixKind::Text | MatrixKind::Emote => Ok(()),
         }
     }
 
