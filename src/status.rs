@@ -33,6 +33,12 @@ pub mod keys {
     pub fn alias_taken(jid: &str) -> String {
         format!("room.alias_taken.{jid}")
     }
+    /// The meta key holding the membership event that last removed the bot from
+    /// room `room_id` (`|back` appended once it is back), so the admins are told
+    /// once per removal and once per return.
+    pub fn bot_removed(room_id: &str) -> String {
+        format!("room.bot_removed.{room_id}")
+    }
     /// `<unix seconds>|<message>` of the last error worth an admin's attention.
     pub const LAST_ERROR: &str = "service.last_error";
 }

@@ -1518,6 +1518,62 @@ async fn a_flood_of_events_that_cannot_cross_gets_a_few_notices_and_delays_nothi
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_kicked_bot_tells_the_admins_once_and_delivers_when_invited_back() {
+    init_test_logs();
+    let synapse = Synapse::shared();
+    let mut scene = linked_scene(synapse, "Expulsion", true, "").await;
+    // A room Alice made (the bot cannot be removed from a room it created).
+    let bot = matrix_sdk::ruma::UserId::parse(scene.bridge.bot_user.as_str()).unwrap();
+    let mut request = matrix_sdk::ruma::api::client::room::create_room::v3::Request::new();
+    request.invite = vec![bot.clone()];
+    let made = scene.alice.client.create_room(request).await.unwrap();
+    let room = made.room_id().to_string();
+    for file in std::fs::read_dir(&scene.bridge.groups_dir).unwrap() {
+        let path = file.unwrap().path();
+        std::fs::write(
+            &path,
+            format!("whatsapp = \"{}\"\nroom = \"{room}\"\n", scene.jid),
+        )
+        .unwrap();
+    }
+    scene.bridge.start_real().await;
+    assert_eq!(scene.bridge.wait_room(&scene.jid).await, room);
+    let (sim, alice, jid) = (&scene.sim, &scene.alice, scene.jid.clone());
+    let joined = alice.wait_joined(&room).await;
+    bob_says(sim, &jid, "avant").await;
+    alice
+        .wait_for(&room, "Bob's first", |s| s.body == "Bob: avant")
+        .await;
+    joined.kick_user(&bot, Some("essai")).await.unwrap();
+    bob_says(sim, &jid, "pendant l'absence").await;
+    let told = alice
+        .wait_anywhere("the removal told", |s| {
+            s.body.contains("was removed from the room") && s.body.contains(&room)
+        })
+        .await;
+    assert!(told.body.contains(alice.user_id.as_str()), "{}", told.body);
+
+    joined.invite_user_by_id(&bot).await.unwrap();
+    alice
+        .wait_for(&room, "the message that waited", |s| {
+            s.body == "Bob: pendant l'absence"
+        })
+        .await;
+    alice
+        .wait_anywhere("the return told", |s| s.body.contains("is back in"))
+        .await;
+    let removal_notices = alice
+        .seen_in(&told.room_id)
+        .iter()
+        .filter(|s| s.body.contains("was removed from the room"))
+        .count();
+    assert_eq!(removal_notices, 1, "told once");
+    alice.send_text(&room, "bon retour").await;
+    wait_member_text(sim, BOB, &jid, "*Alice*: bon retour").await;
+    scene.bridge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn homeserver_rate_limit_delays_but_keeps_every_whatsapp_message() {
     const COUNT: usize = 16; // Synapse's default burst is 10, then 0.2/s
     init_test_logs();

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::Bridge;
 use crate::config::{self, GroupFile};
-use crate::matrix::{AliasTaken, RoomSetup, SetUpRoom};
+use crate::matrix::{AliasTaken, BotRemoved, RoomSetup, SetUpRoom};
 use crate::status;
 use crate::whatsapp::GroupChange;
 
@@ -122,6 +122,87 @@ impl Bridge {
             for admin in &admins {
                 if let Err(error) = bridge.matrix.notify_admin(admin, &text).await {
                     tracing::warn!("could not tell an admin about a taken alias: {error}");
+                }
+            }
+        });
+    }
+
+    /// Someone removed the bot from a room: for a bridged group's room, the admins
+    /// are told once (per removal, also across restarts), with what it means: its
+    /// messages wait, and are set aside after their attempts, until the bot is
+    /// invited back (it accepts an invite to a bridged room).
+    pub(super) fn bot_removed_from(&self, removed: BotRemoved) {
+        let Ok(Some(jid)) = self.store.group_for_room(&removed.room_id) else {
+            return;
+        };
+        let Some(group) = self.active().groups.get(&jid).cloned() else {
+            return;
+        };
+        let key = status::keys::bot_removed(&removed.room_id);
+        // Kept once the bot is back (`<event>|back`): a sync that shows the removal
+        // again (with the join after it) tells nothing new.
+        let known = self.store.get_meta(&key).ok().flatten().unwrap_or_default();
+        if known.split('|').next() == Some(removed.event_id.as_str()) {
+            return;
+        }
+        if let Err(error) = self.store.set_meta(&key, &removed.event_id) {
+            tracing::warn!("store: {error}");
+        }
+        let how = if removed.banned { "banned" } else { "removed" };
+        tracing::warn!(group = %group.name, room = %removed.room_id, "the bot was {how} from the group's room");
+        self.note_error(&format!(
+            "the bot was {how} from the room of group {}",
+            group.name
+        ));
+        let back = if removed.banned {
+            "unban the bot and invite it back"
+        } else {
+            "invite the bot back"
+        };
+        let text = format!(
+            "The bot was {how} from the room of group {file} ({room}) by {by}. Messages \
+             between the group and the room wait (those that keep failing are set aside \
+             after about an hour and a half; `passerelle outbox` sends them again). To \
+             resume, {back}.",
+            file = group.name,
+            room = removed.room_id,
+            by = removed.by,
+        );
+        let admins = self.active().config.matrix.admins.clone();
+        self.spawn_with_self(|bridge| async move {
+            for admin in &admins {
+                if let Err(error) = bridge.matrix.notify_admin(admin, &text).await {
+                    tracing::warn!("could not tell an admin the bot was removed: {error}");
+                }
+            }
+        });
+    }
+
+    /// The bot is in a room: if it had been removed from a group's room, relaying
+    /// resumes at once and the admins are told.
+    pub(super) fn bot_back_in(&self, room_id: &str) {
+        let key = status::keys::bot_removed(room_id);
+        let removal = match self.store.get_meta(&key) {
+            Ok(Some(removal)) if !removal.ends_with("|back") => removal,
+            _ => return,
+        };
+        if let Err(error) = self.store.set_meta(&key, &format!("{removal}|back")) {
+            tracing::warn!("store: {error}");
+        }
+        tracing::info!(room = %room_id, "the bot is back in the group's room");
+        if let Ok(Some(jid)) = self.store.group_for_room(room_id) {
+            if let Err(error) = self.store.due_now_for_group(&jid, super::now_ms()) {
+                tracing::warn!("store: {error}");
+            }
+        }
+        self.wake_to_matrix.notify_one();
+        self.wake_to_whatsapp.notify_one();
+        let text = format!("The bot is back in {room_id}; relaying resumes.");
+        let admins = self.active().config.matrix.admins.clone();
+        self.spawn_with_self(|bridge| async move {
+            for admin in &admins {
+                if let Err(error) = bridge.matrix.notify_admin(admin, &text).await {
+                    tracing::warn!("could not tell an admin the bot is back: {error}");
                 }
             }
         });

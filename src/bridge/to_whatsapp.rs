@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::{now_ms, Bridge};
-use crate::matrix::{MatrixEvents, NotQueued, SessionChange};
+use crate::matrix::{BotRemoved, MatrixEvents, NotQueued, SessionChange};
 use crate::relay::ids::{self, CrossedReaction};
 use crate::relay::mentions::KnownPerson;
 use crate::relay::pacing::Wait;
@@ -98,6 +98,14 @@ impl MatrixEvents for Bridge {
 
     fn session_changed(&self, change: SessionChange) {
         self.matrix_session_changed(change);
+    }
+
+    fn bot_removed(&self, removed: BotRemoved) {
+        self.bot_removed_from(removed);
+    }
+
+    fn bot_joined(&self, room_id: &str) {
+        self.bot_back_in(room_id);
     }
 }
 

@@ -20,7 +20,9 @@ use matrix_sdk::ruma::api::error::ErrorKind;
 use matrix_sdk::ruma::events::reaction::ReactionEventContent;
 use matrix_sdk::ruma::events::relation::{Annotation, Reply};
 use matrix_sdk::ruma::events::room::encryption::RoomEncryptionEventContent;
-use matrix_sdk::ruma::events::room::member::{MembershipState, StrippedRoomMemberEvent};
+use matrix_sdk::ruma::events::room::member::{
+    MembershipState, StrippedRoomMemberEvent, SyncRoomMemberEvent,
+};
 use matrix_sdk::ruma::events::room::message::{
     LocationMessageEventContent, MessageType, Relation, ReplacementMetadata,
     RoomMessageEventContent,
@@ -189,6 +191,10 @@ impl MatrixError {
         };
         match http.client_api_error_kind() {
             Some(ErrorKind::LimitExceeded { .. }) => true,
+            // Not in the room (kicked, banned) or not allowed to post there: it may
+            // change (invited back, power given); the message waits, its attempts
+            // counted, and is set aside when it lasts, never dropped.
+            Some(ErrorKind::Forbidden) => true,
             Some(_) => false,
             None => true, // transport errors, 5xx without a Matrix error body
         }
@@ -211,6 +217,20 @@ pub trait MatrixEvents: Send + Sync {
     async fn accept_invite(&self, room_id: &str, inviter: &str) -> bool;
     /// The bot's session changed: ended by the homeserver, renewed, or given up.
     fn session_changed(&self, change: SessionChange);
+    /// Someone removed (kicked or banned) the bot from a room.
+    fn bot_removed(&self, removed: BotRemoved);
+    /// The bot is in a room (joined, or seen joined at start).
+    fn bot_joined(&self, room_id: &str);
+}
+
+/// The bot was removed from a room by someone else.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BotRemoved {
+    pub room_id: String,
+    /// The membership event: the same removal seen again is known by it.
+    pub event_id: String,
+    pub by: String,
+    pub banned: bool,
 }
 
 /// What becomes of the bot's Matrix session when the homeserver ends it.
@@ -415,10 +435,38 @@ impl MatrixSide {
                     }
                 }
             });
+        let membership_events = events.clone();
+        let bot = self.bot.clone();
+        let membership_handler =
+            client.add_event_handler(move |event: SyncRoomMemberEvent, room: Room| {
+                let events = membership_events.clone();
+                let bot = bot.clone();
+                async move {
+                    let SyncRoomMemberEvent::Original(event) = event else {
+                        return;
+                    };
+                    if event.state_key != bot {
+                        return;
+                    }
+                    let room_id = room.room_id().as_str();
+                    match event.content.membership {
+                        MembershipState::Leave | MembershipState::Ban if event.sender != bot => {
+                            events.bot_removed(BotRemoved {
+                                room_id: room_id.to_owned(),
+                                event_id: event.event_id.to_string(),
+                                by: event.sender.to_string(),
+                                banned: event.content.membership == MembershipState::Ban,
+                            });
+                        }
+                        MembershipState::Join => events.bot_joined(room_id),
+                        _ => {}
+                    }
+                }
+            });
         self.handlers
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push(invite_handler);
+            .extend([invite_handler, membership_handler]);
     }
 
     /// Reads again, from their marker, the rooms with an event not queued yet (at

@@ -303,6 +303,15 @@ impl Store {
         Ok(changed > 0)
     }
 
+    /// Makes every item of `group_jid` due at `now_ms` (what kept it waiting is
+    /// over: the bot is back in its room); returns how many.
+    pub fn due_now_for_group(&self, group_jid: &str, now_ms: i64) -> Result<usize, StoreError> {
+        Ok(self.lock().execute(
+            "UPDATE outbox SET next_attempt_at = ?2 WHERE group_jid = ?1 AND next_attempt_at > ?2",
+            params![group_jid, now_ms],
+        )?)
+    }
+
     /// When (unix ms) the next item of `direction` becomes due, counting only items that
     /// `next_due` may return (group heads); `None` when the queue is empty.
     pub fn earliest_due(&self, direction: Direction) -> Result<Option<i64>, StoreError> {
