@@ -126,8 +126,23 @@ pub(super) fn sticker_media(
     })
 }
 
-/// Downloads (and decrypts, for encrypted rooms) the file of a Matrix media event.
+/// Longest a Matrix file may take to download: the SDK retries on its own, and the
+/// worker to WhatsApp waits meanwhile. Past it the message is tried again later
+/// (its attempts counted), as for any failed download.
+pub const DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Longest a file may take to upload to the homeserver and post.
+pub const UPLOAD_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Downloads (and decrypts, for encrypted rooms) the file of a Matrix media event,
+/// within [`DOWNLOAD_TIMEOUT`].
 pub(super) async fn download(client: &Client, media: &Media) -> Result<Vec<u8>, MatrixError> {
+    tokio::time::timeout(DOWNLOAD_TIMEOUT, download_now(client, media))
+        .await
+        .map_err(|_| MatrixError::TimedOut("downloading a Matrix file"))?
+}
+
+async fn download_now(client: &Client, media: &Media) -> Result<Vec<u8>, MatrixError> {
     let source: MediaSource = serde_json::from_str(&media.source)
         .map_err(|_| MatrixError::InvalidId("unreadable media source".to_owned()))?;
     let request = MediaRequestParameters {

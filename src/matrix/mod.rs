@@ -136,6 +136,8 @@ pub enum MatrixError {
     Store(String),
     #[error("room power levels: {0}")]
     PowerLevels(String),
+    #[error("timed out {0}")]
+    TimedOut(&'static str),
 }
 
 impl From<matrix_sdk::ClientBuildError> for MatrixError {
@@ -186,7 +188,7 @@ impl MatrixError {
         let http = match self {
             MatrixError::Sdk(matrix_sdk::Error::Http(http)) => http.as_ref(),
             MatrixError::Http(http) => http,
-            MatrixError::NotInRoom(_) => return true,
+            MatrixError::NotInRoom(_) | MatrixError::TimedOut(_) => return true,
             _ => return false,
         };
         match http.client_api_error_kind() {
@@ -881,7 +883,12 @@ impl MatrixSide {
         reply_to: Option<&str>,
     ) -> Result<String, MatrixError> {
         let room = self.joined_room(room_id)?;
-        media::send(&room, txn_id, post, media, data, reply_to).await
+        tokio::time::timeout(
+            media::UPLOAD_TIMEOUT,
+            media::send(&room, txn_id, post, media, data, reply_to),
+        )
+        .await
+        .map_err(|_| MatrixError::TimedOut("uploading a file to the homeserver"))?
     }
 
     /// Fetches the file of a Matrix media event from the homeserver.
