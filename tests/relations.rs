@@ -171,17 +171,10 @@ async fn matrix_replies_edits_and_redactions_reach_whatsapp_for_their_authors_on
     // Mallory is let in the way an admin does it: added to the file's invites.
     let mallory = MatrixUser::new(synapse, &unique("mallory"), Some("Mallory")).await;
     let matrix_room = alice.wait_joined(&room).await;
-    let file = std::fs::read_dir(&bridge.groups_dir)
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
-    let text = std::fs::read_to_string(&file).unwrap().replace(
+    bridge.edit_group(
         &format!("invite = [\"{}\"]", alice.user_id),
         &format!("invite = [\"{}\", \"{}\"]", alice.user_id, mallory.user_id),
     );
-    std::fs::write(&file, text).unwrap();
     bridge.service().reload().await.unwrap();
     mallory.wait_joined(&room).await;
     let forged = RoomMessageEventContent::text_plain("forged").make_replacement(

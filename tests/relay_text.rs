@@ -424,17 +424,10 @@ async fn created_rooms_are_invite_only_and_only_moderators_invite() {
 
     // Dave becomes a moderator in the group file: after the reload he has the power.
     dave.wait_joined(&room).await;
-    let file = std::fs::read_dir(&bridge.groups_dir)
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
-    let text = std::fs::read_to_string(&file).unwrap().replace(
+    bridge.edit_group(
         &format!("moderators = [\"{}\"]", carol.user_id),
         &format!("moderators = [\"{}\", \"{}\"]", carol.user_id, dave.user_id),
     );
-    std::fs::write(&file, text).unwrap();
     bridge.service().reload().await.unwrap();
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {

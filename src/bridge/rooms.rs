@@ -117,14 +117,7 @@ impl Bridge {
             held_by = taken.room_id,
             file = group.name,
         );
-        let admins = self.active().config.matrix.admins.clone();
-        self.spawn_with_self(|bridge| async move {
-            for admin in &admins {
-                if let Err(error) = bridge.matrix.notify_admin(admin, &text).await {
-                    tracing::warn!("could not tell an admin about a taken alias: {error}");
-                }
-            }
-        });
+        self.tell_admins(text, "about a taken alias");
     }
 
     /// Someone removed the bot from a room: for a bridged group's room, the admins
@@ -168,14 +161,7 @@ impl Bridge {
             room = removed.room_id,
             by = removed.by,
         );
-        let admins = self.active().config.matrix.admins.clone();
-        self.spawn_with_self(|bridge| async move {
-            for admin in &admins {
-                if let Err(error) = bridge.matrix.notify_admin(admin, &text).await {
-                    tracing::warn!("could not tell an admin the bot was removed: {error}");
-                }
-            }
-        });
+        self.tell_admins(text, "the bot was removed");
     }
 
     /// The bot is in a room: if it had been removed from a group's room, relaying
@@ -198,14 +184,7 @@ impl Bridge {
         self.wake_to_matrix.notify_one();
         self.wake_to_whatsapp.notify_one();
         let text = format!("The bot is back in {room_id}; relaying resumes.");
-        let admins = self.active().config.matrix.admins.clone();
-        self.spawn_with_self(|bridge| async move {
-            for admin in &admins {
-                if let Err(error) = bridge.matrix.notify_admin(admin, &text).await {
-                    tracing::warn!("could not tell an admin the bot is back: {error}");
-                }
-            }
-        });
+        self.tell_admins(text, "the bot is back");
     }
 
     /// Names each created room after its WhatsApp group's subject. Rooms named in a

@@ -94,15 +94,21 @@ impl Bridge {
         if let Err(error) = update {
             tracing::warn!("store: {error}");
         }
+        self.tell_admins(text, "about WhatsApp");
+    }
+
+    /// Tells every `[matrix] admins` `text` in their direct room with the bot, in the
+    /// background; `about` says what, in the log line of a notice that failed.
+    pub(super) fn tell_admins(&self, text: String, about: &'static str) {
         let admins = self.active().config.matrix.admins.clone();
         if admins.is_empty() {
             tracing::warn!("no Matrix admins configured to tell: {text}");
             return;
         }
-        self.spawn_with_self(|bridge| async move {
+        self.spawn_with_self(move |bridge| async move {
             for admin in &admins {
                 if let Err(error) = bridge.matrix.notify_admin(admin, &text).await {
-                    tracing::warn!("could not tell an admin about WhatsApp: {error}");
+                    tracing::warn!("could not tell an admin {about}: {error}");
                 }
             }
         });
@@ -187,14 +193,7 @@ impl Bridge {
             );
             self.wake_to_matrix.notify_one();
             self.wake_to_whatsapp.notify_one();
-            let admins = self.active().config.matrix.admins.clone();
-            self.spawn_with_self(|bridge| async move {
-                for admin in &admins {
-                    if let Err(error) = bridge.matrix.notify_admin(admin, &text).await {
-                        tracing::warn!("could not tell an admin about the Matrix session: {error}");
-                    }
-                }
-            });
+            self.tell_admins(text, "about the Matrix session");
             return;
         }
         tracing::error!("Matrix: {state}");

@@ -90,6 +90,17 @@ level = "info"
         std::fs::write(self.groups_dir.join(format!("{stem}.toml")), text).unwrap();
     }
 
+    /// Replaces `from` by `to` in the only group file (as an admin edits it); the
+    /// change applies at the next reload.
+    pub fn edit_group(&self, from: &str, to: &str) {
+        let mut files = std::fs::read_dir(&self.groups_dir).unwrap();
+        let path = files.next().unwrap().unwrap().path();
+        assert!(files.next().is_none(), "more than one group file");
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains(from), "{from:?} is not in {}", path.display());
+        std::fs::write(&path, text.replace(from, to)).unwrap();
+    }
+
     pub fn remove_group(&self, stem: &str) {
         std::fs::remove_file(self.groups_dir.join(format!("{stem}.toml"))).unwrap();
     }
