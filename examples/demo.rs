@@ -306,7 +306,9 @@ fn write_config(
         &config,
         format!(
             "[matrix]\nhomeserver = \"{}\"\nuser = \"{bot}\"\npassword_file = \"{}\"\n\
-             admins = [\"{admin}\"]\n\n[paths]\nstate_dir = \"{}\"\ngroups_dir = \"groups.d\"\n\n\
+             admins = [\"{admin}\"]\n\
+             # The demo reads the room over plain HTTP, which cannot decrypt.\n\
+             encrypt_new_rooms = false\n\n[paths]\nstate_dir = \"{}\"\ngroups_dir = \"groups.d\"\n\n\
              [whatsapp]\nserver_url = \"{whatsapp_url}\"\n",
             synapse.url,
             password_file.display(),
