@@ -39,6 +39,11 @@ pub mod keys {
     pub fn bot_removed(room_id: &str) -> String {
         format!("room.bot_removed.{room_id}")
     }
+    /// The meta key holding the group whose upgraded room `room_id` succeeds,
+    /// until the bot is in it and the group moved.
+    pub fn successor(room_id: &str) -> String {
+        format!("room.successor.{room_id}")
+    }
     /// `<unix seconds>|<message>` of the last error worth an admin's attention.
     pub const LAST_ERROR: &str = "service.last_error";
 }

@@ -1574,6 +1574,56 @@ async fn a_kicked_bot_tells_the_admins_once_and_delivers_when_invited_back() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_upgraded_room_takes_the_group_with_it() {
+    init_test_logs();
+    let synapse = Synapse::shared();
+    let mut scene = linked_scene(synapse, "Mise à niveau", true, "").await;
+    let room = scene.start().await;
+    let (sim, alice, jid) = (&scene.sim, &scene.alice, scene.jid.clone());
+    bob_says(sim, &jid, "avant").await;
+    alice
+        .wait_for(&room, "Bob's first", |s| s.body == "Bob: avant")
+        .await;
+
+    // Alice, an admin of the room, upgrades it and invites the bot to the new one.
+    let token = alice.client.access_token().unwrap();
+    let url = synapse.api(&format!("/_matrix/client/v3/rooms/{room}/upgrade"));
+    let (status, body) = tokio::task::spawn_blocking(move || {
+        http_json(
+            "POST",
+            &url,
+            Some(&token),
+            Some(&json!({"new_version": "12"})),
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let successor = body["replacement_room"].as_str().unwrap().to_string();
+    let bot = matrix_sdk::ruma::UserId::parse(scene.bridge.bot_user.as_str()).unwrap();
+    alice
+        .wait_joined(&successor)
+        .await
+        .invite_user_by_id(&bot)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while scene.bridge.service().room_for_group(&jid).as_deref() != Some(successor.as_str()) {
+        assert!(Instant::now() < deadline, "the group never moved");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    bob_says(sim, &jid, "après").await;
+    alice
+        .wait_for(&successor, "Bob's message in the new room", |s| {
+            s.body == "Bob: après"
+        })
+        .await;
+    alice.send_text(&successor, "bien arrivée").await;
+    wait_member_text(sim, BOB, &jid, "*Alice*: bien arrivée").await;
+    scene.bridge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn homeserver_rate_limit_delays_but_keeps_every_whatsapp_message() {
     const COUNT: usize = 16; // Synapse's default burst is 10, then 0.2/s
     init_test_logs();

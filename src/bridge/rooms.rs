@@ -187,6 +187,69 @@ impl Bridge {
         self.tell_admins(text, "the bot is back");
     }
 
+    /// A group's room was upgraded: the bot joins the successor and the group moves
+    /// there, with what waits for it. When the bot may not join yet (an invite-only
+    /// successor), the admins are asked to invite it, and the move happens on join.
+    pub(super) fn follow_upgrade(&self, old: &str, new: &str) {
+        let Ok(Some(jid)) = self.store.group_for_room(old) else {
+            return;
+        };
+        if !self.active().groups.contains_key(&jid) {
+            return;
+        }
+        let key = status::keys::successor(new);
+        if let Err(error) = self.store.set_meta(&key, &jid) {
+            tracing::warn!("store: {error}");
+        }
+        let (old, new) = (old.to_owned(), new.to_owned());
+        self.spawn_with_self(|bridge| async move {
+            match bridge.matrix.join(&new).await {
+                Ok(()) => bridge.successor_joined(&new),
+                Err(error) => {
+                    tracing::warn!(room = %old, successor = %new, "could not join the upgraded room: {error}");
+                    bridge.tell_admins(
+                        format!(
+                            "The room {old} was upgraded to {new}, which the bot could not \
+                             join ({error}). Invite the bot there: the group moves with it."
+                        ),
+                        "about a room upgrade",
+                    );
+                }
+            }
+        });
+    }
+
+    /// The bot is in `room_id`: if it succeeds a group's upgraded room, the group
+    /// moves to it.
+    pub(super) fn successor_joined(&self, room_id: &str) {
+        let key = status::keys::successor(room_id);
+        let Ok(Some(jid)) = self.store.get_meta(&key) else {
+            return;
+        };
+        let old = self.store.room_for_group(&jid).ok().flatten();
+        let moved = self
+            .store
+            .set_group_room(&jid, room_id)
+            .and_then(|()| match &old {
+                Some(old) => self.store.move_room_items(old, room_id).map(|_| ()),
+                None => Ok(()),
+            })
+            .and_then(|()| self.store.delete_meta(&key).map(|_| ()));
+        if let Err(error) = moved {
+            tracing::error!("store: could not move the group to its upgraded room: {error}");
+            return;
+        }
+        tracing::info!(room = %room_id, "the group follows its room's upgrade");
+        self.wake_to_matrix.notify_one();
+        self.tell_admins(
+            format!(
+                "The group bridged in {} now relays in its upgraded room {room_id}.",
+                old.as_deref().unwrap_or("its room")
+            ),
+            "about a room upgrade",
+        );
+    }
+
     /// Names each created room after its WhatsApp group's subject. Rooms named in a
     /// group file (`room = ...`) belong to their owners and are left as they are.
     pub(super) async fn sync_room_names(&self) {

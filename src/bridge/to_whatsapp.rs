@@ -106,6 +106,11 @@ impl MatrixEvents for Bridge {
 
     fn bot_joined(&self, room_id: &str) {
         self.bot_back_in(room_id);
+        self.successor_joined(room_id);
+    }
+
+    fn room_replaced(&self, old: &str, new: &str) {
+        self.follow_upgrade(old, new);
     }
 }
 

@@ -28,6 +28,7 @@ use matrix_sdk::ruma::events::room::message::{
     RoomMessageEventContent,
 };
 use matrix_sdk::ruma::events::room::power_levels::RoomPowerLevelsEventContent;
+use matrix_sdk::ruma::events::room::tombstone::OriginalSyncRoomTombstoneEvent;
 use matrix_sdk::ruma::events::{AnyInitialStateEvent, InitialStateEvent};
 use matrix_sdk::ruma::serde::Raw;
 use matrix_sdk::ruma::Int;
@@ -223,6 +224,8 @@ pub trait MatrixEvents: Send + Sync {
     fn bot_removed(&self, removed: BotRemoved);
     /// The bot is in a room (joined, or seen joined at start).
     fn bot_joined(&self, room_id: &str);
+    /// Room `old` was upgraded (`m.room.tombstone`): its successor is `new`.
+    fn room_replaced(&self, old: &str, new: &str);
 }
 
 /// The bot was removed from a room by someone else.
@@ -465,10 +468,26 @@ impl MatrixSide {
                     }
                 }
             });
+        let upgrade_events = events.clone();
+        let upgrade_handler =
+            client.add_event_handler(move |event: OriginalSyncRoomTombstoneEvent, room: Room| {
+                let events = upgrade_events.clone();
+                async move {
+                    events.room_replaced(
+                        room.room_id().as_str(),
+                        event.content.replacement_room.as_str(),
+                    );
+                }
+            });
         self.handlers
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .extend([invite_handler, membership_handler]);
+            .extend([invite_handler, membership_handler, upgrade_handler]);
+    }
+
+    /// Joins `room_id` (nothing to do when the bot is in it).
+    pub async fn join(&self, room_id: &str) -> Result<(), MatrixError> {
+        self.ensure_joined(&parse_room_id(room_id)?).await
     }
 
     /// Reads again, from their marker, the rooms with an event not queued yet (at

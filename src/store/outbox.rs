@@ -303,6 +303,15 @@ impl Store {
         Ok(changed > 0)
     }
 
+    /// Sends what waits for room `old` to room `new` instead (the room was
+    /// upgraded); returns how many items.
+    pub fn move_room_items(&self, old: &str, new: &str) -> Result<usize, StoreError> {
+        Ok(self.lock().execute(
+            "UPDATE outbox SET room_id = ?2 WHERE room_id = ?1",
+            params![old, new],
+        )?)
+    }
+
     /// Makes every item of `group_jid` due at `now_ms` (what kept it waiting is
     /// over: the bot is back in its room); returns how many.
     pub fn due_now_for_group(&self, group_jid: &str, now_ms: i64) -> Result<usize, StoreError> {
