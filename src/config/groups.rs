@@ -77,6 +77,27 @@ struct RawGroup {
     messages_per_minute: Option<Spanned<i64>>,
 }
 
+/// The valid Matrix user ids of list `key`; each invalid one is a problem at its
+/// line (and clears `ok`).
+fn user_ids(
+    src: &mut Source,
+    key: &str,
+    users: Option<&[Spanned<String>]>,
+    ok: &mut bool,
+) -> Vec<String> {
+    let mut valid = Vec::new();
+    for user in users.unwrap_or_default() {
+        match check_user_id(user.get_ref()) {
+            Ok(()) => valid.push(user.get_ref().clone()),
+            Err(err) => {
+                src.at(user, format!("`{key}`: {err}"));
+                *ok = false;
+            }
+        }
+    }
+    valid
+}
+
 struct Parsed {
     group: Option<GroupFile>,
     whatsapp_line: Option<usize>,
@@ -143,27 +164,8 @@ fn parse_group(path: &Path, text: &str) -> Parsed {
         },
     };
 
-    let mut invite = Vec::new();
-    for user in raw.invite.iter().flatten() {
-        match check_user_id(user.get_ref()) {
-            Ok(()) => invite.push(user.get_ref().clone()),
-            Err(err) => {
-                src.at(user, format!("`invite`: {err}"));
-                ok = false;
-            }
-        }
-    }
-
-    let mut moderators = Vec::new();
-    for user in raw.moderators.iter().flatten() {
-        match check_user_id(user.get_ref()) {
-            Ok(()) => moderators.push(user.get_ref().clone()),
-            Err(err) => {
-                src.at(user, format!("`moderators`: {err}"));
-                ok = false;
-            }
-        }
-    }
+    let invite = user_ids(&mut src, "invite", raw.invite.as_deref(), &mut ok);
+    let moderators = user_ids(&mut src, "moderators", raw.moderators.as_deref(), &mut ok);
 
     let allow = raw.allow.as_ref().map(|patterns| {
         let mut parsed = Vec::new();
