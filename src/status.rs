@@ -102,6 +102,8 @@ pub struct StatusReport {
     pub to_matrix: QueueStatus,
     pub to_whatsapp: QueueStatus,
     pub set_aside: usize,
+    /// Matrix events the bot could not decrypt yet, waiting for their keys.
+    pub undecrypted: u64,
     pub last_error: Option<(u64, String)>,
 }
 
@@ -187,6 +189,10 @@ pub fn gather(config_path: &Path) -> Result<StatusReport, StatusError> {
         Some(store) => store.recent_dead_letters(1000)?.len(),
         None => 0,
     };
+    let undecrypted = match &store {
+        Some(store) => store.undecrypted_count()?,
+        None => 0,
+    };
     let last_error = meta(keys::LAST_ERROR)?.and_then(|value| {
         let (when, text) = value.split_once('|')?;
         Some((age(when.parse().ok())?, text.to_string()))
@@ -209,6 +215,7 @@ pub fn gather(config_path: &Path) -> Result<StatusReport, StatusError> {
         to_matrix: queue(Direction::ToMatrix)?,
         to_whatsapp: queue(Direction::ToWhatsApp)?,
         set_aside,
+        undecrypted,
         last_error,
     })
 }
@@ -287,6 +294,13 @@ impl fmt::Display for StatusReport {
                 f,
                 "set aside:  {} message(s) refused for good",
                 self.set_aside
+            )?;
+        }
+        if self.undecrypted > 0 {
+            writeln!(
+                f,
+                "undecrypted: {} Matrix message(s) waiting for their keys",
+                self.undecrypted
             )?;
         }
         match &self.last_error {

@@ -5,7 +5,8 @@
 //! and `join`, messages sent while the service was stopped, media, relations, and
 //! the fault tests that involve WhatsApp (homeserver outage and rate limit during a
 //! WhatsApp burst, SIGKILL, dropped connections, lost stanzas), polls, formatting,
-//! reaction modes, relay safety, and rooms with Matrix end-to-end encryption.
+//! reaction modes, relay safety, and rooms with Matrix end-to-end encryption (keys
+//! that come late or never).
 #![recursion_limit = "256"]
 
 mod common;
@@ -15,6 +16,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::bridge::{unique, TestBridge};
+use common::late_keys::LateKeyDevice;
 use common::matrix_user::MatrixUser;
 use common::synapse::{http_json, Synapse};
 use serde_json::json;
@@ -1200,6 +1202,97 @@ async fn a_room_the_bridge_creates_is_encrypted_by_default_and_relays_both_ways(
     assert_eq!(raw["type"], "m.room.encrypted", "the homeserver saw: {raw}");
     alice.send_text(&room, "bien reçu").await;
     wait_member_text(sim, BOB, &jid, "*Alice*: bien reçu").await;
+    scene.bridge.stop().await;
+}
+
+/// How long the bridge waits for a late key in the tests that wait for one.
+const TEST_WAIT_FOR_KEYS_SECS: u64 = 15;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_message_whose_key_comes_late_crosses_and_one_whose_key_never_comes_is_told() {
+    init_test_logs();
+    let synapse = Synapse::shared();
+    let mut scene = linked_scene(synapse, "Clés en retard", false, "").await;
+    // An encrypted room (the default), and a short wait for keys.
+    let config = std::fs::read_to_string(&scene.bridge.config_path).unwrap();
+    let config: String = config
+        .lines()
+        .filter(|line| !line.starts_with("encrypt_new_rooms"))
+        .map(|line| match line {
+            "[matrix]" => format!("[matrix]\nwait_for_keys_secs = {TEST_WAIT_FOR_KEYS_SECS}\n"),
+            _ => format!("{line}\n"),
+        })
+        .collect();
+    std::fs::write(&scene.bridge.config_path, config).unwrap();
+    let room = scene.start().await;
+    let (sim, alice, jid) = (&scene.sim, &scene.alice, scene.jid.clone());
+    let bot = scene.bridge.bot_user.clone();
+    alice
+        .wait_state_matching(synapse, &room, "m.room.encryption", "encryption", |c| {
+            c["algorithm"].is_string()
+        })
+        .await;
+
+    // Alice's other device sends one message and keeps its key; a modified client
+    // sends one whose key does not exist.
+    let localpart = alice.user_id[1..].split(':').next().unwrap().to_owned();
+    let late = LateKeyDevice::login(synapse, &alice.user_id, &format!("pw-{localpart}")).await;
+    let (_, held) = late
+        .send_keeping_the_key(&room, &[bot.as_str()], "la clé arrive")
+        .await;
+    alice
+        .send_raw_event(
+            &room,
+            "m.room.encrypted",
+            json!({
+                "algorithm": "m.megolm.v1.aes-sha2",
+                "ciphertext": "AwgAEnACgAkLmt6qF84IK++J7UDH2Za1YVchHyprqTqsg2yyOwAtHaZTwyNg37afzg8f3r9IsN9rH4RNFg07LBDIbg0hPGM1jbYMNqkbHDPFwNDNIe+ntvsmR6yzW19acoDrajSvmk+dOmh6LbLr3BLUpUHgHE9jOkaCUgs9iSUNtvVlQSnnQYcNPgNVJW6AkZJPJHV5ZPtAIpnFEmkKmNcTvWLeW6Zw/Y0YUNaSmM8GqsTbqLGG3IGLaUCMmPnlhGaFZtOQ3YBzP4kzVxpfiJcdvwLuGWxhNw4FVCWU3p1XX7p0Ff6YVB2uzXqZu5yQIJyL3FL8RO3yQo7N3yPMGxGQhk4grA4Blhnj6PFxhWG0q1Lq8MiR27nITrlgnCsN/uLbY1kcP/LB/L2rJ3dvVDf+AJPoJXlyGjQlUhQ",
+                "device_id": "MODIFIED",
+                "sender_key": "c3BhcnJvd2hhd2tkb3Zlc3BhcnJvd2hhd2tkb3ZlMTI",
+                "session_id": "a-session-nobody-ever-shared",
+            }),
+        )
+        .await;
+    wait_status(&scene.bridge.config_path, "both events kept", |r| {
+        r["undecrypted"].as_u64() == Some(2)
+    })
+    .await;
+    assert!(
+        member_messages(sim, BOB, &jid).await.is_empty(),
+        "nothing crossed before its key"
+    );
+
+    // The key comes: the message crosses, once.
+    late.give_keys(held).await;
+    wait_member_text(sim, BOB, &jid, "*Alice*: la clé arrive").await;
+    // The other never decrypts: once the wait is over, Alice hears it, once.
+    let told = alice
+        .wait_for(&room, "the notice of an unreadable message", |s| {
+            s.sender == bot && s.body.contains("could not decrypt one of your messages")
+        })
+        .await;
+    assert!(told.body.contains(&alice.user_id), "{told:?}");
+    wait_status(&scene.bridge.config_path, "nothing left waiting", |r| {
+        r["undecrypted"].as_u64() == Some(0)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(TEST_WAIT_FOR_KEYS_SECS)).await;
+    let texts: Vec<String> = member_messages(sim, BOB, &jid)
+        .await
+        .iter()
+        .filter_map(|m| m["text"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(
+        texts,
+        ["*Alice*: la clé arrive"],
+        "crossed once, nothing else"
+    );
+    let notices = alice
+        .seen_in(&room)
+        .into_iter()
+        .filter(|s| s.sender == bot && s.body.contains("could not decrypt"))
+        .count();
+    assert_eq!(notices, 1, "told once: {:#?}", alice.seen_in(&room));
     scene.bridge.stop().await;
 }
 

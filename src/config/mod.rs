@@ -175,7 +175,14 @@ pub struct MatrixConfig {
     pub alias_prefix: String,
     /// Whether rooms the bridge creates are end-to-end encrypted (default: yes).
     pub encrypt_new_rooms: bool,
+    /// How long an event the bot cannot decrypt waits for its key before its
+    /// sender is told it did not cross.
+    pub wait_for_keys: std::time::Duration,
 }
+
+/// Default `[matrix] wait_for_keys_secs`: keys late by federation or a client
+/// that was offline usually come within minutes.
+pub const DEFAULT_WAIT_FOR_KEYS_SECS: u64 = 600;
 
 impl fmt::Debug for MatrixConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -188,6 +195,7 @@ impl fmt::Debug for MatrixConfig {
             .field("device_name", &self.device_name)
             .field("alias_prefix", &self.alias_prefix)
             .field("encrypt_new_rooms", &self.encrypt_new_rooms)
+            .field("wait_for_keys", &self.wait_for_keys)
             .finish()
     }
 }
@@ -336,6 +344,7 @@ struct RawMatrix {
     device_name: Option<S<String>>,
     alias_prefix: Option<S<String>>,
     encrypt_new_rooms: Option<S<bool>>,
+    wait_for_keys_secs: Option<S<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -602,6 +611,24 @@ fn check_matrix(src: &mut Source, raw: Option<S<RawMatrix>>, base: &Path) -> Opt
         None => String::new(),
     };
 
+    let wait_for_keys_secs = match &raw.wait_for_keys_secs {
+        None => DEFAULT_WAIT_FOR_KEYS_SECS,
+        Some(v) => match u64::try_from(*v.get_ref()) {
+            Ok(secs) if (1..=86_400).contains(&secs) => secs,
+            _ => {
+                src.at(
+                    v,
+                    format!(
+                        "`wait_for_keys_secs` must be a whole number of seconds from 1 to 86400 (a day), not {}",
+                        v.get_ref()
+                    ),
+                );
+                ok = false;
+                0
+            }
+        },
+    };
+
     if !ok {
         return None;
     }
@@ -614,6 +641,7 @@ fn check_matrix(src: &mut Source, raw: Option<S<RawMatrix>>, base: &Path) -> Opt
         device_name,
         alias_prefix,
         encrypt_new_rooms: raw.encrypt_new_rooms.is_none_or(|v| *v.get_ref()),
+        wait_for_keys: std::time::Duration::from_secs(wait_for_keys_secs),
     })
 }
 
@@ -1141,6 +1169,29 @@ level = "info,passerelle=debug,matrix_sdk=warn"
         let (line, message) = problem(&format!("{MINIMAL}password = \"\"\n"));
         assert_eq!(line, Some(4));
         assert!(message.starts_with("`password` is empty"));
+    }
+
+    #[test]
+    fn wait_for_keys() {
+        assert_eq!(
+            parse(MINIMAL).unwrap().matrix.wait_for_keys,
+            std::time::Duration::from_secs(600)
+        );
+        let config = parse(&format!("{MINIMAL}wait_for_keys_secs = 30\n")).unwrap();
+        assert_eq!(
+            config.matrix.wait_for_keys,
+            std::time::Duration::from_secs(30)
+        );
+        for bad in ["0", "-5", "100000"] {
+            let (line, message) = problem(&format!("{MINIMAL}wait_for_keys_secs = {bad}\n"));
+            assert_eq!(line, Some(4), "{bad}");
+            assert_eq!(
+                message,
+                format!(
+                    "`wait_for_keys_secs` must be a whole number of seconds from 1 to 86400 (a day), not {bad}"
+                )
+            );
+        }
     }
 
     #[test]

@@ -43,6 +43,7 @@ mod media;
 mod session;
 pub use session::GIVE_UP_AFTER as SESSION_GIVE_UP_AFTER;
 mod timeline;
+mod undecrypted;
 
 use crate::config::{MatrixConfig, RoomRef};
 use crate::relay::{MatrixPost, MatrixText};
@@ -300,6 +301,8 @@ pub struct MatrixSide {
     handlers: Arc<Mutex<Vec<EventHandlerHandle>>>,
     admin_rooms: Arc<tokio::sync::Mutex<()>>,
     rooms_behind: Arc<timeline::RoomsBehind>,
+    /// `[matrix] wait_for_keys_secs` (read at start).
+    wait_for_keys: Duration,
 }
 
 impl MatrixSide {
@@ -324,6 +327,7 @@ impl MatrixSide {
             handlers: Arc::default(),
             rooms_behind: Arc::default(),
             admin_rooms: Arc::default(),
+            wait_for_keys: config.wait_for_keys,
             server_name: bot.server_name().to_string(),
             bot,
         })
@@ -363,10 +367,16 @@ impl MatrixSide {
     /// Catches up on what bridged rooms received while the bridge was stopped, then
     /// syncs forever (retrying after errors), handing room messages to `events` in
     /// order and answering invites; and logs in again when the homeserver ends the
-    /// session (see `session.rs`). Returns both tasks.
+    /// session (see `session.rs`), and tries again the events it could not decrypt
+    /// (see `undecrypted.rs`). Returns the tasks.
     pub fn start_sync(&self, events: Arc<dyn MatrixEvents>) -> Vec<tokio::task::JoinHandle<()>> {
         self.add_handlers(&self.client(), &events);
         let keeper = tokio::spawn(self.clone().keep_session(events.clone()));
+        let undecrypted = tokio::spawn(undecrypted::keep_trying(
+            self.clone(),
+            events.clone(),
+            self.wait_for_keys,
+        ));
         let side = self.clone();
         let sync = tokio::spawn(async move {
             for room in side.client().joined_rooms() {
@@ -413,7 +423,7 @@ impl MatrixSide {
                 }
             }
         });
-        vec![sync, keeper]
+        vec![sync, keeper, undecrypted]
     }
 
     /// Registers the event handlers (invites of the bot) on `client`.

@@ -3,6 +3,7 @@
 //! after a restart, what arrived since the last handled event is caught up. A
 //! per-room marker (the last handled event) in the bridge database tells where to
 //! stop; handing an event over twice is harmless (the outbox de-duplicates by id).
+//! An event the bot cannot decrypt is kept aside (`undecrypted`) and the room goes on.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -24,7 +25,7 @@ use matrix_sdk::ruma::{EventId, UserId};
 use matrix_sdk::sync::JoinedRoomUpdate;
 use matrix_sdk::RoomState;
 
-use super::MatrixEvents;
+use super::{undecrypted, MatrixEvents, NotQueued};
 use crate::relay::location::Location;
 use crate::relay::{MatrixKind, MatrixPoll, MatrixRelation, MatrixText};
 use crate::store::Store;
@@ -180,16 +181,28 @@ async fn hand_over(
     let mut last = None;
     let mut all_queued = true;
     for event in timeline {
-        if let Some(message) = to_matrix_text(room, event, bot).await {
-            if let Err(error) = events.message(message).await {
-                tracing::error!(room = %room.room_id(), "{error}; the room will be read again from there");
-                behind
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(room.room_id().to_string());
-                all_queued = false;
-                break;
-            }
+        // An event the bot cannot decrypt waits for its key on the side
+        // (`undecrypted`): the room goes on.
+        let message = if undecrypted::is_undecrypted(event) {
+            undecrypted::keep(room, event, store, bot)
+                .await
+                .map_err(|error| NotQueued(error.to_string()))
+        } else {
+            Ok(to_matrix_text(room, event, bot).await)
+        };
+        let queued = match message {
+            Ok(Some(message)) => events.message(message).await,
+            Ok(None) => Ok(()),
+            Err(error) => Err(error),
+        };
+        if let Err(error) = queued {
+            tracing::error!(room = %room.room_id(), "{error}; the room will be read again from there");
+            behind
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(room.room_id().to_string());
+            all_queued = false;
+            break;
         }
         if let Some(id) = event.event_id() {
             last = Some(id);
@@ -206,7 +219,11 @@ async fn hand_over(
 /// Turns a timeline event into the relay's type; `None` for events the bridge does
 /// not relay (own events, state, kinds handled elsewhere). Redactions come as a
 /// `MatrixText` with an empty body and a `Redaction` relation.
-async fn to_matrix_text(room: &Room, event: &TimelineEvent, bot: &UserId) -> Option<MatrixText> {
+pub(super) async fn to_matrix_text(
+    room: &Room,
+    event: &TimelineEvent,
+    bot: &UserId,
+) -> Option<MatrixText> {
     if room.state() != RoomState::Joined {
         return None;
     }
@@ -480,7 +497,7 @@ pub(super) async fn display_name_in(room: &Room, sender: &UserId) -> Option<Stri
 
 /// An event of `sender` that carries no text (a redaction, a reaction, a sticker):
 /// the caller sets what it does carry.
-fn without_text(room: &Room, event_id: &str, sender: &str) -> MatrixText {
+pub(super) fn without_text(room: &Room, event_id: &str, sender: &str) -> MatrixText {
     MatrixText {
         room_id: room.room_id().to_string(),
         event_id: event_id.to_owned(),

@@ -164,6 +164,9 @@ pub enum MatrixKind {
     Notice,
     /// Any other message type (its `msgtype` is in the body): not relayed yet.
     Other,
+    /// An encrypted event whose key never reached the bot: nothing of it is known
+    /// but its sender.
+    Unreadable,
 }
 
 /// How a Matrix event refers to an earlier one (by event id).
@@ -400,6 +403,9 @@ pub enum Skip {
     ReactionIgnored,
     /// A member change, with `[relay] member_notices = false`.
     MemberNoticeOff,
+    /// A Matrix event the bot never could decrypt (its key did not come within
+    /// `[matrix] wait_for_keys_secs`): the sender is told.
+    Undecryptable,
     /// A Matrix poll WhatsApp cannot hold (not 2 to 12 different options): the
     /// sender is told.
     PollDoesNotFit,
@@ -1084,6 +1090,23 @@ mod tests {
                 false
             ),
             Err(Skip::NotAllowed)
+        );
+        // Someone who may not speak hears only that, even of what could not be read.
+        assert_eq!(
+            relay.from_matrix(
+                Some(&g),
+                &mx("@eve:evil.org", None, MatrixKind::Unreadable, ""),
+                false
+            ),
+            Err(Skip::NotAllowed)
+        );
+        assert_eq!(
+            relay.from_matrix(
+                Some(&g),
+                &mx("@a:example.org", None, MatrixKind::Unreadable, ""),
+                false
+            ),
+            Err(Skip::Undecryptable)
         );
         assert!(relay
             .from_matrix(

@@ -119,6 +119,7 @@ impl Relay {
         match message.kind {
             MatrixKind::Notice => Err(Skip::Notice),
             MatrixKind::Other => Err(Skip::Unsupported),
+            MatrixKind::Unreadable => Err(Skip::Undecryptable),
             MatrixKind::Text | MatrixKind::Emote => Ok(()),
         }
     }
@@ -427,6 +428,9 @@ impl Relay {
                 "{sender}: WhatsApp polls have 2 to {} different options; this poll was not relayed.",
                 super::MatrixPoll::MAX_OPTIONS
             )),
+            Skip::Undecryptable => Some(format!(
+                "{sender}: the bridge could not decrypt one of your messages (its key never reached the bridge), so it did not reach WhatsApp. Please send it again."
+            )),
             Skip::TooLong => Some(format!(
                 "{sender}: your message is too long for WhatsApp (over {WHATSAPP_MAX_TEXT_CHARS} characters) and was not relayed."
             )),
@@ -648,6 +652,9 @@ mod tests {
         assert!(told(Skip::NotAllowed).unwrap().contains("not allowed"));
         assert!(told(Skip::TooLong).unwrap().contains("65536 characters"));
         assert!(told(Skip::PollDoesNotFit).unwrap().contains("2 to 12"));
+        assert!(told(Skip::Undecryptable)
+            .unwrap()
+            .contains("could not decrypt one of your messages"));
         assert_eq!(told(Skip::Notice), None);
         assert_eq!(told(Skip::OwnEcho), None);
     }

@@ -3,7 +3,8 @@
 //! (group<->room map), `links` (message id map), `outbox` (persistent send queues and
 //! dead letters), `meta` (service key/value state), `counters` (yearly report),
 //! `names` (WhatsApp names), `digests` (reaction digests), `polls` (votes in polls),
-//! `retention` (forgetting what is older than `[relay] remember_days`).
+//! `undecrypted` (Matrix events waiting for their keys), `retention` (forgetting what
+//! is older than `[relay] remember_days`).
 //!
 //! `Store` is `Send + Sync` (one SQLite connection behind a mutex) and meant to be
 //! shared as `Arc<Store>`. Every method is a short synchronous query, fine to call from
@@ -22,6 +23,7 @@ mod retention;
 mod schema;
 mod set_aside;
 mod speakers;
+mod undecrypted;
 
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -38,6 +40,7 @@ pub use polls::PollVote;
 pub use retention::Forgotten;
 pub use schema::schema_version;
 pub use set_aside::SetAside;
+pub use undecrypted::UndecryptedEvent;
 
 /// How long a query waits for a lock held by another connection (e.g. the `status`
 /// CLI reading while the service writes) before failing with "database is locked".

@@ -169,9 +169,21 @@ CREATE INDEX speakers_by_name ON speakers (group_jid, name_key);
 CREATE INDEX speakers_seen ON speakers (seen_at);
 ";
 
+/// Version 10: Matrix events the bot could not decrypt yet, kept (still encrypted)
+/// until their key arrives or the wait for it is over.
+const V10: &str = "
+CREATE TABLE undecrypted_events (
+    event_id TEXT PRIMARY KEY NOT NULL,
+    room_id  TEXT NOT NULL,
+    sender   TEXT NOT NULL,
+    event    TEXT NOT NULL,
+    seen_at  INTEGER NOT NULL
+) WITHOUT ROWID;
+";
+
 /// All migrations, in order. The schema version of a fully migrated database is
 /// `MIGRATIONS.len()`.
-pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7, V8, V9];
+pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7, V8, V9, V10];
 
 /// The current schema version.
 pub fn schema_version(conn: &Connection) -> Result<i64, StoreError> {

@@ -8,13 +8,15 @@ use matrix_sdk::config::SyncSettings;
 use matrix_sdk::room::MessagesOptions;
 use matrix_sdk::room::Room;
 use matrix_sdk::ruma::api::client::filter::FilterDefinition;
+use matrix_sdk::ruma::api::client::message::send_message_event;
 use matrix_sdk::ruma::api::client::sync::sync_events::v3::Filter;
 use matrix_sdk::ruma::events::room::member::{MembershipState, StrippedRoomMemberEvent};
 use matrix_sdk::ruma::events::room::message::{
     MessageType, OriginalSyncRoomMessageEvent, Relation, RoomMessageEventContent,
 };
 use matrix_sdk::ruma::events::{AnySyncMessageLikeEvent, AnySyncTimelineEvent};
-use matrix_sdk::ruma::{OwnedRoomId, RoomId, UserId};
+use matrix_sdk::ruma::serde::Raw;
+use matrix_sdk::ruma::{OwnedRoomId, RoomId, TransactionId, UserId};
 use matrix_sdk::Client;
 
 use super::synapse::Synapse;
@@ -393,6 +395,28 @@ impl MatrixUser {
     pub async fn send_text(&self, room_id: &str, body: &str) -> String {
         self.send(room_id, RoomMessageEventContent::text_plain(body))
             .await
+    }
+
+    /// Sends an event of `event_type` with `content` exactly as given, as a modified
+    /// client could (no encryption by the SDK, no checks); returns its event id.
+    pub async fn send_raw_event(
+        &self,
+        room_id: &str,
+        event_type: &str,
+        content: serde_json::Value,
+    ) -> String {
+        let request = send_message_event::v3::Request::new_raw(
+            RoomId::parse(room_id).unwrap(),
+            TransactionId::new(),
+            event_type.into(),
+            Raw::new(&content).unwrap().cast_unchecked(),
+        );
+        self.client
+            .send(request)
+            .await
+            .expect("send a raw event")
+            .event_id
+            .to_string()
     }
 
     pub async fn send(&self, room_id: &str, content: RoomMessageEventContent) -> String {

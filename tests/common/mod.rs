@@ -2,5 +2,6 @@
 #![allow(dead_code)]
 
 pub mod bridge;
+pub mod late_keys;
 pub mod matrix_user;
 pub mod synapse;
