@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use common::bridge::{unique, TestBridge};
 use common::late_keys::LateKeyDevice;
-use common::matrix_user::MatrixUser;
+use common::matrix_user::{MatrixUser, Seen};
 use common::synapse::{http_json, Synapse};
 use serde_json::json;
 
@@ -1446,6 +1446,50 @@ async fn a_moderator_removing_someone_elses_reaction_does_not_take_it_back_in_wh
         reactions(&member_messages(sim, BOB, &jid).await),
         ["👍", "🎉", ""]
     );
+    scene.bridge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_matrix_sender_whose_messages_wait_long_is_told_once_and_they_still_cross() {
+    init_test_logs();
+    let synapse = Synapse::shared();
+    // Six messages a minute, one at once: the second waits 10 s, the third 20 s;
+    // a sender is told once a message waits 4 s.
+    let extra = "messages_per_minute = 6\nburst = 1\n\n[relay]\ntell_waiting_after_secs = 4";
+    let mut scene = linked_scene(synapse, "Patience", false, extra).await;
+    let room = scene.start().await;
+    let (sim, alice, jid) = (&scene.sim, &scene.alice, scene.jid.clone());
+    let bot = scene.bridge.bot_user.clone();
+    for text in ["un", "deux", "trois"] {
+        alice.send_text(&room, text).await;
+    }
+    let told = alice
+        .wait_for(&room, "the notice that her messages wait", |s| {
+            s.sender == bot && s.body.contains("waiting")
+        })
+        .await;
+    assert!(
+        told.body.contains(&alice.user_id)
+            && told.body.contains("at most 6 messages a minute")
+            && told.body.contains("no need to send it again"),
+        "{told:?}"
+    );
+    assert!(told.msgtype == "m.notice", "{told:?}");
+    wait_member_text(sim, BOB, &jid, "*Alice*: trois").await;
+    // Past another sweep: nothing more said, each message once and in order.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let texts: Vec<String> = member_messages(sim, BOB, &jid)
+        .await
+        .iter()
+        .filter_map(|m| m["text"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(texts, ["*Alice*: un", "*Alice*: deux", "*Alice*: trois"]);
+    let notices: Vec<Seen> = alice
+        .seen_in(&room)
+        .into_iter()
+        .filter(|s| s.sender == bot && s.body.contains("waiting"))
+        .collect();
+    assert_eq!(notices.len(), 1, "told once: {notices:#?}");
     scene.bridge.stop().await;
 }
 

@@ -7,6 +7,7 @@ mod rooms;
 mod to_matrix;
 mod to_whatsapp;
 mod upkeep;
+mod waits;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -22,7 +23,7 @@ use crate::relay::pacing::Pacer;
 use crate::relay::{self, Relay, Skip};
 use crate::status;
 use crate::store::{Direction, MessageLink, OutboxItem, Store};
-use crate::whatsapp::{WhatsAppClient, WhatsAppError};
+use crate::whatsapp::{ConnectionState, WhatsAppClient, WhatsAppError};
 
 /// Longest wait between two retries of one outbox item.
 /// How soon an item waiting for its side (WhatsApp away, room not ready) is asked
@@ -82,6 +83,8 @@ pub(crate) struct Bridge {
     /// How many notices Matrix senders may still get (`relay::notices`).
     notice_budget: Mutex<relay::notices::NoticeBudget>,
     pacer: Mutex<Pacer>,
+    /// WhatsApp's connection as last reported.
+    whatsapp_state: Mutex<ConnectionState>,
     /// WhatsApp edits and deletions refused since the start because their sender
     /// may not make them (a modified client's forgeries), for the metrics.
     forgeries_refused: std::sync::atomic::AtomicU64,
@@ -135,6 +138,7 @@ impl Bridge {
             refused_senders: Mutex::new(HashSet::new()),
             notice_budget: Mutex::default(),
             pacer: Mutex::new(pacer),
+            whatsapp_state: Mutex::new(ConnectionState::Connecting),
             forgeries_refused: Default::default(),
             homeserver_away: Default::default(),
             downloads: Mutex::default(),
@@ -169,6 +173,7 @@ impl Bridge {
             tokio::spawn(self.clone().room_setup_retries()),
             tokio::spawn(self.clone().heartbeat()),
             tokio::spawn(self.clone().forget_old_daily()),
+            tokio::spawn(self.clone().tell_long_waits()),
         ]
     }
 

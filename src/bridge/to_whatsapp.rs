@@ -125,13 +125,32 @@ impl Bridge {
         message: &MatrixText,
         notice: String,
     ) -> Result<(), NotQueued> {
+        self.queue_notice(
+            group_jid,
+            &message.room_id,
+            &message.sender,
+            &message.event_id,
+            notice,
+        )
+    }
+
+    /// Queues `notice` for `sender` in `room_id` about event `about` (once per
+    /// event), within the sender's and the room's notice budget.
+    pub(super) fn queue_notice(
+        &self,
+        group_jid: &str,
+        room_id: &str,
+        sender: &str,
+        about: &str,
+        notice: String,
+    ) -> Result<(), NotQueued> {
         let allowed = self
             .notice_budget
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .allow(&message.room_id, &message.sender, now_ms());
+            .allow(room_id, sender, now_ms());
         if !allowed {
-            tracing::debug!(room = %message.room_id, "notice to a sender left out: over its budget");
+            tracing::debug!(room = %room_id, "notice to a sender left out: over its budget");
             return Ok(());
         }
         let post = MatrixPost {
@@ -140,7 +159,7 @@ impl Bridge {
             ..MatrixPost::default()
         };
         let payload = serde_json::to_string(&post).map_err(|e| NotQueued(e.to_string()))?;
-        let source_id = ids::notice_source_id(&message.event_id);
+        let source_id = ids::notice_source_id(about);
         let queued = self
             .store
             .enqueue(&NewOutboxItem {
@@ -148,7 +167,7 @@ impl Bridge {
                 target_id: &relay::matrix_txn_for_whatsapp(group_jid, &source_id),
                 source_id: &source_id,
                 group_jid,
-                room_id: &message.room_id,
+                room_id,
                 payload: &payload,
             })
             .map_err(|e| NotQueued(e.to_string()))?;

@@ -118,14 +118,11 @@ impl Bridge {
     pub(super) fn connection_changed(&self, state: ConnectionState) {
         tracing::info!(?state, "WhatsApp connection");
         let connected = state == ConnectionState::Connected;
-        let words = match &state {
-            ConnectionState::NotLinked => "not linked (run `passerelle login`)".to_string(),
-            ConnectionState::Connecting => "connecting".to_string(),
-            ConnectionState::Connected => "connected".to_string(),
-            ConnectionState::Disconnected(reason) => format!("disconnected: {reason}"),
-            ConnectionState::Stopped(reason) => format!("stopped: {reason}"),
-            ConnectionState::LoggedOut(reason) => format!("logged out: {reason}"),
-        };
+        *self
+            .whatsapp_state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = state.clone();
+        let words = state.in_words();
         if state.needs_admin() {
             tracing::error!("WhatsApp: {words}");
             self.note_error(&format!("WhatsApp {words}"));

@@ -137,7 +137,14 @@ pub struct RelayConfig {
     /// How many days the bridge remembers which event mirrors which message (and
     /// names, poll votes, kept polls); 0: forever.
     pub remember_days: u32,
+    /// How long a Matrix message waits for WhatsApp before its sender is told that
+    /// (and why) it waits.
+    pub tell_waiting_after: std::time::Duration,
 }
+
+/// Default `[relay] tell_waiting_after_secs`: a few minutes, past any pacing of
+/// a normal conversation.
+pub const DEFAULT_TELL_WAITING_AFTER_SECS: u64 = 300;
 
 /// Default `[relay] remember_days`: a year, enough for any reply or late vote.
 pub const DEFAULT_REMEMBER_DAYS: u32 = 365;
@@ -153,6 +160,7 @@ impl Default for RelayConfig {
             max_file_bytes: u64::from(DEFAULT_MAX_FILE_MB) * 1_000_000,
             member_notices: true,
             remember_days: DEFAULT_REMEMBER_DAYS,
+            tell_waiting_after: std::time::Duration::from_secs(DEFAULT_TELL_WAITING_AFTER_SECS),
         }
     }
 }
@@ -331,6 +339,7 @@ struct RawRelay {
     max_file_mb: Option<S<i64>>,
     member_notices: Option<S<bool>>,
     remember_days: Option<S<i64>>,
+    tell_waiting_after_secs: Option<S<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -906,12 +915,29 @@ fn check_relay(src: &mut Source, raw: Option<RawRelay>) -> Option<RelayConfig> {
             }
         },
     };
+    let tell_waiting_after_secs = match raw.tell_waiting_after_secs {
+        None => Some(DEFAULT_TELL_WAITING_AFTER_SECS),
+        Some(value) => match u64::try_from(*value.get_ref()) {
+            Ok(secs) if (1..=86_400).contains(&secs) => Some(secs),
+            _ => {
+                src.at(
+                    &value,
+                    format!(
+                        "`tell_waiting_after_secs` must be a whole number of seconds from 1 to 86400 (a day), not {}",
+                        value.get_ref()
+                    ),
+                );
+                None
+            }
+        },
+    };
     ok.then_some(RelayConfig {
         reactions_to_whatsapp: to_whatsapp,
         reactions_to_matrix: to_matrix,
         max_file_bytes: u64::from(max_file_mb?) * 1_000_000,
         member_notices: raw.member_notices.is_none_or(|v| *v.get_ref()),
         remember_days: remember_days?,
+        tell_waiting_after: std::time::Duration::from_secs(tell_waiting_after_secs?),
     })
 }
 
@@ -1203,6 +1229,21 @@ level = "info,passerelle=debug,matrix_sdk=warn"
         let config = parse(&format!("{MINIMAL}[relay]\nmember_notices = false\n")).unwrap();
         assert!(!config.relay.member_notices);
         assert_eq!(config.relay.remember_days, 365);
+        assert_eq!(
+            config.relay.tell_waiting_after,
+            std::time::Duration::from_secs(300)
+        );
+        let config = parse(&format!("{MINIMAL}[relay]\ntell_waiting_after_secs = 20\n")).unwrap();
+        assert_eq!(
+            config.relay.tell_waiting_after,
+            std::time::Duration::from_secs(20)
+        );
+        let (line, message) = problem(&format!("{MINIMAL}[relay]\ntell_waiting_after_secs = 0\n"));
+        assert_eq!(line, Some(5));
+        assert!(
+            message.starts_with("`tell_waiting_after_secs` must be"),
+            "{message}"
+        );
         let config = parse(&format!("{MINIMAL}[relay]\nremember_days = 0\n")).unwrap();
         assert_eq!(config.relay.remember_days, 0);
         for bad in ["-1", "40000"] {

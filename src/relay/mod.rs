@@ -13,6 +13,7 @@ pub mod notices;
 pub mod pacing;
 pub mod to_matrix;
 pub mod to_whatsapp;
+pub mod waiting;
 
 use serde::{Deserialize, Serialize};
 

@@ -328,6 +328,33 @@ impl Store {
         Ok(self.lock().query_row(&sql, [direction], |row| row.get(0))?)
     }
 
+    /// The items of `direction` queued before `before_unix_secs`, oldest first, at
+    /// most `limit` of them.
+    pub fn queued_before(
+        &self,
+        direction: Direction,
+        before_unix_secs: i64,
+        limit: usize,
+    ) -> Result<Vec<OutboxItem>, StoreError> {
+        let sql = format!(
+            "SELECT {ITEM_COLUMNS} FROM outbox
+             WHERE direction = ?1 AND enqueued_at < ?2 ORDER BY seq LIMIT ?3"
+        );
+        let conn = self.lock();
+        let mut statement = conn.prepare(&sql)?;
+        let items = statement
+            .query_map(
+                params![
+                    direction,
+                    before_unix_secs,
+                    i64::try_from(limit).unwrap_or(i64::MAX)
+                ],
+                item_from_row,
+            )?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(items)
+    }
+
     /// Number of queued items of `direction` and the oldest one's `enqueued_at` (unix s).
     pub fn queue_stats(&self, direction: Direction) -> Result<(u64, Option<i64>), StoreError> {
         let (count, oldest): (i64, Option<i64>) = self.lock().query_row(
@@ -457,6 +484,26 @@ mod tests {
             ..to_wa("W1", "T1")
         };
         assert!(store.enqueue_at(&elsewhere, 6000).unwrap());
+    }
+
+    #[test]
+    fn items_queued_before_a_time_come_oldest_first_and_bounded() {
+        let store = Store::open_in_memory().unwrap();
+        store.enqueue_at(&to_wa("E1", "T1"), 10_000).unwrap();
+        store.enqueue_at(&to_wa("E2", "T2"), 20_000).unwrap();
+        store.enqueue_at(&to_matrix("W1", G1, R1), 5_000).unwrap();
+        let sources = |before, limit| -> Vec<String> {
+            store
+                .queued_before(Direction::ToWhatsApp, before, limit)
+                .unwrap()
+                .into_iter()
+                .map(|item| item.source_id)
+                .collect()
+        };
+        assert_eq!(sources(15, 10), ["E1"]);
+        assert_eq!(sources(25, 10), ["E1", "E2"]);
+        assert_eq!(sources(25, 1), ["E1"]);
+        assert!(sources(10, 10).is_empty());
     }
 
     #[test]

@@ -78,6 +78,18 @@ impl ConnectionState {
             ConnectionState::Stopped(_) | ConnectionState::LoggedOut(_)
         )
     }
+
+    /// The state as `status` and the admins read it.
+    pub fn in_words(&self) -> String {
+        match self {
+            ConnectionState::NotLinked => "not linked (run `passerelle login`)".to_string(),
+            ConnectionState::Connecting => "connecting".to_string(),
+            ConnectionState::Connected => "connected".to_string(),
+            ConnectionState::Disconnected(reason) => format!("disconnected: {reason}"),
+            ConnectionState::Stopped(reason) => format!("stopped: {reason}"),
+            ConnectionState::LoggedOut(reason) => format!("logged out: {reason}"),
+        }
+    }
 }
 
 /// A group the linked number is a member of, as `passerelle groups` lists it.
