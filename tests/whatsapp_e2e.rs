@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use common::bridge::{unique, TestBridge};
 use common::late_keys::LateKeyDevice;
 use common::matrix_user::{MatrixUser, Seen};
+use common::slow_proxy::SlowProxy;
 use common::synapse::{http_json, Synapse};
 use serde_json::json;
 
@@ -3450,6 +3451,95 @@ async fn a_20_mb_file_declared_as_100_bytes_is_cut_off_without_filling_memory() 
         grown < (BIG / 4) as u64,
         "the peak memory grew by {grown} bytes for a file cut at 1 MB"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slow_matrix_download_delays_only_its_own_room() {
+    init_test_logs();
+    use matrix_sdk::ruma::events::room::message::{
+        FileMessageEventContent, MessageType, RoomMessageEventContent,
+    };
+    let synapse = Synapse::shared();
+    let mut scene = linked_scene(synapse, "Lent", false, "").await;
+    // The bot reaches the homeserver through a proxy that can hold one file back.
+    let proxy = SlowProxy::start(&synapse.url).await;
+    let config = std::fs::read_to_string(&scene.bridge.config_path).unwrap();
+    let config = config.replace(
+        &format!("homeserver = \"{}\"", synapse.url),
+        &format!("homeserver = \"{}\"", proxy.url),
+    );
+    std::fs::write(&scene.bridge.config_path, config).unwrap();
+    let (status, other) = control(
+        "POST",
+        format!("{}groups", scene.sim.http_url()),
+        json!({"subject": "Vif", "creator": BOB, "members": [BOB, BRIDGE_PHONE]}),
+    )
+    .await;
+    assert_eq!(status, 201, "{other}");
+    let other_jid = other["jid"].as_str().unwrap().to_string();
+    scene.bridge.write_group(
+        &unique("vif"),
+        &other_jid,
+        &format!("invite = [\"{}\"]", scene.alice.user_id),
+    );
+    let room = scene.start().await;
+    let other_room = scene.bridge.wait_room(&other_jid).await;
+    scene.alice.wait_joined(&other_room).await;
+    let (sim, alice, jid) = (&scene.sim, &scene.alice, scene.jid.clone());
+
+    // The homeserver takes 20 s to serve Alice's file to the bot.
+    let notes = sample_file(5, 4_000);
+    let uploaded = alice
+        .client
+        .media()
+        .upload(&mime::TEXT_PLAIN, notes.clone(), None)
+        .await
+        .expect("upload the file");
+    let media_id = uploaded
+        .content_uri
+        .as_str()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    proxy.slow_down(&media_id, Duration::from_secs(20));
+    alice
+        .send(
+            &room,
+            RoomMessageEventContent::new(MessageType::File(FileMessageEventContent::plain(
+                "notes.txt".into(),
+                uploaded.content_uri,
+            ))),
+        )
+        .await;
+    alice.send_text(&room, "après le fichier").await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while proxy.held() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the bot never asked for the file"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let sent = Instant::now();
+    alice.send_text(&other_room, "dans l'autre salon").await;
+    wait_member_text(sim, BOB, &other_jid, "*Alice*: dans l'autre salon").await;
+    assert!(
+        sent.elapsed() < Duration::from_secs(10),
+        "the other room waited for the download: {:?}",
+        sent.elapsed()
+    );
+    // Its own room keeps its order: the file, then the text behind it.
+    wait_member_text(sim, BOB, &jid, "*Alice*: après le fichier").await;
+    let messages = member_messages(sim, BOB, &jid).await;
+    let file_at = messages
+        .iter()
+        .position(|m| m["kind"] == "document" && m["media_sha256"] == sha256_hex(&notes));
+    let text_at = messages
+        .iter()
+        .position(|m| m["text"] == "*Alice*: après le fichier");
+    assert!(file_at.is_some() && file_at < text_at, "{messages:#?}");
+    scene.bridge.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

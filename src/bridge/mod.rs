@@ -3,6 +3,7 @@
 //! both directions share (wait, retry, finish). Each direction's worker lives in its
 //! own file; `relay` decides, the bridge looks up, stores, sends and retries.
 
+mod downloads;
 mod rooms;
 mod to_matrix;
 mod to_whatsapp;
@@ -15,10 +16,12 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::Notify;
+
+use downloads::Downloads;
 use tokio::task::JoinHandle;
 
 use crate::config::{self, Config, GroupFile, Problems};
-use crate::matrix::MatrixSide;
+use crate::matrix::{MatrixError, MatrixSide};
 use crate::relay::pacing::Pacer;
 use crate::relay::{self, Relay, Skip};
 use crate::status;
@@ -91,18 +94,16 @@ pub(crate) struct Bridge {
     /// A send to the homeserver failed because it was away, and none went through
     /// since (for the log to say it once).
     homeserver_away: std::sync::atomic::AtomicBool,
-    /// WhatsApp files being fetched for to-Matrix items (by seq): `None` while the
-    /// download runs, then its outcome until the item takes it.
-    downloads: Mutex<HashMap<i64, Option<Fetched>>>,
+    /// WhatsApp files being fetched for to-Matrix items.
+    whatsapp_downloads: Downloads<WhatsAppError>,
+    /// Matrix files being fetched for to-WhatsApp items.
+    matrix_downloads: Downloads<MatrixError>,
     /// Why the service must stop with an error (set once), and its wake-up.
     failure: Mutex<Option<String>>,
     failure_told: Notify,
     /// A weak handle on itself, for tasks spawned from `&self` callbacks.
     me: OnceLock<std::sync::Weak<Bridge>>,
 }
-
-/// The outcome of fetching a WhatsApp file.
-type Fetched = Result<Vec<u8>, WhatsAppError>;
 
 /// Milliseconds since the Unix epoch.
 pub(crate) fn now_ms() -> i64 {
@@ -141,7 +142,8 @@ impl Bridge {
             whatsapp_state: Mutex::new(ConnectionState::Connecting),
             forgeries_refused: Default::default(),
             homeserver_away: Default::default(),
-            downloads: Mutex::default(),
+            whatsapp_downloads: Downloads::default(),
+            matrix_downloads: Downloads::default(),
             failure: Mutex::default(),
             failure_told: Notify::new(),
             me: OnceLock::new(),
@@ -456,10 +458,8 @@ impl Bridge {
         match self.store.set_aside(item.seq, &reason) {
             Ok(true) => {
                 // A file fetched for it is not needed any more.
-                self.downloads
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&item.seq);
+                self.whatsapp_downloads.forget(item.seq);
+                self.matrix_downloads.forget(item.seq);
             }
             Ok(false) => return false,
             Err(error) => {

@@ -86,13 +86,6 @@ impl InboundSink for Bridge {
     }
 }
 
-/// Files fetched from WhatsApp at the same time, for different items.
-const MAX_PARALLEL_DOWNLOADS: usize = 4;
-
-/// How long an item waiting for its download is left before it is looked at again,
-/// should the download's own wake-up be missed (a download ends within ten minutes).
-const DOWNLOAD_WAIT_MS: i64 = 60_000;
-
 impl Bridge {
     pub(super) async fn deliver_to_matrix(&self, item: OutboxItem) {
         let room_id = if item.room_id.is_empty() {
@@ -214,62 +207,25 @@ impl Bridge {
         Some((post, None))
     }
 
-    /// The outcome of item `item`'s download once it is done, else `None`: the
-    /// download is started (at most [`MAX_PARALLEL_DOWNLOADS`] at once) and the
-    /// item waits without counting an attempt; when the download ends, the item is
-    /// due again and the worker woken. A slow file thus delays only its own group.
+    /// The outcome of item `item`'s download once it is done, else `None` (it runs
+    /// in the background: see `downloads.rs`).
     fn background_download(
         &self,
         item: &OutboxItem,
         media: &Media,
         max_bytes: u64,
     ) -> Option<Result<Vec<u8>, WhatsAppError>> {
-        let mut downloads = self.downloads.lock().unwrap_or_else(|e| e.into_inner());
-        match downloads.remove(&item.seq) {
-            Some(Some(done)) => return Some(done),
-            Some(None) => {
-                downloads.insert(item.seq, None);
-                drop(downloads);
-                self.wait_for_download(item);
-                return None;
-            }
-            None => {}
-        }
         let Some(client) = self.whatsapp().cloned() else {
-            drop(downloads);
             self.wait_for_side(item, "WhatsApp not started");
             return None;
         };
-        if downloads.values().filter(|d| d.is_none()).count() >= MAX_PARALLEL_DOWNLOADS {
-            drop(downloads);
-            self.wait_for_side(item, "other downloads first");
-            return None;
-        }
-        downloads.insert(item.seq, None);
-        drop(downloads);
-        self.wait_for_download(item);
-        let (seq, media) = (item.seq, media.clone());
-        self.spawn_with_self(move |bridge| async move {
-            let outcome = client.download(&media, max_bytes).await;
-            bridge
-                .downloads
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(seq, Some(outcome));
-            if let Err(error) = bridge.store.postpone(seq, now_ms()) {
-                tracing::error!("store: {error}");
-            }
-            bridge.wake_to_matrix.notify_one();
-        });
-        None
-    }
-
-    /// The item waits for its download, which makes it due again when done (the
-    /// delay is only a safety net).
-    fn wait_for_download(&self, item: &OutboxItem) {
-        if let Err(error) = self.store.postpone(item.seq, now_ms() + DOWNLOAD_WAIT_MS) {
-            tracing::error!("store: {error}");
-        }
+        let media = media.clone();
+        self.in_background(
+            item,
+            |bridge| &bridge.whatsapp_downloads,
+            |bridge| &bridge.wake_to_matrix,
+            move || async move { client.download(&media, max_bytes).await },
+        )
     }
 
     /// Counts a WhatsApp edit, deletion or id refused because its sender may not make

@@ -340,8 +340,8 @@ impl Bridge {
             .await;
     }
 
-    /// For a Matrix file: fetches it from the homeserver and turns the text into the
-    /// file with its caption (or, for kinds WhatsApp shows without one, the file
+    /// For a Matrix file: fetches it from the homeserver (in the background, see
+    /// `downloads.rs`) and turns the text into the file with its caption (or, for kinds WhatsApp shows without one, the file
     /// alone: the caller sends the text as its own line first). `None` when the item
     /// must wait (a retry is scheduled). A file that cannot be had becomes a line
     /// saying so: said, never dropped.
@@ -355,7 +355,15 @@ impl Bridge {
             return Some(outgoing);
         };
         let relay = &self.active().relay;
-        let text = match self.matrix.download_media(media).await {
+        let matrix = self.matrix.clone();
+        let wanted = media.clone();
+        let downloaded = self.in_background(
+            item,
+            |bridge| &bridge.matrix_downloads,
+            |bridge| &bridge.wake_to_whatsapp,
+            move || async move { matrix.download_media(&wanted).await },
+        )?;
+        let text = match downloaded {
             Ok(data) if relay.file_fits(data.len() as u64) => {
                 let caption = media.kind.has_whatsapp_caption().then(|| text.clone());
                 return Some(Outgoing::Media {

@@ -251,6 +251,10 @@ async fn build_client(
     })?;
     Ok(Client::builder()
         .homeserver_url(config.homeserver.as_str())
+        // The configured address is the one used, also after a login whose answer
+        // names another (the public URL): a bridge beside its homeserver talks to
+        // it on the address the admin chose, not through the Internet's way round.
+        .respect_login_well_known(false)
         .sqlite_store(&store_dir, Some(&store_key))
         .build()
         .await?)

@@ -4,4 +4,5 @@
 pub mod bridge;
 pub mod late_keys;
 pub mod matrix_user;
+pub mod slow_proxy;
 pub mod synapse;
