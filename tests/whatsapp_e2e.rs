@@ -3454,7 +3454,7 @@ async fn a_20_mb_file_declared_as_100_bytes_is_cut_off_without_filling_memory() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_slow_matrix_download_delays_only_its_own_room() {
+async fn slow_matrix_downloads_and_uploads_delay_only_their_own_room() {
     init_test_logs();
     use matrix_sdk::ruma::events::room::message::{
         FileMessageEventContent, MessageType, RoomMessageEventContent,
@@ -3539,6 +3539,47 @@ async fn a_slow_matrix_download_delays_only_its_own_room() {
         .iter()
         .position(|m| m["text"] == "*Alice*: après le fichier");
     assert!(file_at.is_some() && file_at < text_at, "{messages:#?}");
+
+    // The other way: the homeserver takes 20 s to take a WhatsApp photo's upload.
+    use base64::Engine as _;
+    proxy.slow_down("/upload", Duration::from_secs(20));
+    let photo = sample_file(8, 6_000);
+    bob_sends(
+        sim,
+        &jid,
+        json!({"image": base64::engine::general_purpose::STANDARD.encode(&photo)}),
+    )
+    .await;
+    bob_says(sim, &jid, "après la photo").await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while proxy.held() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the bot never uploaded the photo"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let sent = Instant::now();
+    bob_says(sim, &other_jid, "dans l'autre groupe").await;
+    alice
+        .wait_for(&other_room, "the text of the other group", |s| {
+            s.body == "Bob: dans l'autre groupe"
+        })
+        .await;
+    assert!(
+        sent.elapsed() < Duration::from_secs(10),
+        "the other group waited for the upload: {:?}",
+        sent.elapsed()
+    );
+    let text = alice
+        .wait_for(&room, "the text behind the photo", |s| {
+            s.body == "Bob: après la photo"
+        })
+        .await;
+    let seen = alice.seen_in(&room);
+    let photo_at = seen.iter().position(|s| s.msgtype == "m.image");
+    let text_at = seen.iter().position(|s| s.event_id == text.event_id);
+    assert!(photo_at.is_some() && photo_at < text_at, "{seen:?}");
     scene.bridge.stop().await;
 }
 

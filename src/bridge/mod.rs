@@ -3,7 +3,7 @@
 //! both directions share (wait, retry, finish). Each direction's worker lives in its
 //! own file; `relay` decides, the bridge looks up, stores, sends and retries.
 
-mod downloads;
+mod background;
 mod rooms;
 mod to_matrix;
 mod to_whatsapp;
@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::Notify;
 
-use downloads::Downloads;
+use background::InBackground;
 use tokio::task::JoinHandle;
 
 use crate::config::{self, Config, GroupFile, Problems};
@@ -95,9 +95,12 @@ pub(crate) struct Bridge {
     /// since (for the log to say it once).
     homeserver_away: std::sync::atomic::AtomicBool,
     /// WhatsApp files being fetched for to-Matrix items.
-    whatsapp_downloads: Downloads<WhatsAppError>,
+    whatsapp_downloads: InBackground<Result<Vec<u8>, WhatsAppError>>,
+    /// Files being uploaded to the homeserver and posted, for to-Matrix items (the
+    /// event id).
+    matrix_uploads: InBackground<Result<String, MatrixError>>,
     /// Matrix files being fetched for to-WhatsApp items.
-    matrix_downloads: Downloads<MatrixError>,
+    matrix_downloads: InBackground<Result<Vec<u8>, MatrixError>>,
     /// Why the service must stop with an error (set once), and its wake-up.
     failure: Mutex<Option<String>>,
     failure_told: Notify,
@@ -142,8 +145,9 @@ impl Bridge {
             whatsapp_state: Mutex::new(ConnectionState::Connecting),
             forgeries_refused: Default::default(),
             homeserver_away: Default::default(),
-            whatsapp_downloads: Downloads::default(),
-            matrix_downloads: Downloads::default(),
+            whatsapp_downloads: InBackground::default(),
+            matrix_uploads: InBackground::default(),
+            matrix_downloads: InBackground::default(),
             failure: Mutex::default(),
             failure_told: Notify::new(),
             me: OnceLock::new(),
@@ -459,6 +463,7 @@ impl Bridge {
             Ok(true) => {
                 // A file fetched for it is not needed any more.
                 self.whatsapp_downloads.forget(item.seq);
+                self.matrix_uploads.forget(item.seq);
                 self.matrix_downloads.forget(item.seq);
             }
             Ok(false) => return false,

@@ -86,6 +86,20 @@ impl InboundSink for Bridge {
     }
 }
 
+/// What became of a post sent to Matrix.
+enum Sent {
+    /// Sent: WhatsApp message `wa_id` is mirrored by `event_id`, written by `sender`.
+    Linked {
+        wa_id: String,
+        event_id: String,
+        sender: String,
+    },
+    /// Done, with nothing to link.
+    Unlinked,
+    /// Its file is being uploaded; the item is due again when that is done.
+    Waiting,
+}
+
 impl Bridge {
     pub(super) async fn deliver_to_matrix(&self, item: OutboxItem) {
         let room_id = if item.room_id.is_empty() {
@@ -105,7 +119,13 @@ impl Bridge {
                 return;
             }
         };
-        let Some((post, file)) = self.fetch_whatsapp_file(&item, post).await else {
+        // A file already with its upload is not fetched again (the upload has it).
+        let fetched = if self.matrix_uploads.has(item.seq) {
+            Some((post, Some(Vec::new())))
+        } else {
+            self.fetch_whatsapp_file(&item, post).await
+        };
+        let Some((post, file)) = fetched else {
             return;
         };
         let sent = self.send_to_matrix(&item, &room_id, post, file).await;
@@ -113,7 +133,12 @@ impl Bridge {
             self.homeserver_back();
         }
         match sent {
-            Ok(Some((wa_id, event_id, sender))) => {
+            Ok(Sent::Waiting) => {}
+            Ok(Sent::Linked {
+                wa_id,
+                event_id,
+                sender,
+            }) => {
                 let link = MessageLink {
                     group_jid: item.group_jid.clone(),
                     wa_id,
@@ -125,7 +150,7 @@ impl Bridge {
                 };
                 self.finish(&item, Some(&link));
             }
-            Ok(None) => self.finish(&item, None),
+            Ok(Sent::Unlinked) => self.finish(&item, None),
             Err(error) if error.is_homeserver_away() || error.is_session_lost() => {
                 self.homeserver_away(&item, &error)
             }
@@ -208,7 +233,7 @@ impl Bridge {
     }
 
     /// The outcome of item `item`'s download once it is done, else `None` (it runs
-    /// in the background: see `downloads.rs`).
+    /// in the background: see `background.rs`).
     fn background_download(
         &self,
         item: &OutboxItem,
@@ -252,19 +277,23 @@ impl Bridge {
         self.mirrored_link(item, wa_id).map(|link| link.event_id)
     }
 
-    /// Sends one WhatsApp post to Matrix. Returns what to link (WhatsApp id, Matrix
-    /// event, author), or `None` when there is nothing to link (a deletion or
-    /// reaction about a message the bridge never mirrored).
+    /// Sends one WhatsApp post to Matrix (a file is uploaded and posted in the
+    /// background: see `background.rs`). Says what to link, that there is nothing
+    /// to link (a deletion or reaction about a message the bridge never
+    /// mirrored), or that the item waits for its upload.
     async fn send_to_matrix(
         &self,
         item: &OutboxItem,
         room_id: &str,
         post: MatrixPost,
         file: Option<Vec<u8>>,
-    ) -> Result<Option<(String, String, String)>, crate::matrix::MatrixError> {
+    ) -> Result<Sent, crate::matrix::MatrixError> {
         let txn = item.target_id.as_str();
-        let linked =
-            |event_id: String| Some((item.source_id.clone(), event_id, post.sender.clone()));
+        let linked = |event_id: String| Sent::Linked {
+            wa_id: item.source_id.clone(),
+            event_id,
+            sender: post.sender.clone(),
+        };
         match &post.change {
             None => {
                 let reply_event = post
@@ -279,9 +308,30 @@ impl Bridge {
                 };
                 let event_id = match (&post.media, file) {
                     (Some(media), Some(data)) => {
-                        self.matrix
-                            .send_media(room_id, txn, &shown, media, data, reply_event.as_deref())
-                            .await?
+                        let matrix = self.matrix.clone();
+                        let (room, txn, media) =
+                            (room_id.to_owned(), txn.to_owned(), media.clone());
+                        let upload = move || async move {
+                            matrix
+                                .send_media(
+                                    &room,
+                                    &txn,
+                                    &shown,
+                                    &media,
+                                    data,
+                                    reply_event.as_deref(),
+                                )
+                                .await
+                        };
+                        match self.in_background(
+                            item,
+                            |bridge| &bridge.matrix_uploads,
+                            |bridge| &bridge.wake_to_matrix,
+                            upload,
+                        ) {
+                            Some(posted) => posted?,
+                            None => return Ok(Sent::Waiting),
+                        }
                     }
                     _ => {
                         self.matrix
@@ -312,7 +362,7 @@ impl Bridge {
                     self.count_forgery();
                     let notice = to_matrix::forged_edit_notice(&post.sender_name);
                     self.matrix.send_post(room_id, txn, &notice, None).await?;
-                    Ok(None)
+                    Ok(Sent::Unlinked)
                 }
                 // The original never crossed: the new text is still worth reading.
                 None => {
@@ -339,13 +389,13 @@ impl Bridge {
                         "a WhatsApp deletion by someone who may not delete was ignored"
                     );
                     self.count_forgery();
-                    Ok(None)
+                    Ok(Sent::Unlinked)
                 }
-                None => Ok(None),
+                None => Ok(Sent::Unlinked),
             },
             Some(MatrixChange::Annotation { to, reactor, emoji }) => {
                 self.annotate(item, room_id, to, reactor, emoji).await?;
-                Ok(None)
+                Ok(Sent::Unlinked)
             }
             Some(MatrixChange::ReplyLine { to, key, removed }) => {
                 self.reply_line(item, room_id, &post, to, key, *removed)
@@ -388,7 +438,7 @@ impl Bridge {
         to: &str,
         key: &str,
         removed: bool,
-    ) -> Result<Option<(String, String, String)>, crate::matrix::MatrixError> {
+    ) -> Result<Sent, crate::matrix::MatrixError> {
         let txn = item.target_id.as_str();
         match (self.mirrored_event(item, key), removed) {
             (Some(line), true) => {
@@ -396,23 +446,27 @@ impl Bridge {
                 if let Err(error) = self.store.forget_link(&item.group_jid, key) {
                     tracing::error!("store: {error}");
                 }
-                Ok(None)
+                Ok(Sent::Unlinked)
             }
             (Some(line), false) => {
                 self.matrix.edit_post(room_id, txn, &line, post).await?;
-                Ok(None)
+                Ok(Sent::Unlinked)
             }
-            (None, true) => Ok(None),
+            (None, true) => Ok(Sent::Unlinked),
             (None, false) => match self.mirrored_event(item, to) {
                 Some(target) => {
                     let event_id = self
                         .matrix
                         .send_post(room_id, txn, post, Some(&target))
                         .await?;
-                    Ok(Some((key.to_owned(), event_id, post.sender.clone())))
+                    Ok(Sent::Linked {
+                        wa_id: key.to_owned(),
+                        event_id,
+                        sender: post.sender.clone(),
+                    })
                 }
                 // A reaction to something never mirrored has no context.
-                None => Ok(None),
+                None => Ok(Sent::Unlinked),
             },
         }
     }

@@ -341,7 +341,7 @@ impl Bridge {
     }
 
     /// For a Matrix file: fetches it from the homeserver (in the background, see
-    /// `downloads.rs`) and turns the text into the file with its caption (or, for kinds WhatsApp shows without one, the file
+    /// `background.rs`) and turns the text into the file with its caption (or, for kinds WhatsApp shows without one, the file
     /// alone: the caller sends the text as its own line first). `None` when the item
     /// must wait (a retry is scheduled). A file that cannot be had becomes a line
     /// saying so: said, never dropped.
