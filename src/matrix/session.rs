@@ -75,6 +75,7 @@ pub(super) async fn open(config: &MatrixConfig, state_dir: &Path) -> Result<Open
                 .restore_session(stored.session, RoomLoadSettings::default())
                 .await?;
             tracing::info!("Matrix session restored");
+            remove_unused_stores(state_dir, &stored.store);
             Ok(Opened { client, changes })
         }
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
@@ -98,14 +99,8 @@ pub(super) async fn log_in_again(
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
     let new_store = format!("{FIRST_STORE}-{}", since_epoch.as_millis());
-    let opened = log_in(config, state_dir, &new_store, old_store.as_deref()).await?;
-    if let Some(old) = old_store.filter(|old| *old != new_store) {
-        let old = state_dir.join(old);
-        if let Err(error) = std::fs::remove_dir_all(&old) {
-            tracing::warn!(store = %old.display(), "could not remove the old Matrix store: {error}");
-        }
-    }
-    Ok(opened)
+    // The old store goes once the new session is stored (`remove_unused_stores`).
+    log_in(config, state_dir, &new_store, old_store.as_deref()).await
 }
 
 /// Gives the new device a cross-signing identity, so that other people's clients
@@ -198,9 +193,13 @@ async fn log_in(
         })?
         .ok_or(MatrixError::NoPassword)?;
     let store_dir = state_dir.join(store_name);
-    // A store left by a login that did not finish belongs to no session.
-    if store_name != FIRST_STORE && store_dir.exists() {
-        let _ = std::fs::remove_dir_all(&store_dir);
+    // No session names the store a login starts in: one there is left by a login
+    // that did not finish, and its device (never used) would not match the new one.
+    if store_dir.exists() {
+        tracing::info!(store = %store_dir.display(), "removing a Matrix store no session uses");
+        if let Err(error) = std::fs::remove_dir_all(&store_dir) {
+            tracing::warn!(store = %store_dir.display(), "could not remove it: {error}");
+        }
     }
     let client = build_client(config, state_dir, store_name).await?;
     let changes = client.subscribe_to_session_changes();
@@ -228,7 +227,34 @@ async fn log_in(
         source,
     })?;
     tracing::info!("Matrix login done, session stored");
+    remove_unused_stores(state_dir, store_name);
     Ok(Opened { client, changes })
+}
+
+/// Removes the store directories of the state directory other than `in_use` (a
+/// login interrupted before its session was stored leaves one behind): no session
+/// names them, and their devices are of no use.
+fn remove_unused_stores(state_dir: &Path, in_use: &str) {
+    let Ok(entries) = std::fs::read_dir(state_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else {
+            continue;
+        };
+        let is_store = name == FIRST_STORE
+            || name
+                .strip_prefix("matrix-")
+                .is_some_and(|ms| !ms.is_empty() && ms.bytes().all(|b| b.is_ascii_digit()));
+        if !is_store || name == in_use || !entry.path().is_dir() {
+            continue;
+        }
+        tracing::info!(store = name, "removing a Matrix store no session uses");
+        if let Err(error) = std::fs::remove_dir_all(entry.path()) {
+            tracing::warn!(store = name, "could not remove it: {error}");
+        }
+    }
 }
 
 /// A client on the store `store_name` of the state directory (created 0700,
@@ -415,5 +441,37 @@ impl MatrixSide {
     /// The configuration to log in again with, as last reloaded.
     pub fn set_login_config(&self, config: &MatrixConfig) {
         self.session.set_config(config);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_store_in_use_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        for store in ["matrix", "matrix-1700000000000", "matrix-1800000000000"] {
+            std::fs::create_dir(dir.path().join(store)).unwrap();
+        }
+        for file in ["matrix-store-key", "matrix-session.json"] {
+            std::fs::write(dir.path().join(file), b"x").unwrap();
+        }
+        std::fs::create_dir(dir.path().join("matrix-notes")).unwrap();
+        remove_unused_stores(dir.path(), "matrix-1800000000000");
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                "matrix-1800000000000",
+                "matrix-notes",
+                "matrix-session.json",
+                "matrix-store-key"
+            ]
+        );
     }
 }
