@@ -14,7 +14,7 @@ use matrix_sdk::ruma::serde::Raw;
 use matrix_sdk::ruma::RoomId;
 use matrix_sdk::Client;
 
-use super::{timeline, MatrixEvents, MatrixSide};
+use super::{events, MatrixEvents, MatrixSide};
 use crate::relay::{MatrixKind, MatrixText};
 use crate::store::{now_unix_ms, Store, StoreError, UndecryptedEvent};
 
@@ -117,7 +117,7 @@ async fn try_again(
             .and_then(|id| client.get_room(&id));
         let message = match room {
             Some(room) => match decrypt(&room, &kept).await {
-                Some(event) => timeline::to_matrix_text(&room, &event, &side.bot).await,
+                Some(event) => events::to_matrix_text(&room, &event, &side.bot).await,
                 None if waited_enough => Some(unreadable(&room, &kept).await),
                 None => continue,
             },
@@ -162,12 +162,12 @@ async fn decrypt(room: &Room, kept: &UndecryptedEvent) -> Option<TimelineEvent> 
 async fn unreadable(room: &Room, kept: &UndecryptedEvent) -> MatrixText {
     let sender = matrix_sdk::ruma::UserId::parse(&kept.sender).ok();
     let display_name = match &sender {
-        Some(sender) => timeline::display_name_in(room, sender).await,
+        Some(sender) => events::display_name_in(room, sender).await,
         None => None,
     };
     MatrixText {
         kind: MatrixKind::Unreadable,
         sender_display_name: display_name,
-        ..timeline::without_text(room, &kept.event_id, &kept.sender)
+        ..events::without_text(room, &kept.event_id, &kept.sender)
     }
 }
