@@ -1000,6 +1000,20 @@ async fn a_matrix_message_that_could_not_be_queued_crosses_once_the_database_is_
     drop(db);
 
     wait_member_text(sim, BOB, &jid, "*Alice*: pendant la panne").await;
+
+    // Again in a room with no marker yet (the bridge never read it): read again
+    // from the first message it could not queue.
+    let db =
+        rusqlite::Connection::open(scene.bridge.dir.path().join("state/passerelle.db")).unwrap();
+    db.execute("DELETE FROM meta WHERE key LIKE 'matrix.last_event.%'", [])
+        .unwrap();
+    db.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    alice.send_text(&room, "sans repère").await;
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    db.execute_batch("ROLLBACK").unwrap();
+    drop(db);
+    wait_member_text(sim, BOB, &jid, "*Alice*: sans repère").await;
+
     alice.send_text(&room, "après la panne").await;
     wait_member_text(sim, BOB, &jid, "*Alice*: après la panne").await;
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -1014,6 +1028,7 @@ async fn a_matrix_message_that_could_not_be_queued_crosses_once_the_database_is_
         [
             "*Alice*: avant la panne",
             "*Alice*: pendant la panne",
+            "*Alice*: sans repère",
             "*Alice*: après la panne"
         ],
         "all, once, in order"

@@ -410,7 +410,7 @@ impl MatrixSide {
             .rooms_behind
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .iter()
+            .keys()
             .cloned()
             .collect();
         for room_id in behind {

@@ -5,7 +5,7 @@
 //! stop; handing an event over twice is harmless (the outbox de-duplicates by id).
 //! An event the bot cannot decrypt is kept aside (`undecrypted`) and the room goes on.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use matrix_sdk::deserialized_responses::TimelineEvent;
@@ -27,9 +27,11 @@ fn marker_key(room: &Room) -> String {
     format!("matrix.last_event.{}", room.room_id())
 }
 
-/// The rooms with an event the bridge could not queue: their marker stays before
-/// it, and they are read again from there (after each sync) until all is queued.
-pub(super) type RoomsBehind = Mutex<HashSet<String>>;
+/// The rooms with an event the bridge could not queue, and the first such event:
+/// their marker stays before it, and they are read again from there (after each
+/// sync) until all is queued. The event tells where to start in a room that has no
+/// marker yet (its first events could not be queued).
+pub(super) type RoomsBehind = Mutex<HashMap<String, String>>;
 
 /// Hands the events of one joined room's sync update to the bridge, in order.
 pub(super) async fn handle_update(
@@ -46,7 +48,8 @@ pub(super) async fn handle_update(
     }
     if update.timeline.limited {
         tracing::debug!(room = %room.room_id(), "sync timeline was limited: back-filling");
-        let older = events_since_marker(room, store, update.timeline.prev_batch.clone()).await;
+        let older =
+            events_since_marker(room, store, update.timeline.prev_batch.clone(), None).await;
         if !hand_over(room, &older, store, bot, events, behind).await {
             return;
         }
@@ -83,7 +86,12 @@ pub(super) async fn catch_up(
     events: &Arc<dyn MatrixEvents>,
     behind: &RoomsBehind,
 ) {
-    let missed = events_since_marker(room, store, None).await;
+    let first_not_queued = behind
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(room.room_id().as_str())
+        .cloned();
+    let missed = events_since_marker(room, store, None, first_not_queued.as_deref()).await;
     if !missed.is_empty() {
         tracing::info!(room = %room.room_id(), count = missed.len(), "catching up on Matrix events");
     }
@@ -91,7 +99,8 @@ pub(super) async fn catch_up(
         let caught_up = behind
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(room.room_id().as_str());
+            .remove(room.room_id().as_str())
+            .is_some();
         if caught_up {
             tracing::info!(room = %room.room_id(), "every Matrix event of the room is queued again");
         }
@@ -103,21 +112,24 @@ fn is_behind(room: &Room, behind: &RoomsBehind) -> bool {
     behind
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .contains(room.room_id().as_str())
+        .contains_key(room.room_id().as_str())
 }
 
 /// Pages backwards from `from` (None: the newest event) to the room's marker and
-/// returns the events after the marker, oldest first. Without a marker the room was
-/// never read, and there is nothing to catch up.
+/// returns the events after the marker, oldest first. Without a marker, to
+/// `first_not_queued` (included) when the room has one; else the room was never
+/// read, and there is nothing to catch up.
 async fn events_since_marker(
     room: &Room,
     store: &Store,
     from: Option<String>,
+    first_not_queued: Option<&str>,
 ) -> Vec<TimelineEvent> {
-    let marker = match store.get_meta(&marker_key(room)) {
-        Ok(Some(marker)) => marker,
-        Ok(None) => return Vec::new(),
-        Err(error) => {
+    let (stop_at, included) = match (store.get_meta(&marker_key(room)), first_not_queued) {
+        (Ok(Some(marker)), _) => (marker, false),
+        (Ok(None), Some(first)) => (first.to_owned(), true),
+        (Ok(None), None) => return Vec::new(),
+        (Err(error), _) => {
             tracing::error!("store: {error}");
             return Vec::new();
         }
@@ -136,8 +148,11 @@ async fn events_since_marker(
         };
         let mut reached_marker = false;
         for event in page.chunk {
-            if event.event_id().is_some_and(|id| id.as_str() == marker) {
+            if event.event_id().is_some_and(|id| id.as_str() == stop_at) {
                 reached_marker = true;
+                if included {
+                    collected.push(event);
+                }
                 break;
             }
             collected.push(event);
@@ -184,10 +199,13 @@ async fn hand_over(
         };
         if let Err(error) = queued {
             tracing::error!(room = %room.room_id(), "{error}; the room will be read again from there");
-            behind
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(room.room_id().to_string());
+            if let Some(id) = event.event_id() {
+                behind
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .entry(room.room_id().to_string())
+                    .or_insert_with(|| id.to_string());
+            }
             all_queued = false;
             break;
         }
