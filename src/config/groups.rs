@@ -79,7 +79,7 @@ struct RawGroup {
 
 /// The valid Matrix user ids of list `key`; each invalid one is a problem at its
 /// line (and clears `ok`).
-fn user_ids(
+pub(super) fn user_ids(
     src: &mut Source,
     key: &str,
     users: Option<&[Spanned<String>]>,

@@ -587,16 +587,7 @@ fn check_matrix(src: &mut Source, raw: Option<S<RawMatrix>>, base: &Path) -> Opt
         None => None,
     };
 
-    let mut admins = Vec::new();
-    for admin in raw.admins.iter().flatten() {
-        match check_user_id(admin.get_ref()) {
-            Ok(()) => admins.push(admin.get_ref().clone()),
-            Err(err) => {
-                src.at(admin, format!("`admins`: {err}"));
-                ok = false;
-            }
-        }
-    }
+    let admins = groups::user_ids(src, "admins", raw.admins.as_deref(), &mut ok);
 
     let device_name = match &raw.device_name {
         Some(v) if v.get_ref().trim().is_empty() => {
