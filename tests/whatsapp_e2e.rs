@@ -2554,6 +2554,109 @@ async fn poll_votes_are_read_with_the_polls_secret_and_tallied_on_its_line() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_member_notices_off_member_changes_are_not_told_in_the_room() {
+    init_test_logs();
+    let synapse = Synapse::shared();
+    let mut scene = linked_scene(
+        synapse,
+        "Discret",
+        false,
+        "\n[relay]\nmember_notices = false",
+    )
+    .await;
+    let room = scene.start().await;
+    let (sim, alice, jid) = (&scene.sim, &scene.alice, scene.jid.clone());
+    let bot = scene.bridge.bot_user.clone();
+    create_member(sim, CAROL, "Carol").await;
+    for change in ["add", "remove"] {
+        let (status, body) = control(
+            "POST",
+            format!("{}groups/{jid}/participants", sim.http_url()),
+            json!({ change: [CAROL] }),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    // What Bob says after the changes arrives; nothing was said of them before it.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    bob_says(sim, &jid, "après les changements").await;
+    alice
+        .wait_for(&room, "Bob's text", |s| {
+            s.body == "Bob: après les changements"
+        })
+        .await;
+    let from_bot: Vec<String> = alice
+        .seen_in(&room)
+        .into_iter()
+        .filter(|s| s.sender == bot)
+        .map(|s| s.body)
+        .collect();
+    assert_eq!(
+        from_bot,
+        ["Bob: après les changements"],
+        "nothing else said"
+    );
+    scene.bridge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_room_made_for_a_group_with_a_description_has_it_as_its_topic() {
+    init_test_logs();
+    let synapse = Synapse::shared();
+    let sim = wa_sim::Simulator::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let alice = MatrixUser::new(synapse, &unique("alice"), Some("Alice")).await;
+    let mut bridge = TestBridge::new(synapse, &[]);
+    bridge.append_config(&format!("[whatsapp]\nserver_url = \"{}\"\n", sim.ws_url()));
+    login_by_qr(&sim, &bridge.config_path, BRIDGE_PHONE).await;
+    // A group that had its description long before the number joined it: no
+    // notification of it ever reaches the bridge.
+    create_member(&sim, BOB, "Bob").await;
+    let (status, group) = control(
+        "POST",
+        format!("{}groups", sim.http_url()),
+        json!({"subject": "Jardin partagé", "creator": BOB, "members": [BOB]}),
+    )
+    .await;
+    assert_eq!(status, 201, "{group}");
+    let jid = group["jid"].as_str().unwrap().to_string();
+    let description = "Arrosage le samedi, outils dans la cabane.";
+    let (status, body) = control(
+        "PUT",
+        format!("{}groups/{jid}", sim.http_url()),
+        json!({"description": description}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = control(
+        "POST",
+        format!("{}groups/{jid}/participants", sim.http_url()),
+        json!({"add": [BRIDGE_PHONE]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    bridge.write_group(
+        &unique("jardin"),
+        &jid,
+        &format!("invite = [\"{}\"]", alice.user_id),
+    );
+    bridge.start_real().await;
+    let room = bridge.wait_room(&jid).await;
+    alice.wait_joined(&room).await;
+    let topic = alice
+        .wait_state_matching(synapse, &room, "m.room.topic", "a topic", |c| {
+            c["topic"].is_string()
+        })
+        .await;
+    assert_eq!(topic["topic"], description, "{topic}");
+    alice
+        .wait_state(synapse, &room, "m.room.name", "name", "Jardin partagé")
+        .await;
+    bridge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn room_renames_topics_avatars_invites_kicks_and_bans_never_reach_the_whatsapp_group() {
     init_test_logs();
     let synapse = Synapse::shared();

@@ -25,18 +25,20 @@ impl Bridge {
                 return;
             }
         };
-        let name = match (&known_room, self.whatsapp()) {
-            (None, Some(client)) => client
-                .group_subject(&group.whatsapp)
-                .await
-                .unwrap_or_else(|_| group.name.clone()),
-            _ => group.name.clone(),
+        let profile = match (&known_room, self.whatsapp()) {
+            (None, Some(client)) => client.group_profile(&group.whatsapp).await.ok(),
+            _ => None,
+        };
+        let (name, topic) = match profile {
+            Some(profile) => (profile.subject, profile.description),
+            None => (group.name.clone(), None),
         };
         let active = self.active();
         let setup = RoomSetup {
             group_jid: group.whatsapp.clone(),
             alias_localpart: format!("{}{}", active.config.matrix.alias_prefix, group.name),
             name,
+            topic,
             // Moderators are invited too: they moderate from inside the room.
             invite: group
                 .invite
@@ -261,11 +263,20 @@ impl Bridge {
             let Ok(Some(room_id)) = self.store.room_for_group(&group.whatsapp) else {
                 continue;
             };
-            match client.group_subject(&group.whatsapp).await {
-                Ok(subject) => {
+            match client.group_profile(&group.whatsapp).await {
+                Ok(profile) => {
                     tracing::debug!(group = %group.name, "naming the room after the group");
-                    if let Err(error) = self.matrix.set_room_name(&room_id, &subject).await {
+                    if let Err(error) = self.matrix.set_room_name(&room_id, &profile.subject).await
+                    {
                         tracing::warn!(group = %group.name, "could not rename the room: {error}");
+                    }
+                    // A description removed while the bridge was away is not known
+                    // as removed: a topic set in Matrix meanwhile stays.
+                    if let Some(description) = &profile.description {
+                        if let Err(error) = self.matrix.set_room_topic(&room_id, description).await
+                        {
+                            tracing::warn!(group = %group.name, "could not set the room's topic: {error}");
+                        }
                     }
                 }
                 Err(error) => {

@@ -83,6 +83,8 @@ pub struct RoomSetup {
     pub alias_localpart: String,
     /// Room name for a created room: the WhatsApp subject, else the file stem.
     pub name: String,
+    /// Topic for a created room: the WhatsApp group's description.
+    pub topic: Option<String>,
     pub invite: Vec<String>,
     pub admins: Vec<String>,
     /// Users given moderator power (50) in a created room.
@@ -209,6 +211,7 @@ impl MatrixSide {
     ) -> Result<OwnedRoomId, MatrixError> {
         let mut request = create_room::v3::Request::new();
         request.name = Some(setup.name.clone());
+        request.topic = setup.topic.clone();
         request.room_alias_name = with_alias.then(|| setup.alias_localpart.clone());
         request.visibility = Visibility::Private;
         request.preset = Some(create_room::v3::RoomPreset::PrivateChat);

@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use async_trait::async_trait;
 
 use super::{
-    ConnectionState, GroupChange, GroupSummary, InboundSink, JoinOutcome, Outgoing, Quoted,
-    WhatsAppClient, WhatsAppError,
+    ConnectionState, GroupChange, GroupProfile, GroupSummary, InboundSink, JoinOutcome, Outgoing,
+    Quoted, WhatsAppClient, WhatsAppError,
 };
 use crate::relay::media::Media;
 use crate::relay::{Mention, WhatsAppRelation, WhatsAppText};
@@ -405,7 +405,7 @@ impl WhatsAppClient for FakeClient {
         Ok(())
     }
 
-    async fn group_subject(&self, group_jid: &str) -> Result<String, WhatsAppError> {
+    async fn group_profile(&self, group_jid: &str) -> Result<GroupProfile, WhatsAppError> {
         let state = self.network.lock();
         if !state.connected {
             return Err(WhatsAppError::NotConnected);
@@ -414,7 +414,10 @@ impl WhatsAppClient for FakeClient {
             .groups
             .get(group_jid)
             .filter(|group| group.bridge_member)
-            .map(|g| g.subject.clone())
+            .map(|g| GroupProfile {
+                subject: g.subject.clone(),
+                description: None,
+            })
             .ok_or_else(|| WhatsAppError::Rejected("not a member of this group".into()))
     }
 

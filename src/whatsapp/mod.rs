@@ -92,6 +92,14 @@ impl ConnectionState {
     }
 }
 
+/// What a group says about itself: its subject and, when it has one, its
+/// description.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct GroupProfile {
+    pub subject: String,
+    pub description: Option<String>,
+}
+
 /// A group the linked number is a member of, as `passerelle groups` lists it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GroupSummary {
@@ -167,8 +175,9 @@ pub trait WhatsAppClient: Send + Sync {
         outgoing: &Outgoing,
     ) -> Result<(), WhatsAppError>;
 
-    /// The group's subject (its name), for naming the Matrix room.
-    async fn group_subject(&self, group_jid: &str) -> Result<String, WhatsAppError>;
+    /// The group's subject (its name) and description, for the Matrix room's name
+    /// and topic.
+    async fn group_profile(&self, group_jid: &str) -> Result<GroupProfile, WhatsAppError>;
 
     /// The group's current picture, `None` when it has none. Adapters without
     /// pictures have none.

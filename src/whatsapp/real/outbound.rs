@@ -23,7 +23,8 @@ use super::RealWhatsApp;
 use crate::relay::media::Media;
 use crate::whatsapp::store::PollRecord;
 use crate::whatsapp::{
-    GroupPicture, GroupSummary, JoinOutcome, Outgoing, Quoted, WhatsAppClient, WhatsAppError,
+    GroupPicture, GroupProfile, GroupSummary, JoinOutcome, Outgoing, Quoted, WhatsAppClient,
+    WhatsAppError,
 };
 use whatsapp_rust::http::{HttpClient as _, HttpRequest};
 
@@ -273,7 +274,7 @@ impl WhatsAppClient for RealWhatsApp {
         Ok(())
     }
 
-    async fn group_subject(&self, group_jid: &str) -> Result<String, WhatsAppError> {
+    async fn group_profile(&self, group_jid: &str) -> Result<GroupProfile, WhatsAppError> {
         let group = parse_group_jid(group_jid)?;
         let client = self.usable_client()?;
         let metadata = client
@@ -281,7 +282,10 @@ impl WhatsAppClient for RealWhatsApp {
             .get_metadata(&group)
             .await
             .map_err(|error| group_error(&error))?;
-        Ok(metadata.subject)
+        Ok(GroupProfile {
+            subject: metadata.subject,
+            description: metadata.description.filter(|d| !d.trim().is_empty()),
+        })
     }
 
     async fn group_picture(&self, group_jid: &str) -> Result<Option<GroupPicture>, WhatsAppError> {
