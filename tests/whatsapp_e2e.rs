@@ -2554,6 +2554,51 @@ async fn poll_votes_are_read_with_the_polls_secret_and_tallied_on_its_line() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_whatsapp_sticker_is_a_matrix_sticker() {
+    init_test_logs();
+    use base64::Engine as _;
+    let synapse = Synapse::shared();
+    let mut scene = linked_scene(synapse, "Autocollants", false, "").await;
+    let room = scene.start().await;
+    let (sim, alice, jid) = (&scene.sim, &scene.alice, scene.jid.clone());
+    let bot = scene.bridge.bot_user.clone();
+    let sticker = sample_file(6, 5_000);
+    bob_sends(
+        sim,
+        &jid,
+        json!({"sticker": base64::engine::general_purpose::STANDARD.encode(&sticker)}),
+    )
+    .await;
+    bob_says(sim, &jid, "après l'autocollant").await;
+    alice
+        .wait_for(&room, "the text behind the sticker", |s| {
+            s.body == "Bob: après l'autocollant"
+        })
+        .await;
+    let stickers = alice.events_of_type(&room, "m.sticker").await;
+    assert_eq!(stickers.len(), 1, "one sticker: {stickers:#?}");
+    let event = &stickers[0];
+    assert_eq!(event["sender"], bot.as_str(), "{event}");
+    assert_eq!(event["content"]["body"], "Bob sent a sticker", "{event}");
+    assert_eq!(
+        event["content"]["info"]["mimetype"], "image/webp",
+        "{event}"
+    );
+    let mxc = event["content"]["url"]
+        .as_str()
+        .expect("an unencrypted sticker");
+    assert_eq!(
+        sha256_hex(&matrix_media(synapse, alice, mxc).await),
+        sha256_hex(&sticker)
+    );
+    assert!(
+        alice.seen_in(&room).iter().all(|s| s.msgtype != "m.image"),
+        "not an image"
+    );
+    scene.bridge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn with_member_notices_off_member_changes_are_not_told_in_the_room() {
     init_test_logs();
     let synapse = Synapse::shared();
@@ -2995,6 +3040,39 @@ async fn an_encrypted_room_relays_texts_and_files_both_ways_through_whatsapp_rus
         .await
         .expect("download and decrypt");
     assert_eq!(sha256_hex(&data), sha256_hex(&photo));
+
+    // A sticker is an m.sticker with an encrypted file.
+    let sticker = sample_file(23, 6_000);
+    bob_sends(
+        &sim,
+        &jid,
+        json!({"sticker": base64::engine::general_purpose::STANDARD.encode(&sticker)}),
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let sticker_event = loop {
+        if let Some(event) = alice.events_of_type(&room_id, "m.sticker").await.pop() {
+            break event;
+        }
+        assert!(Instant::now() < deadline, "no sticker came");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    let file: matrix_sdk::ruma::events::room::EncryptedFile =
+        serde_json::from_value(sticker_event["content"]["file"].clone())
+            .unwrap_or_else(|e| panic!("an encrypted sticker ({e}): {sticker_event}"));
+    let data = alice
+        .client
+        .media()
+        .get_media_content(
+            &MediaRequestParameters {
+                source: MediaSource::Encrypted(Box::new(file)),
+                format: MediaFormat::File,
+            },
+            false,
+        )
+        .await
+        .expect("download and decrypt the sticker");
+    assert_eq!(sha256_hex(&data), sha256_hex(&sticker));
 
     let drawing = sample_file(22, 30_000);
     room.send_attachment(

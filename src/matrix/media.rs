@@ -12,7 +12,8 @@ use matrix_sdk::room::reply::{EnforceThread, Reply};
 use matrix_sdk::ruma::events::room::message::{
     FormattedBody, MessageFormat, MessageType, TextMessageEventContent,
 };
-use matrix_sdk::ruma::events::room::MediaSource;
+use matrix_sdk::ruma::events::room::{ImageInfo, MediaSource};
+use matrix_sdk::ruma::events::sticker::{StickerEventContent, StickerMediaSource};
 use matrix_sdk::ruma::{EventId, OwnedTransactionId, UInt};
 use matrix_sdk::Client;
 
@@ -163,6 +164,9 @@ pub(super) async fn send(
     reply_to: Option<&str>,
 ) -> Result<String, MatrixError> {
     let mime: mime::Mime = media.mime.parse().unwrap_or(mime::APPLICATION_OCTET_STREAM);
+    if media.kind == MediaKind::Sticker {
+        return send_sticker(room, txn_id, post, &mime, data).await;
+    }
     let size = UInt::new(data.len() as u64);
     let duration = media.seconds.map(|s| Duration::from_secs(u64::from(s)));
     let info = match media.kind {
@@ -208,4 +212,35 @@ pub(super) async fn send(
         .send_attachment(media.file_name_or_default(), &mime, data, config)
         .await?;
     Ok(response.event_id.to_string())
+}
+
+/// Posts a WhatsApp sticker as an `m.sticker`, as Matrix clients show stickers
+/// (its file encrypted in an encrypted room), idempotently under `txn_id`. Its
+/// body says who sent it, for clients that show only text.
+async fn send_sticker(
+    room: &matrix_sdk::Room,
+    txn_id: &str,
+    post: &MatrixPost,
+    mime: &mime::Mime,
+    data: Vec<u8>,
+) -> Result<String, MatrixError> {
+    let client = room.client();
+    let size = UInt::new(data.len() as u64);
+    let source = if room.latest_encryption_state().await?.is_encrypted() {
+        let mut reader = std::io::Cursor::new(data.as_slice());
+        let file = client.upload_encrypted_file(&mut reader).await?;
+        StickerMediaSource::Encrypted(Box::new(file))
+    } else {
+        let uploaded = client.media().upload(mime, data, None).await?;
+        StickerMediaSource::Plain(uploaded.content_uri)
+    };
+    let mut info = ImageInfo::new();
+    info.mimetype = Some(mime.to_string());
+    info.size = size;
+    let content = StickerEventContent::with_source(post.body.clone(), info, source);
+    let response = room
+        .send(content)
+        .with_transaction_id(OwnedTransactionId::from(txn_id))
+        .await?;
+    Ok(response.response.event_id.to_string())
 }

@@ -4,8 +4,9 @@
 
 use serde::{Deserialize, Serialize};
 
-/// What kind of file a message carries. Both sides know each kind, except stickers,
-/// which Matrix receives as images.
+/// What kind of file a message carries. Both sides know each kind: WhatsApp's
+/// stickers become Matrix stickers (`m.sticker`); a Matrix sticker, which may be
+/// any image, reaches WhatsApp as a photo.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MediaKind {

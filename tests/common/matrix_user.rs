@@ -374,6 +374,30 @@ impl MatrixUser {
         }
     }
 
+    /// The events of type `event_type` in the room's history on the server, oldest
+    /// first, as JSON (decrypted where the user can).
+    pub async fn events_of_type(&self, room_id: &str, event_type: &str) -> Vec<serde_json::Value> {
+        let room = self.wait_joined(room_id).await;
+        let mut events = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let mut options = MessagesOptions::forward().from(token.as_deref());
+            options.limit = 100u32.into();
+            let page = room.messages(options).await.expect("room history");
+            for event in &page.chunk {
+                if let Ok(json) = event.raw().deserialize_as::<serde_json::Value>() {
+                    if json["type"] == event_type {
+                        events.push(json);
+                    }
+                }
+            }
+            match page.end {
+                Some(end) if !page.chunk.is_empty() => token = Some(end),
+                _ => return events,
+            }
+        }
+    }
+
     /// Waits until the user is joined to `room_id` (after an invite).
     pub async fn wait_joined(&self, room_id: &str) -> Room {
         let room_id: OwnedRoomId = RoomId::parse(room_id).unwrap();
