@@ -2599,6 +2599,70 @@ async fn a_whatsapp_sticker_is_a_matrix_sticker() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_whatsapp_gif_is_a_looping_video_in_matrix() {
+    init_test_logs();
+    use base64::Engine as _;
+    let synapse = Synapse::shared();
+    let mut scene = linked_scene(synapse, "Animé", false, "").await;
+    let room = scene.start().await;
+    let (sim, alice, jid) = (&scene.sim, &scene.alice, scene.jid.clone());
+    let gif = sample_file(4, 12_000);
+    let video = sample_file(5, 15_000);
+    let b64 = |data: &[u8]| base64::engine::general_purpose::STANDARD.encode(data);
+    bob_sends(sim, &jid, json!({"video": b64(&gif), "gif": true})).await;
+    bob_sends(sim, &jid, json!({"video": b64(&video), "seconds": 3})).await;
+    let seen_gif = alice
+        .wait_for(&room, "Bob's GIF", |s| s.body == "Bob sent a GIF")
+        .await;
+    assert_eq!(seen_gif.msgtype, "m.video");
+    let (content, data) = matrix_file(synapse, alice, &room, &seen_gif.event_id).await;
+    assert_eq!(sha256_hex(&data), sha256_hex(&gif));
+    for hint in [
+        "fi.mau.loop",
+        "fi.mau.autoplay",
+        "fi.mau.no_audio",
+        "fi.mau.hide_controls",
+    ] {
+        assert_eq!(content["info"][hint], true, "{hint}: {content}");
+    }
+    assert_eq!(content["info"]["mimetype"], "video/mp4", "{content}");
+    // A plain video is no GIF, and its bytes are the same on both sides too.
+    let seen_video = alice
+        .wait_for(&room, "Bob's video", |s| s.body == "Bob sent a video")
+        .await;
+    let (content, data) = matrix_file(synapse, alice, &room, &seen_video.event_id).await;
+    assert_eq!(sha256_hex(&data), sha256_hex(&video));
+    assert!(content["info"].get("fi.mau.loop").is_none(), "{content}");
+
+    // The other way: a Matrix video with the GIF hints is a WhatsApp GIF.
+    let uploaded = alice
+        .client
+        .media()
+        .upload(&"video/mp4".parse().unwrap(), gif.clone(), None)
+        .await
+        .expect("upload the GIF");
+    alice
+        .send_raw_event(
+            &room,
+            "m.room.message",
+            json!({
+                "msgtype": "m.video",
+                "body": "danse.mp4",
+                "url": uploaded.content_uri.to_string(),
+                "info": {"mimetype": "video/mp4", "fi.mau.loop": true, "fi.mau.autoplay": true},
+            }),
+        )
+        .await;
+    let got = wait_member_message(sim, BOB, &jid, "Alice's GIF", |m| {
+        m["kind"] == "video" && m["from_me"] != true && m["media_sha256"] == sha256_hex(&gif)
+    })
+    .await;
+    assert_eq!(got["gif"], true, "{got}");
+    assert_eq!(got["text"], "* _Alice_ sent a GIF", "{got}");
+    scene.bridge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn with_member_notices_off_member_changes_are_not_told_in_the_room() {
     init_test_logs();
     let synapse = Synapse::shared();

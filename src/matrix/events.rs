@@ -19,6 +19,7 @@ use matrix_sdk::ruma::{EventId, UserId};
 use matrix_sdk::RoomState;
 
 use crate::relay::location::Location;
+use crate::relay::media::MediaKind;
 use crate::relay::{MatrixKind, MatrixPoll, MatrixRelation, MatrixText};
 
 /// Turns a timeline event into the relay's type; `None` for events the bridge does
@@ -156,11 +157,24 @@ pub(super) async fn to_matrix_text(
         html,
         is_reply: matches!(relation, MatrixRelation::Reply { .. }),
         relation,
-        media,
+        media: media.map(|mut media| {
+            media.gif = media.kind == MediaKind::Video && played_as_gif(event);
+            media
+        }),
         location,
         poll: None,
         namesakes: Vec::new(),
     })
+}
+
+/// Whether a video event asks to be played as a GIF (the `fi.mau.gif` or
+/// `fi.mau.loop` hint in its info, which ruma's types do not keep).
+fn played_as_gif(event: &TimelineEvent) -> bool {
+    let Ok(Some(content)) = event.raw().get_field::<serde_json::Value>("content") else {
+        return false;
+    };
+    let info = &content["info"];
+    info["fi.mau.gif"] == true || info["fi.mau.loop"] == true
 }
 
 /// An MSC3381 poll event (the unstable `org.matrix.msc3381.poll.*` Element sends, or

@@ -17,6 +17,8 @@ use matrix_sdk::ruma::events::sticker::{StickerEventContent, StickerMediaSource}
 use matrix_sdk::ruma::{EventId, OwnedTransactionId, UInt};
 use matrix_sdk::Client;
 
+use serde_json::json;
+
 use crate::relay::media::{Media, MediaKind};
 use crate::relay::MatrixPost;
 
@@ -104,6 +106,7 @@ pub(super) fn media_of(msgtype: &MessageType) -> Option<(Media, String, Option<S
         file_name: Some(file_name).filter(|name| !name.trim().is_empty()),
         size: size.map(u64::from),
         seconds: duration.map(|d| d.as_secs().min(u64::from(u32::MAX)) as u32),
+        gif: false,
     };
     Some((media, caption, html))
 }
@@ -124,6 +127,7 @@ pub(super) fn sticker_media(
         file_name: None,
         size: content.info.size.map(u64::from),
         seconds: None,
+        gif: false,
     })
 }
 
@@ -166,6 +170,9 @@ pub(super) async fn send(
     let mime: mime::Mime = media.mime.parse().unwrap_or(mime::APPLICATION_OCTET_STREAM);
     if media.kind == MediaKind::Sticker {
         return send_sticker(room, txn_id, post, &mime, data).await;
+    }
+    if media.kind == MediaKind::Video && media.gif {
+        return send_gif(room, txn_id, post, media, &mime, data, reply_to).await;
     }
     let size = UInt::new(data.len() as u64);
     let duration = media.seconds.map(|s| Duration::from_secs(u64::from(s)));
@@ -224,16 +231,8 @@ async fn send_sticker(
     mime: &mime::Mime,
     data: Vec<u8>,
 ) -> Result<String, MatrixError> {
-    let client = room.client();
     let size = UInt::new(data.len() as u64);
-    let source = if room.latest_encryption_state().await?.is_encrypted() {
-        let mut reader = std::io::Cursor::new(data.as_slice());
-        let file = client.upload_encrypted_file(&mut reader).await?;
-        StickerMediaSource::Encrypted(Box::new(file))
-    } else {
-        let uploaded = client.media().upload(mime, data, None).await?;
-        StickerMediaSource::Plain(uploaded.content_uri)
-    };
+    let source = StickerMediaSource::from(upload(room, mime, data).await?);
     let mut info = ImageInfo::new();
     info.mimetype = Some(mime.to_string());
     info.size = size;
@@ -241,6 +240,73 @@ async fn send_sticker(
     let response = room
         .send(content)
         .with_transaction_id(OwnedTransactionId::from(txn_id))
+        .await?;
+    Ok(response.response.event_id.to_string())
+}
+
+/// Uploads `data` for a message of the bot's in `room`: encrypted in an encrypted
+/// room (the file's key goes in the message), as it is in another.
+async fn upload(
+    room: &matrix_sdk::Room,
+    mime: &mime::Mime,
+    data: Vec<u8>,
+) -> Result<MediaSource, MatrixError> {
+    let client = room.client();
+    if room.latest_encryption_state().await?.is_encrypted() {
+        let mut reader = std::io::Cursor::new(data.as_slice());
+        let file = client.upload_encrypted_file(&mut reader).await?;
+        Ok(MediaSource::Encrypted(Box::new(file)))
+    } else {
+        let uploaded = client.media().upload(mime, data, None).await?;
+        Ok(MediaSource::Plain(uploaded.content_uri))
+    }
+}
+
+/// Posts a WhatsApp GIF (a video to loop) as an `m.video` with the hints clients
+/// read to play it as a GIF (looping, autoplay, no controls, no sound: the
+/// `fi.mau.*` keys other bridges and clients use), idempotently under `txn_id`.
+async fn send_gif(
+    room: &matrix_sdk::Room,
+    txn_id: &str,
+    post: &MatrixPost,
+    media: &Media,
+    mime: &mime::Mime,
+    data: Vec<u8>,
+    reply_to: Option<&str>,
+) -> Result<String, MatrixError> {
+    let size = data.len();
+    let source = upload(room, mime, data).await?;
+    let file_name = media.file_name_or_default();
+    let mut content = json!({
+        "msgtype": "m.video",
+        "body": if post.body.is_empty() { file_name.clone() } else { post.body.clone() },
+        "filename": file_name,
+        "info": {
+            "mimetype": mime.to_string(),
+            "size": size,
+            "fi.mau.gif": true,
+            "fi.mau.loop": true,
+            "fi.mau.autoplay": true,
+            "fi.mau.hide_controls": true,
+            "fi.mau.no_audio": true,
+        },
+    });
+    match source {
+        MediaSource::Plain(url) => content["url"] = json!(url),
+        MediaSource::Encrypted(file) => {
+            content["file"] = serde_json::to_value(&file).map_err(matrix_sdk::Error::from)?
+        }
+    }
+    if !post.html.is_empty() {
+        content["format"] = json!("org.matrix.custom.html");
+        content["formatted_body"] = json!(post.html);
+    }
+    if let Some(event_id) = reply_to {
+        content["m.relates_to"] = json!({ "m.in_reply_to": { "event_id": event_id } });
+    }
+    let response = room
+        .send_raw("m.room.message", content)
+        .with_transaction_id(&OwnedTransactionId::from(txn_id))
         .await?;
     Ok(response.response.event_id.to_string())
 }

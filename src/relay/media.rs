@@ -57,9 +57,21 @@ pub struct Media {
     /// Duration of audio and video.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seconds: Option<u32>,
+    /// A video to play as a GIF: looping, without sound or controls.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub gif: bool,
 }
 
 impl Media {
+    /// The file in a sentence: "Bob sent a GIF", else as its kind says.
+    pub fn with_article(&self) -> &'static str {
+        if self.gif {
+            "a GIF"
+        } else {
+            self.kind.with_article()
+        }
+    }
+
     /// "report.pdf, 12.5 MB" or "a video, 12.5 MB": how a notice names the file.
     pub fn describe(&self, size: u64) -> String {
         let name = match self.file_name.as_deref().map(clean_file_name) {
@@ -180,6 +192,7 @@ mod tests {
             file_name: file_name.map(str::to_owned),
             size: None,
             seconds: None,
+            gif: false,
         }
     }
 

@@ -833,6 +833,7 @@ mod tests {
             file_name: None,
             size: Some(size),
             seconds: None,
+            gif: false,
         }
     }
 

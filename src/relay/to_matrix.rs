@@ -139,7 +139,7 @@ impl Relay {
         let (body, html) = match &message.media {
             // No caption: the caption names the sender, so nobody wonders who sent it.
             Some(media) if message.text.trim().is_empty() => {
-                let what = media.kind.with_article();
+                let what = media.with_article();
                 (
                     format!("{name} sent {what}"),
                     format!("<strong>{}</strong> sent {what}", escape_html(name)),

@@ -196,7 +196,7 @@ impl Relay {
             return post;
         }
         let text = if caption.trim().is_empty() {
-            let what = media.kind.with_article();
+            let what = media.with_article();
             render(&self.templates.to_whatsapp_emote, format!("sent {what}"))
         } else {
             render(&self.templates.to_whatsapp, caption.to_owned())
@@ -669,6 +669,7 @@ mod tests {
                 file_name: None,
                 size: Some(10),
                 seconds: None,
+                gif: false,
             }),
             ..WhatsAppPost::default()
         };

@@ -121,6 +121,12 @@ pub(super) fn media_of(message: &wa::Message) -> Option<(Media, String)> {
         file_name,
         size,
         seconds,
+        gif: kind == MediaKind::Video
+            && message
+                .video_message
+                .as_option()
+                .and_then(|video| video.gif_playback)
+                .unwrap_or(false),
     };
     Some((media, caption.unwrap_or_default()))
 }
@@ -175,6 +181,7 @@ pub(super) fn contact_card(message: &wa::Message) -> Option<Media> {
         )),
         size: Some(size as u64),
         seconds: None,
+        gif: false,
     })
 }
 
@@ -374,16 +381,22 @@ pub(super) async fn message_for(
     let mime = Some(media.mime.clone());
     let context = context.map(Box::new);
     Ok(match media.kind {
-        MediaKind::Video => whatsapp_rust::media::video_message(
-            upload,
-            VideoOptions {
-                caption,
-                mimetype: mime,
-                duration_seconds: media.seconds,
-                context_info: context,
-                ..VideoOptions::default()
-            },
-        ),
+        MediaKind::Video => {
+            let mut message = whatsapp_rust::media::video_message(
+                upload,
+                VideoOptions {
+                    caption,
+                    mimetype: mime,
+                    duration_seconds: media.seconds,
+                    context_info: context,
+                    ..VideoOptions::default()
+                },
+            );
+            if let Some(video) = message.video_message.as_option_mut() {
+                video.gif_playback = media.gif.then_some(true);
+            }
+            message
+        }
         MediaKind::Audio | MediaKind::Voice => whatsapp_rust::media::audio_message(
             upload,
             AudioOptions {

@@ -25,6 +25,8 @@ struct Fields {
     sticker: Option<String>,
     mime: Option<String>,
     ptt: Option<bool>,
+    /// Video: a GIF (played looping, without sound).
+    gif: Option<bool>,
     seconds: Option<u32>,
     file_name: Option<String>,
     location: Option<LocationFields>,
@@ -213,6 +215,8 @@ pub struct MediaFile {
     pub mime: Option<String>,
     pub caption: Option<String>,
     pub ptt: bool,
+    /// Video sent as a GIF (`gifPlayback`).
+    pub gif: bool,
     pub seconds: Option<u32>,
     pub file_name: Option<String>,
     /// Image or video that can be opened once only.
@@ -301,6 +305,7 @@ impl Outgoing {
             &["image", "video", "audio", "document", "sticker"],
         )?;
         only("ptt", f.ptt.is_some(), &["audio"])?;
+        only("gif", f.gif.is_some(), &["video"])?;
         only("seconds", f.seconds.is_some(), &["audio", "video"])?;
         only("file_name", f.file_name.is_some(), &["document"])?;
         only("view_once", f.view_once.is_some(), &["image", "video"])?;
@@ -365,6 +370,7 @@ impl Outgoing {
                 mime: f.mime,
                 caption: text,
                 ptt: f.ptt.unwrap_or(false),
+                gif: f.gif.unwrap_or(false),
                 seconds: f.seconds,
                 file_name: f.file_name,
                 view_once: f.view_once.unwrap_or(false),

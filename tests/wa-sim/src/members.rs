@@ -75,6 +75,8 @@ pub struct Received {
     pub file_name: Option<String>,
     /// Audio: voice note or not.
     pub ptt: Option<bool>,
+    /// Video: sent as a GIF (`gifPlayback`).
+    pub gif: Option<bool>,
     /// Audio or video duration.
     pub seconds: Option<u32>,
     /// Location.
@@ -116,6 +118,7 @@ impl Received {
             emoji: d.emoji.clone(),
             file_name: d.file_name.clone(),
             ptt: d.ptt,
+            gif: d.gif,
             seconds: d.seconds,
             lat: d.lat,
             lon: d.lon,
@@ -274,6 +277,7 @@ impl Member {
                 mime,
                 caption,
                 ptt: false,
+                gif: false,
                 seconds: None,
                 file_name: None,
                 view_once: false,
@@ -716,10 +720,13 @@ impl Member {
                         ..Default::default()
                     },
                 );
-                if m.view_once
-                    && let Some(video) = message.video_message.as_option_mut()
-                {
-                    video.view_once = Some(true);
+                if let Some(video) = message.video_message.as_option_mut() {
+                    if m.view_once {
+                        video.view_once = Some(true);
+                    }
+                    if m.gif {
+                        video.gif_playback = Some(true);
+                    }
                 }
                 message
             }

@@ -30,6 +30,7 @@ pub struct Described {
     pub emoji: Option<String>,
     pub file_name: Option<String>,
     pub ptt: Option<bool>,
+    pub gif: Option<bool>,
     pub seconds: Option<u32>,
     pub lat: Option<f64>,
     pub lon: Option<f64>,
@@ -188,6 +189,7 @@ pub fn describe(message: &wa::Message) -> Described {
         d.kind = "video";
         d.mime = x.mimetype.clone();
         d.seconds = x.seconds;
+        d.gif = x.gif_playback;
         d.media = Some(Media::Video(x.clone()));
     } else if let Some(x) = m.audio_message.as_option() {
         let ptt = x.ptt.unwrap_or(false);
