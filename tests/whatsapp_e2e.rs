@@ -657,6 +657,13 @@ async fn replies_edits_deletions_reactions_and_mentions_cross_through_whatsapp_r
         .wait_for(&room, "Bob's reply", |s| s.body == "Bob: de rien")
         .await;
     assert_eq!(reply.relation, Some(("reply".into(), answer.clone())));
+    // Alice wrote what Bob answers: the reply notifies her.
+    let raw = alice.raw_event(synapse, &room, &reply.event_id).await;
+    assert_eq!(
+        raw["content"]["m.mentions"]["user_ids"],
+        json!([alice.user_id]),
+        "{raw}"
+    );
     bob_sends(sim, jid, json!({"revoke": hello})).await;
     alice
         .wait_redacted(synapse, &room, &mirrored.event_id)

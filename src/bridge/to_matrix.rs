@@ -296,16 +296,23 @@ impl Bridge {
         };
         match &post.change {
             None => {
-                let reply_event = post
+                let replied = post
                     .reply_to
                     .as_deref()
-                    .and_then(|id| self.mirrored_event(item, id));
-                let shown = match (&post.reply_to, &reply_event, &post.quoted) {
+                    .and_then(|id| self.mirrored_link(item, id));
+                let reply_event = replied.as_ref().map(|link| link.event_id.clone());
+                let mut shown = match (&post.reply_to, &reply_event, &post.quoted) {
                     // Replying to a message the bridge never saw: quote what WhatsApp
                     // quoted, so the reply still reads as one.
                     (Some(_), None, Some(quoted)) => to_matrix::with_quote(&post, quoted),
                     _ => post.clone(),
                 };
+                if let Some(link) = &replied {
+                    shown.mentions = to_matrix::notified_by_reply(
+                        link.origin == Direction::ToWhatsApp,
+                        &link.sender,
+                    );
+                }
                 let event_id = match (&post.media, file) {
                     (Some(media), Some(data)) => {
                         let matrix = self.matrix.clone();

@@ -26,6 +26,7 @@ use matrix_sdk::ruma::events::room::message::{
     RoomMessageEventContent,
 };
 use matrix_sdk::ruma::events::room::tombstone::OriginalSyncRoomTombstoneEvent;
+use matrix_sdk::ruma::events::Mentions;
 use matrix_sdk::ruma::{EventId, OwnedRoomId, OwnedTransactionId, OwnedUserId, RoomId, UserId};
 use matrix_sdk::{Client, RoomState};
 
@@ -473,6 +474,14 @@ impl MatrixSide {
             let event_id = EventId::parse(event_id)
                 .map_err(|_| MatrixError::InvalidId(event_id.to_string()))?;
             content.relates_to = Some(Relation::Reply(Reply::with_event_id(event_id)));
+        }
+        let notified: Vec<OwnedUserId> = post
+            .mentions
+            .iter()
+            .filter_map(|user| UserId::parse(user.as_str()).ok())
+            .collect();
+        if !notified.is_empty() {
+            content.mentions = Some(Mentions::with_user_ids(notified));
         }
         let response = room
             .send(content)

@@ -332,6 +332,9 @@ pub struct MatrixPost {
     /// The bot's own word (`m.notice`, `body` only), e.g. why a message did not cross.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub notice: bool,
+    /// Matrix users the post notifies (`m.mentions`), decided when it is sent.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mentions: Vec<String>,
 }
 
 /// What a WhatsApp post does besides sending a new message. Targets are Matrix event

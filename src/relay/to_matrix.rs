@@ -679,6 +679,17 @@ pub fn annotation_taken_back<'a>(
 }
 
 /// Whether a WhatsApp edit may change the copy of a message by `original_author`:
+/// Who a WhatsApp reply notifies in Matrix: the author of the replied message when
+/// it came from Matrix (the number sent it for them: `replied_author` is a Matrix
+/// user id), so that they hear of the answer; nobody for a WhatsApp message.
+pub fn notified_by_reply(replied_came_from_matrix: bool, replied_author: &str) -> Vec<String> {
+    if replied_came_from_matrix && replied_author.starts_with('@') {
+        vec![replied_author.to_owned()]
+    } else {
+        Vec::new()
+    }
+}
+
 /// WhatsApp lets only the author edit, and its server never checks what a modified
 /// client claims inside the encrypted message, so the bridge does. Messages that came
 /// from Matrix (their author a Matrix user) are nobody's to edit from WhatsApp.
@@ -765,7 +776,17 @@ pub fn with_quote(post: &MatrixPost, quoted: &str) -> MatrixPost {
 
 #[cfg(test)]
 mod tests {
-    use super::annotation_taken_back;
+    use super::{annotation_taken_back, notified_by_reply};
+
+    #[test]
+    fn a_reply_notifies_the_matrix_author_of_what_it_answers_and_nobody_else() {
+        assert_eq!(
+            notified_by_reply(true, "@alice:example.org"),
+            ["@alice:example.org"]
+        );
+        assert!(notified_by_reply(false, "33611111111").is_empty());
+        assert!(notified_by_reply(true, "").is_empty());
+    }
 
     #[test]
     fn only_the_author_or_an_admin_deletes_from_whatsapp() {
