@@ -600,6 +600,8 @@ async fn replies_edits_deletions_reactions_and_mentions_cross_through_whatsapp_r
     let answer = alice.send(&room, content).await;
     let relayed = wait_member_text(sim, BOB, jid, "*Alice*: bien reçu").await;
     assert_eq!(relayed["quoted_id"], json!(hello), "{relayed}");
+    // Phones show the quote only when the reply carries its text.
+    assert_eq!(relayed["quoted_text"], "hello", "{relayed}");
     let relayed_id = relayed["id"].as_str().unwrap().to_string();
     // A modified client's edit of a message that is not its sender's (Alice's, sent
     // by the number): WhatsApp's server never checks it, the bridge does. Told in the

@@ -394,6 +394,22 @@ impl Bridge {
         })
     }
 
+    /// The message a reply answers, with the text phones show in its quote: the
+    /// Matrix event it was mirrored as or came from, read again from the homeserver
+    /// (the bridge keeps no message text), as `relay` shortens it.
+    async fn quoted_with_text(&self, item: &OutboxItem, link: MessageLink) -> Quoted {
+        let body = self
+            .matrix
+            .event_body(&item.room_id, &link.event_id)
+            .await
+            .unwrap_or_default();
+        let from_whatsapp = link.origin == Direction::ToMatrix;
+        Quoted {
+            text: to_whatsapp::quote_preview(&body, from_whatsapp),
+            ..quoted(link)
+        }
+    }
+
     /// What the number sends for a Matrix post, once the messages it refers to are
     /// looked up. `Err` when nothing is sent, with the notice `relay` words for the
     /// sender when there is one (someone else's message, too late for WhatsApp).
@@ -406,7 +422,10 @@ impl Bridge {
         let relay = &self.active().relay;
         match &post.change {
             None => {
-                let reply_to = post.reply_to.as_deref().and_then(link_of).map(quoted);
+                let reply_to = match post.reply_to.as_deref().and_then(link_of) {
+                    Some(link) => Some(self.quoted_with_text(item, link).await),
+                    None => None,
+                };
                 // `@Name` of a person known in the group becomes a WhatsApp mention;
                 // not in a caption or a location's line, which carry no mentions.
                 let (text, mentions) = if post.media.is_none() && post.location.is_none() {
@@ -622,6 +641,7 @@ fn quoted(link: MessageLink) -> Quoted {
     Quoted {
         sender_phone: (link.origin == Direction::ToMatrix).then_some(link.sender),
         id: link.wa_id,
+        text: String::new(),
     }
 }
 

@@ -569,6 +569,34 @@ impl MatrixSide {
         Ok(response.event_id.to_string())
     }
 
+    /// The body of event `event_id` of the room (decrypted where it must be), or
+    /// `None` when it cannot be read (gone, redacted, not a message).
+    pub async fn event_body(&self, room_id: &str, event_id: &str) -> Option<String> {
+        let room = self.joined_room(room_id).ok()?;
+        let event_id = EventId::parse(event_id).ok()?;
+        let event = match tokio::time::timeout(
+            Duration::from_secs(20),
+            room.load_or_fetch_event(&event_id, None),
+        )
+        .await
+        {
+            Ok(Ok(event)) => event,
+            Ok(Err(error)) => {
+                tracing::debug!(room = %room_id, "the replied event cannot be read: {error}");
+                return None;
+            }
+            Err(_) => {
+                tracing::debug!(room = %room_id, "reading the replied event timed out");
+                return None;
+            }
+        };
+        let content = event
+            .raw()
+            .get_field::<serde_json::Value>("content")
+            .ok()??;
+        content["body"].as_str().map(str::to_owned)
+    }
+
     /// Whether `user` may redact other people's events in the room (a moderator).
     pub async fn can_redact_others(&self, room_id: &str, user: &str) -> bool {
         let (Ok(room), Ok(user)) = (self.joined_room(room_id), UserId::parse(user)) else {

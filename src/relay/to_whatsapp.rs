@@ -446,6 +446,30 @@ impl Relay {
     }
 }
 
+/// The most characters of a quote phones are sent (they show two or three lines).
+const QUOTE_PREVIEW_CHARS: usize = 200;
+
+/// What phones show in the quote of a reply to the message read as `body` in
+/// Matrix: its text on one line, without the `Name: ` the bridge put before a
+/// WhatsApp message (`from_whatsapp`; phones name its sender above the quote),
+/// cut at [`QUOTE_PREVIEW_CHARS`].
+pub fn quote_preview(body: &str, from_whatsapp: bool) -> String {
+    let text = match body.split_once(": ") {
+        Some((name, rest))
+            if from_whatsapp && !name.contains('\n') && name.chars().count() <= 80 =>
+        {
+            rest
+        }
+        _ => body,
+    };
+    let line = single_line(text);
+    if line.chars().count() <= QUOTE_PREVIEW_CHARS {
+        return line;
+    }
+    let cut: String = line.chars().take(QUOTE_PREVIEW_CHARS - 1).collect();
+    format!("{}…", cut.trim_end())
+}
+
 /// Reaction digest mode: what the number sends after a change to the reactions to
 /// one message, sent as item `item_id` at `now`. A new reply while none stands (or
 /// the old one is too old to edit), an edit of the reply, or its deletion when
@@ -634,6 +658,18 @@ mod tests {
             ("👍".to_owned(), "Alice".to_owned()),
         ];
         assert_eq!(digest_text(&reactions), "👍 Alice, Bob · ❤️ Carol");
+    }
+
+    #[test]
+    fn a_quote_shows_the_text_without_the_bridges_name_line_and_short() {
+        assert_eq!(quote_preview("Bob: à demain", true), "à demain");
+        // A Matrix person's text is theirs as it is.
+        assert_eq!(quote_preview("Note: à demain", false), "Note: à demain");
+        assert_eq!(quote_preview("Bob: une\n  deux", true), "une deux");
+        let long = format!("Bob: {}", "mot ".repeat(100));
+        let preview = quote_preview(&long, true);
+        assert!(preview.chars().count() <= QUOTE_PREVIEW_CHARS && preview.ends_with('…'));
+        assert_eq!(quote_preview("", true), "");
     }
 
     #[test]

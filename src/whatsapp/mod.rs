@@ -124,6 +124,9 @@ pub struct Quoted {
     pub id: String,
     /// Its sender's number; `None` when the bridge's own number sent it.
     pub sender_phone: Option<String>,
+    /// What phones show of it in a reply's quote (they show none without it);
+    /// empty where no quote is shown (reactions).
+    pub text: String,
 }
 
 /// What the bridge's number sends to a group.

@@ -420,7 +420,7 @@ fn reply_context(client: &Client, quoted: &Quoted) -> Result<wa::ContextInfo, Wh
     Ok(wa::ContextInfo {
         stanza_id: Some(quoted.id.clone()),
         participant: Some(participant_of(client, quoted)?),
-        quoted_message: wa::Message::text("").into(),
+        quoted_message: wa::Message::text(&quoted.text).into(),
         ..Default::default()
     })
 }

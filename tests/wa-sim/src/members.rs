@@ -57,6 +57,8 @@ pub struct Received {
     /// Reply: id and sender JID (without device) of the quoted message.
     pub quoted_id: Option<String>,
     pub quoted_sender: Option<String>,
+    /// The text a reply carries of the message it quotes (`""`: an empty one).
+    pub quoted_text: Option<String>,
     /// Mentioned users (phone numbers in PN chats).
     pub mentions: Vec<String>,
     /// Disappearing-message timer set on the message (seconds).
@@ -109,6 +111,7 @@ impl Received {
             media_sha256: None,
             quoted_id: d.quoted_id.clone(),
             quoted_sender: d.quoted_sender.clone(),
+            quoted_text: d.quoted_text.clone(),
             mentions: d.mentions.clone(),
             expiration: d.expiration,
             edit_of: d.edit_of.clone(),

@@ -20,6 +20,9 @@ pub struct Described {
     pub mime: Option<String>,
     pub quoted_id: Option<String>,
     pub quoted_sender: Option<String>,
+    /// The text a reply carries of the message it quotes (what phones show;
+    /// `Some("")` when it carries an empty one, `None` when none).
+    pub quoted_text: Option<String>,
     /// Mentioned users (user part of each JID: the phone number in PN chats).
     pub mentions: Vec<String>,
     /// Disappearing-message timer the sender set on the message (seconds).
@@ -155,6 +158,10 @@ pub fn describe(message: &wa::Message) -> Described {
     if let Some(ctx) = context_info(m) {
         d.quoted_id = ctx.stanza_id.clone();
         d.quoted_sender = ctx.participant.as_deref().map(without_device);
+        d.quoted_text = ctx
+            .quoted_message
+            .as_option()
+            .map(|quoted| text_of(quoted).unwrap_or_default());
         d.mentions = ctx.mentioned_jid.iter().map(|j| user_of(j)).collect();
         d.expiration = ctx.expiration.filter(|seconds| *seconds > 0);
     }
