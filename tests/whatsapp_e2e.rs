@@ -358,6 +358,32 @@ async fn linked_scene(
 }
 
 impl Scene {
+    /// A second group `subject` of Bob and the number, approved with Alice invited;
+    /// returns its jid.
+    async fn second_group(&self, subject: &str) -> String {
+        let (status, other) = control(
+            "POST",
+            format!("{}groups", self.sim.http_url()),
+            json!({"subject": subject, "creator": BOB, "members": [BOB, BRIDGE_PHONE]}),
+        )
+        .await;
+        assert_eq!(status, 201, "{other}");
+        let jid = other["jid"].as_str().unwrap().to_string();
+        self.bridge.write_group(
+            &unique(&subject.to_lowercase()),
+            &jid,
+            &format!("invite = [\"{}\"]", self.alice.user_id),
+        );
+        jid
+    }
+
+    /// The room of group `jid` once Alice is in it.
+    async fn room_joined(&self, jid: &str) -> String {
+        let room = self.bridge.wait_room(jid).await;
+        self.alice.wait_joined(&room).await;
+        room
+    }
+
     /// Starts the bridge in process; returns the group's room once Alice is in it.
     async fn start(&mut self) -> String {
         self.bridge.start_real().await;
@@ -3738,22 +3764,9 @@ async fn slow_matrix_downloads_and_uploads_delay_only_their_own_room() {
         &format!("homeserver = \"{}\"", proxy.url),
     );
     std::fs::write(&scene.bridge.config_path, config).unwrap();
-    let (status, other) = control(
-        "POST",
-        format!("{}groups", scene.sim.http_url()),
-        json!({"subject": "Vif", "creator": BOB, "members": [BOB, BRIDGE_PHONE]}),
-    )
-    .await;
-    assert_eq!(status, 201, "{other}");
-    let other_jid = other["jid"].as_str().unwrap().to_string();
-    scene.bridge.write_group(
-        &unique("vif"),
-        &other_jid,
-        &format!("invite = [\"{}\"]", scene.alice.user_id),
-    );
+    let other_jid = scene.second_group("Vif").await;
     let room = scene.start().await;
-    let other_room = scene.bridge.wait_room(&other_jid).await;
-    scene.alice.wait_joined(&other_room).await;
+    let other_room = scene.room_joined(&other_jid).await;
     let (sim, alice, jid) = (&scene.sim, &scene.alice, scene.jid.clone());
 
     // The homeserver takes 20 s to serve Alice's file to the bot.
@@ -3858,22 +3871,9 @@ async fn a_slow_whatsapp_download_delays_only_its_own_group() {
     use base64::Engine as _;
     let synapse = Synapse::shared();
     let mut scene = linked_scene(synapse, "Lente", false, "").await;
-    let (status, other) = control(
-        "POST",
-        format!("{}groups", scene.sim.http_url()),
-        json!({"subject": "Rapide", "creator": BOB, "members": [BOB, BRIDGE_PHONE]}),
-    )
-    .await;
-    assert_eq!(status, 201, "{other}");
-    let other_jid = other["jid"].as_str().unwrap().to_string();
-    scene.bridge.write_group(
-        &unique("rapide"),
-        &other_jid,
-        &format!("invite = [\"{}\"]", scene.alice.user_id),
-    );
+    let other_jid = scene.second_group("Rapide").await;
     let room = scene.start().await;
-    let other_room = scene.bridge.wait_room(&other_jid).await;
-    scene.alice.wait_joined(&other_room).await;
+    let other_room = scene.room_joined(&other_jid).await;
     let (sim, alice, jid) = (&scene.sim, &scene.alice, scene.jid.clone());
 
     // WhatsApp's media host answers after 20 s from now on.

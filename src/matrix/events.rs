@@ -321,15 +321,6 @@ pub(super) fn without_text(room: &Room, event_id: &str, sender: &str) -> MatrixT
         room_id: room.room_id().to_string(),
         event_id: event_id.to_owned(),
         sender: sender.to_owned(),
-        sender_display_name: None,
-        kind: MatrixKind::Text,
-        body: String::new(),
-        html: None,
-        is_reply: false,
-        relation: MatrixRelation::None,
-        media: None,
-        location: None,
-        poll: None,
-        namesakes: Vec::new(),
+        ..MatrixText::default()
     }
 }

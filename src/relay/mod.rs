@@ -158,8 +158,9 @@ pub struct WhatsAppText {
 }
 
 /// What kind of Matrix message event arrived.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum MatrixKind {
+    #[default]
     Text,
     Emote,
     Notice,
@@ -226,7 +227,7 @@ impl MatrixPoll {
 }
 
 /// A text message event received in a bridged Matrix room.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct MatrixText {
     pub room_id: String,
     pub event_id: String,
@@ -550,13 +551,7 @@ mod tests {
             sender_display_name: display.map(Into::into),
             kind,
             body: body.into(),
-            html: None,
-            is_reply: false,
-            relation: MatrixRelation::None,
-            media: None,
-            location: None,
-            poll: None,
-            namesakes: Vec::new(),
+            ..MatrixText::default()
         }
     }
 

@@ -350,33 +350,24 @@ impl MatrixUser {
     /// The room's whole history as the server has it (oldest first): bodies of
     /// `m.room.message` events with their senders. Independent of what sync showed.
     pub async fn history(&self, room_id: &str) -> Vec<(String, String)> {
-        let room = self.wait_joined(room_id).await;
-        let mut messages = Vec::new();
-        let mut token: Option<String> = None;
-        loop {
-            let mut options = MessagesOptions::forward().from(token.as_deref());
-            options.limit = 100u32.into();
-            let page = room.messages(options).await.expect("room history");
-            for event in &page.chunk {
-                if let Ok(AnySyncTimelineEvent::MessageLike(
-                    AnySyncMessageLikeEvent::RoomMessage(
-                        matrix_sdk::ruma::events::room::message::SyncRoomMessageEvent::Original(m),
-                    ),
-                )) = event.raw().deserialize()
-                {
-                    messages.push((m.sender.to_string(), m.content.body().to_string()));
-                }
-            }
-            match page.end {
-                Some(end) if !page.chunk.is_empty() => token = Some(end),
-                _ => return messages,
-            }
-        }
+        self.timeline(room_id)
+            .await
+            .iter()
+            .filter_map(|event| match event.raw().deserialize() {
+                Ok(AnySyncTimelineEvent::MessageLike(AnySyncMessageLikeEvent::RoomMessage(
+                    matrix_sdk::ruma::events::room::message::SyncRoomMessageEvent::Original(m),
+                ))) => Some((m.sender.to_string(), m.content.body().to_string())),
+                _ => None,
+            })
+            .collect()
     }
 
-    /// The events of type `event_type` in the room's history on the server, oldest
-    /// first, as JSON (decrypted where the user can).
-    pub async fn events_of_type(&self, room_id: &str, event_type: &str) -> Vec<serde_json::Value> {
+    /// Every event of the room's history on the server, oldest first (decrypted
+    /// where the user can).
+    async fn timeline(
+        &self,
+        room_id: &str,
+    ) -> Vec<matrix_sdk::deserialized_responses::TimelineEvent> {
         let room = self.wait_joined(room_id).await;
         let mut events = Vec::new();
         let mut token: Option<String> = None;
@@ -384,18 +375,24 @@ impl MatrixUser {
             let mut options = MessagesOptions::forward().from(token.as_deref());
             options.limit = 100u32.into();
             let page = room.messages(options).await.expect("room history");
-            for event in &page.chunk {
-                if let Ok(json) = event.raw().deserialize_as::<serde_json::Value>() {
-                    if json["type"] == event_type {
-                        events.push(json);
-                    }
-                }
-            }
+            let empty = page.chunk.is_empty();
+            events.extend(page.chunk);
             match page.end {
-                Some(end) if !page.chunk.is_empty() => token = Some(end),
+                Some(end) if !empty => token = Some(end),
                 _ => return events,
             }
         }
+    }
+
+    /// The events of type `event_type` in the room's history on the server, oldest
+    /// first, as JSON (decrypted where the user can).
+    pub async fn events_of_type(&self, room_id: &str, event_type: &str) -> Vec<serde_json::Value> {
+        self.timeline(room_id)
+            .await
+            .iter()
+            .filter_map(|event| event.raw().deserialize_as::<serde_json::Value>().ok())
+            .filter(|json| json["type"] == event_type)
+            .collect()
     }
 
     /// Waits until the user is joined to `room_id` (after an invite).
