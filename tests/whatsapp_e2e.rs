@@ -1948,7 +1948,7 @@ async fn photos_voice_notes_documents_and_locations_cross_through_whatsapp_rust(
     bob_sends(
         sim,
         jid,
-        json!({"audio": b64(&voice), "ptt": true, "seconds": 4}),
+        json!({"audio": b64(&voice), "ptt": true, "seconds": 4, "waveform": [0, 25, 50, 100]}),
     )
     .await;
     let seen = alice
@@ -1962,6 +1962,12 @@ async fn photos_voice_notes_documents_and_locations_cross_through_whatsapp_rust(
         "a Matrix voice message: {content}"
     );
     assert_eq!(content["info"]["duration"], 4000);
+    // The bars phones drew, as Matrix players draw them (0 to 1024).
+    assert_eq!(
+        content["org.matrix.msc1767.audio"]["waveform"],
+        json!([0, 256, 512, 1024]),
+        "{content}"
+    );
 
     let menu = sample_file(3, 20_000);
     bob_sends(
@@ -2016,6 +2022,7 @@ async fn photos_voice_notes_documents_and_locations_cross_through_whatsapp_rust(
             recording.clone(),
             AttachmentConfig::new().info(AttachmentInfo::Voice(BaseAudioInfo {
                 duration: Some(Duration::from_secs(3)),
+                waveform: Some(vec![0.0, 0.5, 1.0]),
                 ..BaseAudioInfo::default()
             })),
         )
@@ -2026,6 +2033,7 @@ async fn photos_voice_notes_documents_and_locations_cross_through_whatsapp_rust(
     })
     .await;
     assert_eq!(got["media_sha256"], sha256_hex(&recording), "{got}");
+    assert_eq!(got["waveform"], json!([0, 50, 100]), "its bars: {got}");
     // Voice notes carry no caption in WhatsApp: Alice's name came just before.
     let messages = member_messages(sim, BOB, jid).await;
     let voice_at = messages.iter().position(|m| m["id"] == got["id"]).unwrap();

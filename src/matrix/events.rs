@@ -159,6 +159,9 @@ pub(super) async fn to_matrix_text(
         relation,
         media: media.map(|mut media| {
             media.gif = media.kind == MediaKind::Video && played_as_gif(event);
+            if matches!(media.kind, MediaKind::Voice | MediaKind::Audio) {
+                media.waveform = waveform_of(event);
+            }
             media
         }),
         location,
@@ -175,6 +178,32 @@ fn played_as_gif(event: &TimelineEvent) -> bool {
     };
     let info = &content["info"];
     info["fi.mau.gif"] == true || info["fi.mau.loop"] == true
+}
+
+/// The most bars of a waveform sent to WhatsApp (its voice notes have 64).
+const MAX_WAVEFORM_BARS: usize = 64;
+
+/// A voice message's waveform (MSC1767/MSC3246: up to 1024 per bar) as WhatsApp
+/// draws it: at most [`MAX_WAVEFORM_BARS`] bars of 0 to 100. Empty without one.
+fn waveform_of(event: &TimelineEvent) -> Vec<u8> {
+    let Ok(Some(content)) = event.raw().get_field::<serde_json::Value>("content") else {
+        return Vec::new();
+    };
+    let Some(bars) = content["org.matrix.msc1767.audio"]["waveform"].as_array() else {
+        return Vec::new();
+    };
+    let values: Vec<u64> = bars.iter().filter_map(serde_json::Value::as_u64).collect();
+    if values.is_empty() {
+        return Vec::new();
+    }
+    let per_bar = values.len().div_ceil(MAX_WAVEFORM_BARS);
+    values
+        .chunks(per_bar)
+        .map(|chunk| {
+            let loudest = chunk.iter().copied().max().unwrap_or(0).min(1024);
+            u8::try_from(loudest * 100 / 1024).unwrap_or(100)
+        })
+        .collect()
 }
 
 /// An MSC3381 poll event (the unstable `org.matrix.msc3381.poll.*` Element sends, or

@@ -107,6 +107,7 @@ pub(super) fn media_of(msgtype: &MessageType) -> Option<(Media, String, Option<S
         size: size.map(u64::from),
         seconds: duration.map(|d| d.as_secs().min(u64::from(u32::MAX)) as u32),
         gif: false,
+        waveform: Vec::new(),
     };
     Some((media, caption, html))
 }
@@ -128,6 +129,7 @@ pub(super) fn sticker_media(
         size: content.info.size.map(u64::from),
         seconds: None,
         gif: false,
+        waveform: Vec::new(),
     })
 }
 
@@ -194,7 +196,13 @@ pub(super) async fn send(
         MediaKind::Voice => AttachmentInfo::Voice(BaseAudioInfo {
             duration,
             size,
-            ..BaseAudioInfo::default()
+            waveform: (!media.waveform.is_empty()).then(|| {
+                media
+                    .waveform
+                    .iter()
+                    .map(|bar| f32::from(*bar.min(&100)) / 100.0)
+                    .collect()
+            }),
         }),
         MediaKind::File => AttachmentInfo::File(BaseFileInfo { size }),
     };

@@ -60,6 +60,9 @@ pub struct Media {
     /// A video to play as a GIF: looping, without sound or controls.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub gif: bool,
+    /// A voice message's waveform: the bars players draw, each 0 to 100.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub waveform: Vec<u8>,
 }
 
 impl Media {
@@ -193,6 +196,7 @@ mod tests {
             size: None,
             seconds: None,
             gif: false,
+            waveform: Vec::new(),
         }
     }
 

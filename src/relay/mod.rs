@@ -832,6 +832,7 @@ mod tests {
             size: Some(size),
             seconds: None,
             gif: false,
+            waveform: Vec::new(),
         }
     }
 

@@ -706,6 +706,7 @@ mod tests {
                 size: Some(10),
                 seconds: None,
                 gif: false,
+                waveform: Vec::new(),
             }),
             ..WhatsAppPost::default()
         };

@@ -127,6 +127,12 @@ pub(super) fn media_of(message: &wa::Message) -> Option<(Media, String)> {
                 .as_option()
                 .and_then(|video| video.gif_playback)
                 .unwrap_or(false),
+        waveform: message
+            .audio_message
+            .as_option()
+            .and_then(|audio| audio.waveform.clone())
+            .map(|bars| bars.into_iter().map(|bar| bar.min(100)).collect())
+            .unwrap_or_default(),
     };
     Some((media, caption.unwrap_or_default()))
 }
@@ -182,6 +188,7 @@ pub(super) fn contact_card(message: &wa::Message) -> Option<Media> {
         size: Some(size as u64),
         seconds: None,
         gif: false,
+        waveform: Vec::new(),
     })
 }
 
@@ -403,8 +410,8 @@ pub(super) async fn message_for(
                 mimetype: mime,
                 duration_seconds: media.seconds,
                 ptt: Some(media.kind == MediaKind::Voice),
+                waveform: (!media.waveform.is_empty()).then(|| media.waveform.clone()),
                 context_info: context,
-                ..AudioOptions::default()
             },
         ),
         MediaKind::File => whatsapp_rust::media::document_message(

@@ -27,6 +27,8 @@ struct Fields {
     ptt: Option<bool>,
     /// Video: a GIF (played looping, without sound).
     gif: Option<bool>,
+    /// Audio: the waveform phones draw (one byte per bar, 0 to 100).
+    waveform: Option<Vec<u8>>,
     seconds: Option<u32>,
     file_name: Option<String>,
     location: Option<LocationFields>,
@@ -217,6 +219,8 @@ pub struct MediaFile {
     pub ptt: bool,
     /// Video sent as a GIF (`gifPlayback`).
     pub gif: bool,
+    /// Audio: its waveform.
+    pub waveform: Option<Vec<u8>>,
     pub seconds: Option<u32>,
     pub file_name: Option<String>,
     /// Image or video that can be opened once only.
@@ -306,6 +310,7 @@ impl Outgoing {
         )?;
         only("ptt", f.ptt.is_some(), &["audio"])?;
         only("gif", f.gif.is_some(), &["video"])?;
+        only("waveform", f.waveform.is_some(), &["audio"])?;
         only("seconds", f.seconds.is_some(), &["audio", "video"])?;
         only("file_name", f.file_name.is_some(), &["document"])?;
         only("view_once", f.view_once.is_some(), &["image", "video"])?;
@@ -371,6 +376,7 @@ impl Outgoing {
                 caption: text,
                 ptt: f.ptt.unwrap_or(false),
                 gif: f.gif.unwrap_or(false),
+                waveform: f.waveform,
                 seconds: f.seconds,
                 file_name: f.file_name,
                 view_once: f.view_once.unwrap_or(false),

@@ -79,6 +79,8 @@ pub struct Received {
     pub ptt: Option<bool>,
     /// Video: sent as a GIF (`gifPlayback`).
     pub gif: Option<bool>,
+    /// Audio: its waveform (one byte per bar, 0 to 100).
+    pub waveform: Option<Vec<u8>>,
     /// Audio or video duration.
     pub seconds: Option<u32>,
     /// Location.
@@ -122,6 +124,7 @@ impl Received {
             file_name: d.file_name.clone(),
             ptt: d.ptt,
             gif: d.gif,
+            waveform: d.waveform.clone(),
             seconds: d.seconds,
             lat: d.lat,
             lon: d.lon,
@@ -281,6 +284,7 @@ impl Member {
                 caption,
                 ptt: false,
                 gif: false,
+                waveform: None,
                 seconds: None,
                 file_name: None,
                 view_once: false,
@@ -739,8 +743,8 @@ impl Member {
                     mimetype: m.mime,
                     duration_seconds: m.seconds,
                     ptt: Some(m.ptt),
+                    waveform: m.waveform,
                     context_info,
-                    ..Default::default()
                 },
             ),
             MediaKind::Document => media::document_message(

@@ -34,6 +34,7 @@ pub struct Described {
     pub file_name: Option<String>,
     pub ptt: Option<bool>,
     pub gif: Option<bool>,
+    pub waveform: Option<Vec<u8>>,
     pub seconds: Option<u32>,
     pub lat: Option<f64>,
     pub lon: Option<f64>,
@@ -202,6 +203,7 @@ pub fn describe(message: &wa::Message) -> Described {
         let ptt = x.ptt.unwrap_or(false);
         d.kind = if ptt { "ptt" } else { "audio" };
         d.ptt = Some(ptt);
+        d.waveform = x.waveform.clone().filter(|w| !w.is_empty());
         d.mime = x.mimetype.clone();
         d.seconds = x.seconds;
         d.media = Some(Media::Audio(x.clone()));
